@@ -1,0 +1,407 @@
+"""A BIDS-like dataset of model scans: writing it and reading it back.
+
+Layout of a dataset::
+
+    dataset_description.json  README  participants.tsv  participants.json  .bidsignore
+    sub-<model>/sub-<model>_scans.tsv                       finished runs + sha256
+    sub-<model>/func/sub-<model>_task-<set>[_acq-<site>]_run-<n>_bold.nii   (+ .json, _events.tsv)
+    derivatives/llm2nifti/dataset_description.json
+    derivatives/llm2nifti/sub-<model>/anat/sub-<model>_desc-<site>_mask.nii
+    derivatives/llm2nifti/sub-<model>/anat/sub-<model>_desc-<site>_dseg.nii  (+ .tsv, .json)
+
+The default site (``mlp``) carries no ``acq`` entity; other sites (``residual``)
+are told apart by ``acq-<site>``. The neuron layout is stored in every bold
+sidecar (``NeuronLayout``) and in the dseg sidecar, and read back with
+:meth:`Dataset.layout`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from llm2nifti._version import __version__
+from llm2nifti.errors import UsageError
+from llm2nifti.layout import NeuronLayout
+
+from .events import read_events
+from .io import TMP_PREFIX, save_img, sha256_file, write_json, write_text
+from .naming import bids_name, inside, parse_name
+
+__all__ = ["DatasetWriter", "Dataset", "Run", "BIDS_VERSION", "DEFAULT_SITE", "PIPELINE"]
+
+BIDS_VERSION = "1.10.0"
+DEFAULT_SITE = "mlp"
+PIPELINE = "llm2nifti"
+PARTICIPANT_COLUMNS = ("participant_id", "model", "architecture", "n_layers",
+                       "neurons_per_layer", "n_parameters", "weights_sha256")
+_PARTICIPANTS_JSON = {
+    "participant_id": {"Description": "One participant per scanned language model"},
+    "model": {"Description": "Model name, Hugging Face id or folder"},
+    "architecture": {"Description": "transformers model_type"},
+    "n_layers": {"Description": "Number of transformer layers"},
+    "neurons_per_layer": {"Description": "MLP neurons per layer"},
+    "n_parameters": {"Description": "Number of parameters"},
+    "weights_sha256": {"Description": "First 16 hex digits of sha256 over the weights"},
+}
+EVENTS_JSON = {
+    "onset": {"Description": "Token index times the TR", "Units": "s"},
+    "duration": {"Description": "One TR per token", "Units": "s"},
+    "token": {"Description": "Decoded text of the token (backslash escapes for tab, newline, CR)"},
+    "token_id": {"Description": "Token id in the model's vocabulary"},
+    "document_id": {"Description": "Identifier of the document the token belongs to"},
+    "position": {"Description": "Position of the token in its document (0: the BOS token)"},
+}
+_BIDSIGNORE = "*_convert.json\n"
+
+
+def acq_for(site_kind):
+    return None if site_kind == DEFAULT_SITE else site_kind
+
+
+def _read_tsv(path):
+    with open(path, encoding="utf-8", newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def _tsv(rows, columns):
+    buf = io.StringIO()
+    buf.write("\t".join(columns) + "\n")
+    for r in rows:
+        buf.write("\t".join(str(r.get(c, "n/a")) for c in columns) + "\n")
+    return buf.getvalue()
+
+
+def is_dataset(root):
+    return (Path(root) / "dataset_description.json").is_file()
+
+
+class DatasetWriter:
+    """Writes runs, sidecars, events and derivatives of one ``(participant, task, site)``.
+
+    Parameters
+    ----------
+    root : path
+        Dataset folder (created if missing).
+    participant, task : str
+        BIDS labels (letters and digits).
+    layout : NeuronLayout
+    name : str
+        Dataset name for a new ``dataset_description.json``.
+    """
+
+    def __init__(self, root, participant, task, layout, name="llm2nifti scans"):
+        self.root = Path(root)
+        self.participant = participant
+        self.task = task
+        self.layout = layout
+        self.acq = acq_for(layout.site.kind)
+        self.name = name
+
+    # ----------------------------------------------------------------- paths
+    @property
+    def sub_dir(self):
+        return inside(self.root, f"sub-{self.participant}")
+
+    def bold_path(self, run, ext=".nii"):
+        return self.sub_dir / "func" / bids_name(
+            "bold", ext, sub=self.participant, task=self.task, acq=self.acq, run=run)
+
+    def sidecar_path(self, run):
+        return self.bold_path(run, ".json")
+
+    def events_path(self, run):
+        return self.sub_dir / "func" / bids_name(
+            "events", ".tsv", sub=self.participant, task=self.task, acq=self.acq, run=run)
+
+    @property
+    def scans_path(self):
+        return self.sub_dir / f"sub-{self.participant}_scans.tsv"
+
+    @property
+    def deriv_dir(self):
+        return inside(self.root, "derivatives", PIPELINE)
+
+    @property
+    def plan_path(self):
+        return self.deriv_dir / f"sub-{self.participant}" / bids_name(
+            "convert", ".json", sub=self.participant, task=self.task, acq=self.acq)
+
+    def anat_path(self, suffix, ext):
+        return self.deriv_dir / f"sub-{self.participant}" / "anat" / bids_name(
+            suffix, ext, sub=self.participant, desc=self.layout.site.kind)
+
+    # ------------------------------------------------------------- top level
+    def existing_runs(self):
+        """Paths of this (participant, task, site)'s bold files already on disk."""
+        func = self.sub_dir / "func"
+        if not func.is_dir():
+            return []
+        out = []
+        for p in sorted(func.glob("*_bold.nii*")):
+            ents, _ = parse_name(p.name)
+            if ents.get("task") == self.task and ents.get("acq") == self.acq:
+                out.append(p)
+        return out
+
+    def remove_existing(self):
+        """Delete this (participant, task, site)'s runs and conversion record (``--overwrite``)."""
+        for bold in self.existing_runs():
+            ents, _ = parse_name(bold.name)
+            for p in (bold, self.sidecar_path(ents["run"]), self.events_path(ents["run"])):
+                p.unlink(missing_ok=True)
+        self.plan_path.unlink(missing_ok=True)
+        rows = [r for r in self.finished().values()]
+        self._write_scans([r for r in rows if not self._ours(r["filename"])])
+
+    def _ours(self, filename):
+        ents, _ = parse_name(filename)
+        return ents.get("task") == self.task and ents.get("acq") == self.acq
+
+    def init_dataset(self):
+        """Write the top-level files if missing (a second model adds to them)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if not is_dataset(self.root):
+            write_json(self.root / "dataset_description.json", {
+                "Name": self.name, "BIDSVersion": BIDS_VERSION, "DatasetType": "raw",
+                "GeneratedBy": [{"Name": PIPELINE, "Version": __version__}],
+            })
+        if not (self.root / "README").is_file():
+            write_text(self.root / "README", README_TEXT)
+        if not (self.root / ".bidsignore").is_file():
+            write_text(self.root / ".bidsignore", _BIDSIGNORE)
+        if not (self.root / "participants.json").is_file():
+            write_json(self.root / "participants.json", _PARTICIPANTS_JSON)
+        events_json = self.root / bids_name("events", ".json", task=self.task)
+        if not events_json.is_file():
+            write_json(events_json, EVENTS_JSON)
+        deriv = self.deriv_dir
+        if not (deriv / "dataset_description.json").is_file():
+            write_json(deriv / "dataset_description.json", {
+                "Name": f"{self.name}: neuron masks and labels", "BIDSVersion": BIDS_VERSION,
+                "DatasetType": "derivative",
+                "GeneratedBy": [{"Name": PIPELINE, "Version": __version__}],
+                "SourceDatasets": [{"URL": "file://../.."}],
+            })
+
+    def add_participant(self, row):
+        """Add or replace this participant's row in ``participants.tsv``."""
+        path = self.root / "participants.tsv"
+        rows = _read_tsv(path) if path.is_file() else []
+        pid = f"sub-{self.participant}"
+        rows = [r for r in rows if r["participant_id"] != pid]
+        rows.append({"participant_id": pid, **row})
+        rows.sort(key=lambda r: r["participant_id"])
+        write_text(path, _tsv(rows, PARTICIPANT_COLUMNS))
+
+    def write_layout(self):
+        """Mask, label image and label table of the layout under ``derivatives/llm2nifti``.
+
+        Refuses when the participant already has a different layout for this site.
+        """
+        dseg_json = self.anat_path("dseg", ".json")
+        if dseg_json.is_file():
+            stored = NeuronLayout.from_dict(json.loads(dseg_json.read_text())["NeuronLayout"])
+            if stored != self.layout:
+                raise UsageError(
+                    f"sub-{self.participant} already has a {self.layout.site.kind} layout with "
+                    f"layers {list(stored.layers)}: pass --label for a new participant or a new --output")
+            return
+        save_img(self.layout.mask_img(), self.anat_path("mask", ".nii"))
+        save_img(self.layout.label_img(), self.anat_path("dseg", ".nii"))
+        layer, neuron = self.layout.neurons()
+        rows = [{"index": g + 1, "name": f"L{l}N{n}", "site": self.layout.site.kind,
+                 "layer": l, "neuron": n} for g, (l, n) in enumerate(zip(layer, neuron))]
+        write_text(self.anat_path("dseg", ".tsv"),
+                   _tsv(rows, ("index", "name", "site", "layer", "neuron")))
+        write_json(dseg_json, {"Description": "Neuron labels: label = 1 + layer-major neuron index",
+                               "NeuronLayout": self.layout.to_dict()})
+
+    # ------------------------------------------------------------------ runs
+    def finished(self):
+        """Finished runs recorded in ``scans.tsv``: ``{filename: row}``."""
+        if not self.scans_path.is_file():
+            return {}
+        return {r["filename"]: r for r in _read_tsv(self.scans_path)}
+
+    def _write_scans(self, rows):
+        rows = sorted(rows, key=lambda r: r["filename"])
+        write_text(self.scans_path, _tsv(rows, ("filename", "sha256", "n_volumes")))
+
+    def run_done(self, run, ext=".nii", verify=True):
+        """True when ``run`` is recorded as finished and its file matches its checksum."""
+        bold = self.bold_path(run, ext)
+        rel = f"func/{bold.name}"
+        row = self.finished().get(rel)
+        if row is None or not bold.is_file():
+            return False
+        if not (self.sidecar_path(run).is_file() and self.events_path(run).is_file()):
+            return False
+        return not verify or sha256_file(bold) == row["sha256"]
+
+    def write_run(self, run, img, sidecar, events_text, ext=".nii"):
+        """Write one run's bold image, sidecar and events, then record it as finished.
+
+        Each file is renamed into place only once complete; the run counts as
+        finished only after all three exist and its checksum is in ``scans.tsv``.
+        """
+        bold = self.bold_path(run, ext)
+        write_text(self.events_path(run), events_text)
+        write_json(self.sidecar_path(run), sidecar)
+        save_img(img, bold)
+        rows = self.finished()
+        rel = f"func/{bold.name}"
+        rows[rel] = {"filename": rel, "sha256": sha256_file(bold), "n_volumes": img.shape[3]}
+        self._write_scans(rows.values())
+        return bold
+
+    def clean_temporaries(self):
+        """Remove temporary files an interrupted run left behind."""
+        if self.root.is_dir():
+            for p in self.root.rglob(f"{TMP_PREFIX}*"):
+                if p.is_file():
+                    p.unlink(missing_ok=True)
+                elif p.is_dir():
+                    shutil.rmtree(p, ignore_errors=True)
+
+
+README_TEXT = """\
+Scans of language models made by llm2nifti.
+
+Each participant (sub-<label>) is a language model; each run is one forward pass of the
+model over a stretch of text; each volume is one token (TR = 1 s, a convention); each voxel
+is one neuron. Every layer is one z slice and its neurons are folded into an x-y grid; the
+exact neuron of each voxel is given by the label image and table in
+derivatives/llm2nifti/sub-<label>/anat/ (label = 1 + layer-major neuron index) and by the
+NeuronLayout field of each bold sidecar. Voxels outside the mask are padding.
+
+The images share one identity affine: with nilearn, always pass the dataset's mask
+(derivatives/llm2nifti/.../_mask.nii), smoothing_fwhm=None, detrend=False and
+standardize="zscore_sample"; never resample.
+
+Events: one row per token (onset, duration, token text, token id, document id, position in
+the document).
+"""
+
+
+@dataclass
+class Run:
+    """One run of a dataset: its bold path and entities."""
+
+    path: Path
+    participant: str
+    task: str
+    run: int
+    acq: str | None
+
+    @property
+    def sidecar(self):
+        return Path(str(self.path).split(".nii")[0] + ".json")
+
+    @property
+    def events_path(self):
+        return Path(str(self.path).split("_bold.nii")[0] + "_events.tsv")
+
+    @property
+    def site_kind(self):
+        return self.acq or DEFAULT_SITE
+
+    def metadata(self):
+        return json.loads(self.sidecar.read_text())
+
+    def events(self):
+        return read_events(self.events_path)
+
+
+class Dataset:
+    """Read a dataset written by ``llm2nifti convert``.
+
+    Parameters
+    ----------
+    root : path
+    """
+
+    def __init__(self, root):
+        self.root = Path(root)
+        if not is_dataset(self.root):
+            raise UsageError(f"{self.root} is not a dataset (no dataset_description.json): "
+                             "pass the folder `llm2nifti convert` wrote")
+
+    def participants(self):
+        path = self.root / "participants.tsv"
+        return _read_tsv(path) if path.is_file() else []
+
+    def runs(self, participant=None, task=None, run=None, site=None):
+        """Runs matching the BIDS entity filters (each a value, a list, or None for all)."""
+        def ok(value, wanted):
+            if wanted is None:
+                return True
+            wanted = wanted if isinstance(wanted, (list, tuple, set)) else [wanted]
+            return value in {type(value)(w) if value is not None else w for w in wanted}
+
+        found = []
+        for p in sorted(self.root.glob("sub-*/func/sub-*_bold.nii*")):
+            if p.name.startswith(TMP_PREFIX):
+                continue
+            ents, _ = parse_name(p.name)
+            r = Run(p, ents["sub"], ents.get("task"), ents.get("run"), ents.get("acq"))
+            if (ok(r.participant, participant) and ok(r.task, task) and ok(r.run, run)
+                    and ok(r.site_kind, site)):
+                found.append(r)
+        return found
+
+    def layout(self, participant=None, site=None):
+        """The :class:`NeuronLayout` of a participant's runs (must be unique)."""
+        runs = self.runs(participant=participant, site=site)
+        if not runs:
+            raise UsageError(f"no runs in {self.root} for participant={participant}, site={site}")
+        layouts = {NeuronLayout.from_dict(r.metadata()["NeuronLayout"]) for r in runs}
+        if len(layouts) > 1:
+            raise UsageError("the selected runs have different neuron layouts: "
+                             "choose one participant and site (--participant, --site)")
+        return layouts.pop()
+
+    def mask_path(self, participant, site=DEFAULT_SITE):
+        return inside(self.root, "derivatives", PIPELINE, f"sub-{participant}", "anat",
+                      bids_name("mask", ".nii", sub=participant, desc=site))
+
+    def label_path(self, participant, site=DEFAULT_SITE):
+        return inside(self.root, "derivatives", PIPELINE, f"sub-{participant}", "anat",
+                      bids_name("dseg", ".nii", sub=participant, desc=site))
+
+
+def load_run(run, mmap=True):
+    """Load a run back as a ``(tokens, neurons)`` float32 array.
+
+    Parameters
+    ----------
+    run : Run or path
+        A :class:`Run` or the path of a ``_bold.nii[.gz]`` with its sidecar.
+    mmap : bool
+        Memory-map uncompressed ``.nii`` files.
+
+    Returns
+    -------
+    X : ndarray of shape (n_tokens, n_neurons)
+        Layer-major columns.
+    neurons : pandas.DataFrame
+        One row per column: ``layer`` and ``neuron``.
+    """
+    import pandas as pd
+
+    if not isinstance(run, Run):
+        p = Path(run)
+        ents, _ = parse_name(p.name)
+        run = Run(p, ents.get("sub"), ents.get("task"), ents.get("run"), ents.get("acq"))
+    layout = NeuronLayout.from_dict(run.metadata()["NeuronLayout"])
+    img = nib.load(str(run.path), mmap=mmap)
+    X = np.ascontiguousarray(layout.unfold(img), dtype=np.float32)
+    layer, neuron = layout.neurons()
+    return X, pd.DataFrame({"layer": layer, "neuron": neuron})

@@ -1,0 +1,52 @@
+"""BIDS file names, entity labels, and paths that stay inside the dataset."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+__all__ = ["label", "bids_name", "inside", "parse_name", "ENTITY_ORDER"]
+
+ENTITY_ORDER = ("sub", "ses", "task", "acq", "run", "desc")
+_LABEL = re.compile(r"^[A-Za-z0-9]+$")
+
+
+def label(value, what="label"):
+    """A BIDS label: letters and digits only. Raises ValueError otherwise."""
+    value = str(value)
+    if not _LABEL.match(value):
+        raise ValueError(f"{what} {value!r} must be letters and digits only (BIDS label)")
+    return value
+
+
+def bids_name(suffix, ext="", **entities):
+    """``sub-X_task-Y_run-01_bold.nii``: entities in BIDS order, run zero-padded."""
+    parts = []
+    for key in ENTITY_ORDER:
+        val = entities.pop(key, None)
+        if val is None:
+            continue
+        val = f"{int(val):02d}" if key == "run" else label(val, key)
+        parts.append(f"{key}-{val}")
+    if entities:
+        raise ValueError(f"unknown BIDS entities {sorted(entities)}")
+    return "_".join(parts + [suffix]) + ext
+
+
+def parse_name(name):
+    """Entities and suffix of a BIDS file name: ``({'sub': 'x', ...}, 'bold')``."""
+    stem = Path(name).name.split(".")[0]
+    parts = stem.split("_")
+    ents = dict(p.split("-", 1) for p in parts[:-1] if "-" in p)
+    if "run" in ents:
+        ents["run"] = int(ents["run"])
+    return ents, parts[-1]
+
+
+def inside(root, *parts):
+    """Join ``parts`` under ``root`` and refuse any result outside it."""
+    root = Path(root).resolve()
+    path = root.joinpath(*map(str, parts)).resolve()
+    if path != root and root not in path.parents:
+        raise ValueError(f"path {path} would leave the dataset folder {root}")
+    return path

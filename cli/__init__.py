@@ -1,0 +1,1 @@
+"""Command line of llm2nifti (installed as ``llm2nifti.cli``)."""

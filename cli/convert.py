@@ -1,0 +1,89 @@
+"""``llm2nifti convert`` and ``llm2nifti sites``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .main import main
+
+_NEURONS = click.Choice(["mlp", "residual"])
+
+
+def _model_options(f):
+    f = click.option("--trust-remote-code", is_flag=True,
+                     help="Let transformers run the model's own code (off: only for models you trust).")(f)
+    f = click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
+                     default="auto", show_default=True, help="Weights' precision; recorded activations are float32.")(f)
+    f = click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")(f)
+    return f
+
+
+@main.command()
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--model", "-m", default=None,
+              help="Hugging Face id or local folder [default: the embedded SmolLM2-135M-Instruct].")
+@click.option("--text", "-t", default=None,
+              help="Text file, folder of .txt files, .jsonl/.tsv table, or a built-in corpus "
+                   "(lee, lee-test, pang-lee) [default: lee, 300 news articles].")
+@click.option("--neurons", type=_NEURONS, default="mlp", show_default=True,
+              help="mlp: MLP hidden neurons; residual: each block's output.")
+@click.option("--layers", default=None, help="Layer subset, e.g. 0-11 or 5,7 [default: all].")
+@click.option("--run-tokens", type=int, default=1024, show_default=True,
+              help="Tokens (volumes) per run; one forward pass each; at most 32767 and the context window.")
+@click.option("--max-tokens", type=int, default=None, help="Cap on the total number of tokens.")
+@click.option("--task", default=None, help="BIDS task label [default: from the text's name].")
+@click.option("--label", default=None, help="BIDS participant label [default: from the model's name].")
+@click.option("--encoding", default=None, help="Encoding of text files [default: utf-8].")
+@click.option("--id-column", default="id", show_default=True, help="Document id column of a .jsonl/.tsv.")
+@click.option("--text-column", default="text", show_default=True, help="Text column of a .jsonl/.tsv.")
+@click.option("--no-bos", is_flag=True, help="Do not open each document with the BOS token.")
+@click.option("--compress", is_flag=True, help="Write .nii.gz (slower, not memory-mappable) instead of .nii.")
+@click.option("--resume", is_flag=True, help="Keep finished runs of an interrupted convert; do the rest.")
+@click.option("--overwrite", is_flag=True, help="Redo this model's runs of this task in OUTPUT.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads [default: available cores].")
+@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Cache of the converted default model [default: $LLM2NIFTI_CACHE or $XDG_CACHE_HOME/llm2nifti].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_model_options
+def convert(output, model, text, neurons, layers, run_tokens, max_tokens, task, label, encoding,
+            id_column, text_column, no_bos, compress, resume, overwrite, threads, cache_dir, quiet,
+            device, dtype, trust_remote_code):
+    """Record a model reading text; write 4D NIfTI runs into the BIDS-like dataset OUTPUT.
+
+    Each token is one volume (TR = 1 s), each MLP neuron one voxel (layer = z slice).
+    """
+    from llm2nifti.scan import scan
+
+    res = scan(output, model, text, neurons=neurons, layers=layers, run_tokens=run_tokens,
+               max_tokens=max_tokens, task=task, label=label, device=device, dtype=dtype,
+               compress=compress, resume=resume, overwrite=overwrite,
+               trust_remote_code=trust_remote_code, encoding=encoding, bos=not no_bos,
+               threads=threads, progress=not quiet, cache=cache_dir,
+               id_column=id_column, text_column=text_column)
+    mask = res.root / "derivatives" / "llm2nifti" / f"sub-{res.participant}" / "anat" / \
+        f"sub-{res.participant}_desc-{res.layout.site.kind}_mask.nii"
+    done = len(res.runs) - len(res.skipped)
+    click.echo(f"Wrote {done} run(s) ({res.n_tokens} tokens, {res.layout.n_neurons} neurons, "
+               f"grid {res.layout.shape}) to {res.root}"
+               + (f"; kept {len(res.skipped)} finished run(s)" if res.skipped else ""))
+    click.echo(f"  runs: {res.root}/sub-{res.participant}/func/")
+    click.echo(f"  mask: {mask}")
+    click.echo("  nilearn: python examples/canica_on_scan.py " + str(res.root))
+
+
+@main.command()
+@click.argument("model", required=False)
+@_model_options
+def sites(model, device, dtype, trust_remote_code):
+    """List the neuron sites of MODEL (default: the embedded model) and their neuron counts."""
+    from llm2nifti.models import load_model
+    from llm2nifti.sites import SITE_KINDS, resolve_site
+
+    lm, _ = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    click.echo(f"{lm.config.name_or_path} ({lm.config.model_type})")
+    click.echo("site\thook\tmodule\tlayers\twidth\tneurons")
+    for kind in SITE_KINDS:
+        s = resolve_site(lm, kind)
+        click.echo(f"{kind}\t{s.hook}\t{s.module_template}\t{len(s.layers)}\t{s.width}\t{s.n_neurons}")

@@ -1,0 +1,211 @@
+"""Where neurons live in a model: the one place that knows architecture names.
+
+A :class:`Site` says which module of each layer carries the neurons, whether
+they are read from a forward *pre*-hook (the module's input) or a forward hook
+(its output), and how many neurons each layer has. Recording and
+intervention both place their hooks through :meth:`Site.modules`, so that a
+neuron found in a scan is exactly the neuron an intervention touches.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import UsageError
+
+__all__ = ["Site", "SITE_KINDS", "SUPPORTED_ARCHITECTURES", "resolve_site", "parse_layers"]
+
+SITE_KINDS = ("mlp", "residual")
+
+# model_type -> (path of the layer list, mlp sub-module, hook kind, width attribute)
+# "pre": the neuron is the *input* of the module (forward pre-hook);
+# "post": the neuron is the *output* of the module (forward hook).
+_GATED = ("model.layers", "mlp.down_proj", "pre", "intermediate_size")
+_ARCHITECTURES = {
+    "gpt2": ("transformer.h", "mlp.act", "post", "n_inner"),
+    "gpt_neox": ("gpt_neox.layers", "mlp.act", "post", "intermediate_size"),
+    "llama": _GATED,
+    "mistral": _GATED,
+    "qwen2": _GATED,
+    "qwen3": _GATED,
+    "smollm3": _GATED,
+    "gemma": _GATED,
+    "gemma2": _GATED,
+    "gemma3_text": _GATED,
+}
+SUPPORTED_ARCHITECTURES = tuple(sorted(_ARCHITECTURES))
+
+
+def _get(obj, dotted):
+    for part in dotted.split("."):
+        obj = obj[int(part)] if part.isdigit() else getattr(obj, part)
+    return obj
+
+
+def parse_layers(spec, n_layers):
+    """Parse a layer selection such as ``"0-11"``, ``"5,7"`` or ``"0-3,10"``.
+
+    Parameters
+    ----------
+    spec : str, sequence of int or None
+        The selection; None means every layer.
+    n_layers : int
+        Number of layers in the model.
+
+    Returns
+    -------
+    layers : tuple of int
+        Sorted, unique layer indices.
+    """
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
+        return tuple(range(n_layers))
+    if isinstance(spec, str):
+        layers = set()
+        for part in spec.split(","):
+            part = part.strip()
+            try:
+                if "-" in part:
+                    lo, hi = (int(p) for p in part.split("-", 1))
+                    if hi < lo:
+                        raise ValueError
+                    layers.update(range(lo, hi + 1))
+                else:
+                    layers.add(int(part))
+            except ValueError:
+                raise UsageError(
+                    f"cannot read layer selection {spec!r}: use ranges and lists such as '0-11' or '5,7'"
+                ) from None
+    else:
+        layers = {int(x) for x in spec}
+    bad = sorted(x for x in layers if x < 0 or x >= n_layers)
+    if bad:
+        raise UsageError(
+            f"unknown layer(s) {bad}: this model has layers 0-{n_layers - 1}"
+        )
+    if not layers:
+        raise UsageError("the layer selection is empty: name at least one layer")
+    return tuple(sorted(layers))
+
+
+@dataclass(frozen=True)
+class Site:
+    """A family of neurons in a model, one module per layer.
+
+    Parameters
+    ----------
+    kind : {"mlp", "residual"}
+        ``"mlp"``: the MLP's hidden neurons (input of ``down_proj`` in gated MLPs,
+        output of ``mlp.act`` in GPT-2 and GPT-NeoX); ``"residual"``: each block's
+        output (the residual stream).
+    architecture : str
+        The model's ``config.model_type``.
+    module_template : str
+        Dotted path to the hooked module, with ``{layer}`` for the layer index.
+    hook : {"pre", "post"}
+        Whether the neurons are the module's input (``"pre"``) or output (``"post"``).
+    width : int
+        Neurons per layer.
+    n_layers : int
+        Number of layers in the model.
+    layers : tuple of int
+        The layers this site covers (a subset of ``range(n_layers)``).
+    """
+
+    kind: str
+    architecture: str
+    module_template: str
+    hook: str
+    width: int
+    n_layers: int
+    layers: tuple = field(default=())
+
+    def __post_init__(self):
+        if not self.layers:
+            object.__setattr__(self, "layers", tuple(range(self.n_layers)))
+
+    @property
+    def n_neurons(self):
+        """Total number of neurons covered by the site."""
+        return self.width * len(self.layers)
+
+    def module_name(self, layer):
+        """Dotted name of the hooked module of ``layer``."""
+        return self.module_template.format(layer=layer)
+
+    def modules(self, model):
+        """Yield ``(layer, module)`` for each covered layer of ``model``."""
+        for layer in self.layers:
+            yield layer, _get(model, self.module_name(layer))
+
+    def with_layers(self, layers):
+        """A copy of the site restricted to ``layers`` (any :func:`parse_layers` spec)."""
+        return Site(self.kind, self.architecture, self.module_template, self.hook,
+                    self.width, self.n_layers, parse_layers(layers, self.n_layers))
+
+    def to_dict(self):
+        return {"kind": self.kind, "architecture": self.architecture,
+                "module_template": self.module_template, "hook": self.hook,
+                "width": self.width, "n_layers": self.n_layers, "layers": list(self.layers)}
+
+    @classmethod
+    def from_dict(cls, d):
+        return cls(d["kind"], d["architecture"], d["module_template"], d["hook"],
+                   int(d["width"]), int(d["n_layers"]), tuple(int(x) for x in d["layers"]))
+
+
+def _text_config(config):
+    get = getattr(config, "get_text_config", None)
+    return get() if callable(get) else config
+
+
+def _root_prefix(model, layers_path):
+    """Find the layer list, whether ``model`` is a *ForCausalLM or a bare base model."""
+    for prefix in ("", layers_path.split(".")[0] + "."):
+        path = layers_path if not prefix else layers_path[len(prefix):]
+        try:
+            _get(model, path)
+            return path
+        except AttributeError:
+            continue
+    raise UsageError(f"cannot find the layers of this model at {layers_path!r}")
+
+
+def resolve_site(model, kind="mlp", layers=None):
+    """Resolve the neuron site of ``model``.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        A causal language model (or its base model).
+    kind : {"mlp", "residual"}
+        Which neurons (see :class:`Site`).
+    layers : str, sequence of int or None
+        Layer selection (see :func:`parse_layers`); None means all.
+
+    Returns
+    -------
+    site : Site
+    """
+    if kind not in SITE_KINDS:
+        raise UsageError(f"unknown neuron site {kind!r}: choose one of {', '.join(SITE_KINDS)}")
+    config = _text_config(model.config)
+    arch = getattr(config, "model_type", None)
+    if arch not in _ARCHITECTURES:
+        raise UsageError(
+            f"unsupported architecture {arch!r}: llm2nifti knows "
+            f"{', '.join(SUPPORTED_ARCHITECTURES)}"
+        )
+    layers_path, mlp_module, hook, width_attr = _ARCHITECTURES[arch]
+    layers_path = _root_prefix(model, layers_path)
+    n_layers = len(_get(model, layers_path))
+    if kind == "mlp":
+        width = getattr(config, width_attr, None)
+        if width is None:  # GPT-2 leaves n_inner unset: 4 * hidden
+            width = 4 * config.hidden_size
+        template = f"{layers_path}.{{layer}}.{mlp_module}"
+    else:
+        width = config.hidden_size
+        template = f"{layers_path}.{{layer}}"
+        hook = "post"
+    return Site(kind, arch, template, hook, int(width), n_layers,
+                parse_layers(layers, n_layers))
