@@ -119,7 +119,7 @@ def record(model, site, input_ids):
     X : ndarray of shape (len(input_ids), site.n_neurons)
         float32, layer-major columns.
     """
-    ids = torch.as_tensor(np.asarray(input_ids), dtype=torch.long).reshape(1, -1)
+    ids = torch.tensor(np.asarray(input_ids, dtype=np.int64)).reshape(1, -1)
     device = next(model.parameters()).device
     with Recorder(model, site) as rec:
         model(input_ids=ids.to(device), use_cache=False)
