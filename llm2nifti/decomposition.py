@@ -1,0 +1,394 @@
+"""Decompose a scan into spatial maps over neurons: nilearn's CanICA / DictLearning or a torch backend.
+
+nilearn's defaults are wrong for neurons (see the dataset README): every
+estimator here gets the dataset's all-ones neuron mask, ``smoothing_fwhm=None``,
+``detrend=False``, ``standardize="zscore_sample"`` and ``threshold=None``.
+Components come back in *layer-major* neuron order, whatever the backend, and
+are written as 4D images on the dataset's grid through :class:`NeuronLayout`.
+
+:func:`decompose` reads the runs of a dataset selected by BIDS entities and
+writes a derivative ``derivatives/llm2nifti-<method>/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from .errors import UsageError
+
+__all__ = ["Decomposition", "decompose", "DecomposeResult", "zscore_maps",
+           "explained_variance", "nilearn_estimator", "METHODS", "BACKENDS"]
+
+log = logging.getLogger(__name__)
+
+METHODS = ("canica", "dictlearning")
+BACKENDS = ("nilearn", "fast")
+
+
+def nilearn_estimator(method, mask_img, n_components=20, n_init=10, random_state=0, n_jobs=1,
+                      alpha=10.0, verbose=0):
+    """A nilearn decomposition estimator with the settings that suit neurons.
+
+    Parameters
+    ----------
+    method : {"canica", "dictlearning"}
+    mask_img : Niimg-like
+        The dataset's neuron mask (all neurons, nothing else).
+    n_components, n_init, random_state, n_jobs, alpha, verbose :
+        Passed on (``n_init`` to CanICA, ``alpha`` to DictLearning).
+
+    Returns
+    -------
+    nilearn.decomposition.CanICA or nilearn.decomposition.DictLearning
+    """
+    from nilearn.decomposition import CanICA, DictLearning
+
+    common = dict(mask=mask_img, n_components=n_components, smoothing_fwhm=None,
+                  detrend=False, standardize="zscore_sample", random_state=random_state,
+                  n_jobs=n_jobs, verbose=verbose, memory=None)
+    if method == "canica":
+        return CanICA(threshold=None, n_init=n_init, do_cca=True, **common)
+    if method == "dictlearning":
+        return DictLearning(alpha=alpha, **common)
+    raise UsageError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+
+
+def zscore_maps(components):
+    """Z-score each map over neurons: ``(c - mean) / std`` per row (ddof=0)."""
+    C = np.asarray(components, dtype=np.float64)
+    mean = C.mean(axis=1, keepdims=True)
+    std = C.std(axis=1, keepdims=True)
+    std[std == 0] = 1.0
+    return ((C - mean) / std).astype(np.float32)
+
+
+def _load_fn(run):
+    from bids_llm.dataset import load_run
+
+    return lambda: load_run(run, mmap=True)[0]
+
+
+def explained_variance(runs, components, device="cpu"):
+    """Share of the z-scored runs' variance that the maps explain.
+
+    Parameters
+    ----------
+    runs : list of Run or path
+    components : ndarray of shape (k, n_neurons)
+        Layer-major maps.
+    device : str
+
+    Returns
+    -------
+    per_component : ndarray of shape (k,)
+        ``||Z c||^2 / ||Z||^2`` for each unit-norm map ``c`` (nilearn's score).
+    total : float
+        R^2 of regressing every token on all maps together.
+    """
+    import torch
+
+    from .fastica import zscore_
+
+    C = torch.as_tensor(np.asarray(components, dtype=np.float32), device=device)
+    norms = C.norm(dim=1, keepdim=True)
+    norms[norms == 0] = 1
+    C = C / norms
+    gram_inv = torch.linalg.pinv(C.double() @ C.double().T)
+    proj = np.zeros(C.shape[0])
+    fitted = 0.0
+    total = 0.0
+    for run in runs:
+        X = np.array(_load_fn(run)(), dtype=np.float32, copy=True)
+        Z = zscore_(torch.from_numpy(X).to(device))
+        P = (Z @ C.T).double()  # (T, k)
+        proj += (P ** 2).sum(0).cpu().numpy()
+        fitted += float(((P @ gram_inv) * P).sum())
+        total += float((Z.double() ** 2).sum())
+    total = total or 1.0
+    return proj / total, fitted / total
+
+
+class Decomposition(BaseEstimator):
+    """Spatial decomposition of runs into maps over neurons.
+
+    Parameters
+    ----------
+    method : {"canica", "dictlearning"}
+    n_components : int
+    n_init : int
+        FastICA starts (CanICA); the sparsest result is kept.
+    random_state : int
+        Fixed value, identical output.
+    backend : {"nilearn", "fast"}
+        ``"fast"``: the same CanICA algorithm in torch (:mod:`llm2nifti.fastica`).
+    n_jobs : int
+        nilearn's parallel jobs.
+    device : str
+        torch device of the fast backend (``"cpu"``, ``"cuda"``).
+    alpha : float
+        DictLearning sparsity.
+    verbose : int
+
+    Attributes
+    ----------
+    components_ : ndarray of shape (n_components, n_neurons)
+        Maps in layer-major neuron order (float32).
+    zmaps_ : ndarray of shape (n_components, n_neurons)
+        Each map z-scored over neurons.
+    singular_values_ : ndarray or None
+        Group-SVD singular values (CanICA).
+    layout_ : NeuronLayout
+    n_runs_, n_tokens_ : int
+    fit_seconds_ : float
+    info_ : dict
+        Backend details (FastICA starts, convergence).
+    """
+
+    def __init__(self, method="canica", n_components=20, n_init=10, random_state=0,
+                 backend="nilearn", n_jobs=1, device="cpu", alpha=10.0, verbose=0):
+        self.method = method
+        self.n_components = n_components
+        self.n_init = n_init
+        self.random_state = random_state
+        self.backend = backend
+        self.n_jobs = n_jobs
+        self.device = device
+        self.alpha = alpha
+        self.verbose = verbose
+
+    def _check(self, runs):
+        if self.method not in METHODS:
+            raise UsageError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+        if self.backend not in BACKENDS:
+            raise UsageError(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+        if self.backend == "fast" and self.method != "canica":
+            raise UsageError("the fast backend runs CanICA only: use --backend nilearn for dictlearning")
+        if int(self.n_components) < 1 or int(self.n_init) < 1:
+            raise UsageError("n_components and n_init must be at least 1")
+        if not runs:
+            raise UsageError("no runs to decompose: check the participant/task/run filters")
+
+    def fit(self, runs, layout):
+        """Decompose ``runs``.
+
+        Parameters
+        ----------
+        runs : list of Run or path
+            4D bold images of one neuron layout.
+        layout : NeuronLayout
+
+        Returns
+        -------
+        self
+        """
+        import nibabel as nib
+
+        runs = list(runs)
+        self._check(runs)
+        self.layout_ = layout
+        paths = [str(getattr(r, "path", r)) for r in runs]
+        shapes = []
+        for p in paths:
+            img = nib.load(p, mmap=True)
+            layout.check_img(img)
+            shapes.append(img.shape[3] if len(img.shape) == 4 else 1)
+        self.n_runs_ = len(paths)
+        self.n_tokens_ = int(sum(shapes))
+        if self.n_components > self.n_tokens_:
+            raise UsageError(f"n_components={self.n_components} exceeds the {self.n_tokens_} tokens "
+                             "of the selected runs: ask for fewer components or more tokens")
+        t0 = time.perf_counter()
+        if self.backend == "fast":
+            from . import fastica
+
+            maps, info = fastica.canica([_load_fn(r) for r in runs], self.n_components,
+                                        n_init=self.n_init, random_state=self.random_state,
+                                        device=self.device)
+            self.components_ = maps.astype(np.float32)
+            self.singular_values_ = np.asarray(info.pop("singular_values"))
+            self.info_ = info
+        else:
+            import warnings
+
+            est = nilearn_estimator(self.method, layout.mask_img(), self.n_components, self.n_init,
+                                    self.random_state, self.n_jobs, self.alpha, self.verbose)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                est.fit(paths)
+            self.components_ = layout.from_masked(np.asarray(est.components_)).astype(np.float32)
+            var = getattr(est, "variance_", None)
+            self.singular_values_ = None if var is None else np.asarray(var)
+            self.info_ = {}
+        self.fit_seconds_ = time.perf_counter() - t0
+        self.zmaps_ = zscore_maps(self.components_)
+        return self
+
+    def components_img(self, z=False):
+        """The maps (or z-maps) as a 4D image, one volume per component."""
+        return self.layout_.to_img(self.zmaps_ if z else self.components_)
+
+
+@dataclass
+class DecomposeResult:
+    """What :func:`decompose` wrote.
+
+    Attributes
+    ----------
+    estimator : Decomposition
+    components, zmaps, sidecar : Path
+        The 4D maps, their z-scored version and the JSON with parameters.
+    explained_variance : ndarray
+    explained_variance_total : float
+    """
+
+    estimator: Decomposition
+    components: Path
+    zmaps: Path
+    sidecar: Path
+    explained_variance: np.ndarray
+    explained_variance_total: float
+
+
+def select_runs(dataset, participant=None, task=None, run=None, site="mlp"):
+    """Runs and layout of one participant and site chosen by BIDS entities."""
+    runs = dataset.runs(participant=participant, task=task, run=run, site=site)
+    if not runs:
+        raise UsageError(f"no runs in {dataset.root} match participant={participant}, task={task}, "
+                         f"run={run}, site={site}")
+    subs = sorted({r.participant for r in runs})
+    if len(subs) > 1:
+        raise UsageError(f"the runs belong to several participants {subs}: choose one with --participant")
+    return runs, dataset.layout(subs[0], site)
+
+
+def _entities(runs, desc):
+    tasks = sorted({r.task for r in runs})
+    ents = {"sub": runs[0].participant, "task": "".join(tasks),
+            "acq": runs[0].acq, "run": runs[0].run if len(runs) == 1 else None, "desc": desc}
+    return ents
+
+
+def decompose(dataset, *, participant=None, task=None, run=None, site="mlp", method="canica",
+              backend="nilearn", n_components=20, n_init=10, random_state=0, n_jobs=1,
+              device="cpu", alpha=10.0, desc=None, threads=None):
+    """Decompose a dataset's runs and write a BIDS derivative.
+
+    Parameters
+    ----------
+    dataset : path or Dataset
+        A dataset written by ``llm2nifti convert``.
+    participant, task, run : str, int, list or None
+        BIDS entity filters (None: all); the runs must belong to one participant.
+    site : str
+        Neuron site (``"mlp"``).
+    method, backend, n_components, n_init, random_state, n_jobs, device, alpha :
+        See :class:`Decomposition`.
+    desc : str, optional
+        BIDS ``desc`` label of the outputs (letters and digits; default: ``method``).
+    threads : int, optional
+        torch CPU threads.
+
+    Returns
+    -------
+    DecomposeResult
+
+    Notes
+    -----
+    Files written under ``derivatives/llm2nifti-<method>/sub-<label>/func/``::
+
+        sub-<label>_task-<t>[_run-<n>]_desc-<desc>_bold.nii    maps, volume i = component i
+        sub-<label>_task-<t>[_run-<n>]_desc-<desc>_bold.json   parameters, variance, timing
+        sub-<label>_task-<t>[_run-<n>]_desc-<desc>Z_bold.nii   maps z-scored over neurons (+ .json)
+
+    ``run`` appears when a single run was decomposed; several tasks join their labels.
+    The ``bold`` suffix keeps the derivative valid BIDS; the 4th axis is the component.
+    """
+    from bids_llm.dataset import Dataset
+    from bids_llm.derivatives import derivative_dir
+    from bids_llm.io import save_img, write_json
+    from bids_llm.naming import bids_name, label
+
+    from . import _version
+
+    if threads is not None:
+        from .models import set_threads
+
+        set_threads(threads)
+    ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
+    if method not in METHODS:
+        raise UsageError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+    try:
+        desc = label(desc or method, "desc")
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    runs, layout = select_runs(ds, participant, task, run, site)
+    est = Decomposition(method=method, n_components=n_components, n_init=n_init,
+                        random_state=random_state, backend=backend, n_jobs=n_jobs,
+                        device=device, alpha=alpha).fit(runs, layout)
+    t0 = time.perf_counter()
+    ev, ev_total = explained_variance(runs, est.components_, device=device if backend == "fast" else "cpu")
+    ev_seconds = time.perf_counter() - t0
+
+    ents = _entities(runs, desc)
+    out = derivative_dir(ds.root, f"llm2nifti-{method}",
+                         f"llm2nifti {method}: spatial maps over neurons")
+    func = out / f"sub-{ents['sub']}" / "func"
+    comp_path = func / bids_name("bold", ".nii", **ents)
+    z_path = func / bids_name("bold", ".nii", **{**ents, "desc": desc + "Z"})
+    json_path = comp_path.with_suffix(".json")
+    sidecar = {
+        "Description": f"{method} maps over neurons: volume i is component i (not a time point); "
+                       "voxels are neurons through the NeuronLayout",
+        "TaskName": ents["task"], "RepetitionTime": 1.0, "SkullStripped": False,
+        "Method": method, "Backend": backend,
+        "Parameters": {"n_components": int(n_components), "n_init": int(n_init),
+                       "random_state": random_state, "alpha": alpha if method == "dictlearning" else None,
+                       "mask": "all neurons of the layout", "smoothing_fwhm": None, "detrend": False,
+                       "standardize": "zscore_sample", "threshold": None},
+        "Sources": [str(Path(r.path).relative_to(ds.root)) for r in runs],
+        "NTokens": est.n_tokens_, "NRuns": est.n_runs_,
+        "ZMaps": z_path.name,
+        "SingularValues": None if est.singular_values_ is None else est.singular_values_.tolist(),
+        "ExplainedVariance": [float(x) for x in ev],
+        "ExplainedVarianceTotal": float(ev_total),
+        "BackendDetails": est.info_,
+        "Software": {"llm2nifti": _version.__version__, **_versions(backend)},
+        "NeuronLayout": layout.to_dict(),
+        "Timing": {"fit_seconds": round(est.fit_seconds_, 3),
+                   "explained_variance_seconds": round(ev_seconds, 3)},
+    }
+    save_img(est.components_img(), comp_path)
+    save_img(est.components_img(z=True), z_path)
+    write_json(z_path.with_suffix(".json"), {
+        **{k: sidecar[k] for k in ("TaskName", "RepetitionTime", "SkullStripped", "Method",
+                                   "Backend", "Sources", "NeuronLayout")},
+        "Description": f"{method} maps z-scored over neurons (volume i: component i); "
+                       f"threshold these to select neurons",
+        "RawMaps": comp_path.name})
+    write_json(json_path, sidecar)
+    return DecomposeResult(est, comp_path, z_path, json_path, ev, ev_total)
+
+
+def _versions(backend):
+    import nilearn
+    import sklearn
+
+    out = {"nilearn": nilearn.__version__, "scikit-learn": sklearn.__version__}
+    if backend == "fast":
+        import torch
+
+        out["torch"] = torch.__version__
+    return out
+
+
+def read_sidecar(components_path):
+    """The JSON written beside a components image, or None."""
+    p = Path(str(components_path).split(".nii")[0] + ".json")
+    return json.loads(p.read_text()) if p.is_file() else None
