@@ -30,8 +30,9 @@ def _model_options(f):
 @click.option("--neurons", type=_NEURONS, default="mlp", show_default=True,
               help="mlp: MLP hidden neurons; residual: each block's output.")
 @click.option("--layers", default=None, help="Layer subset, e.g. 0-11 or 5,7 [default: all].")
-@click.option("--run-tokens", type=int, default=1024, show_default=True,
-              help="Tokens (volumes) per run; one forward pass each; at most 32767 and the context window.")
+@click.option("--run-tokens", type=int, default=None,
+              help="Tokens (volumes) per run; one forward pass each; at most 32767 and the context "
+                   "window [default: 1024, or the context window if shorter].")
 @click.option("--max-tokens", type=int, default=None, help="Cap on the total number of tokens.")
 @click.option("--task", default=None, help="BIDS task label [default: from the text's name].")
 @click.option("--label", default=None, help="BIDS participant label [default: from the model's name].")

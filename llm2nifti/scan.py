@@ -26,6 +26,7 @@ __all__ = ["scan", "ScanResult"]
 
 log = logging.getLogger(__name__)
 TR = 1.0
+DEFAULT_RUN_TOKENS = 1024
 
 
 @dataclass
@@ -86,7 +87,7 @@ def _check_output(output, resume, overwrite):
         raise UsageError(f"output folder {out} is not empty and is not a dataset: choose a new or empty folder")
 
 
-def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_tokens=1024,
+def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_tokens=None,
          max_tokens=None, task=None, label=None, device="cpu", dtype="auto", compress=False,
          resume=False, overwrite=False, trust_remote_code=False, encoding=None, bos=True,
          threads=None, progress=True, cache=None, loaded=None, id_column="id",
@@ -105,8 +106,9 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
     neurons : {"mlp", "residual"}
     layers : str or sequence of int, optional
         Layer subset, e.g. ``"0-11"``; default all.
-    run_tokens : int
-        Tokens per run (one forward pass each); at most 32,767 and the context window.
+    run_tokens : int, optional
+        Tokens per run (one forward pass each); at most 32,767 and the context
+        window. Default: 1024, or the context window if it is shorter.
     max_tokens : int, optional
         Cap on the total number of tokens.
     task, label : str, optional
@@ -154,7 +156,10 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
     site = resolve_site(lm, neurons, layers)
     layout = NeuronLayout(site)
     stream = tokenize_documents(documents, tokenizer, max_tokens=max_tokens, bos=bos)
-    runs = make_runs(len(stream), run_tokens, _context_window(lm, tokenizer))
+    context = _context_window(lm, tokenizer)
+    if run_tokens is None:
+        run_tokens = min(DEFAULT_RUN_TOKENS, context or DEFAULT_RUN_TOKENS)
+    runs = make_runs(len(stream), run_tokens, context)
     ext = ".nii.gz" if compress else ".nii"
 
     writer = DatasetWriter(output, participant, task, layout)

@@ -84,3 +84,12 @@ def tiny_scan(tmp_path, tokenizer, text_file):
     res = scan(tmp_path / "ds", "tinyllama", text_file, run_tokens=100, progress=False,
                loaded=(model, tokenizer), threads=1)
     return res, model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A tiny Llama and the byte tokenizer saved as a local Hugging Face folder."""
+    path = tmp_path_factory.mktemp("models") / "tiny-llama"
+    tiny_llama().save_pretrained(path)
+    byte_tokenizer().save_pretrained(path)
+    return path
