@@ -15,6 +15,7 @@ _LAZY = {
     "Recorder": ".recording", "record": ".recording",
     "load_model": ".models", "load_documents": ".stimuli",
     "UsageError": ".errors",
+    "intervene": ".intervention", "Intervention": ".intervention",
 }
 _LAZY_BIDS = {"Dataset": "bids_llm.dataset", "load_run": "bids_llm.dataset"}
 

@@ -1,0 +1,252 @@
+"""Intervene on neurons: inhibit, amplify or retain them with forward hooks.
+
+The hooks sit at exactly the modules a scan recorded (through
+:class:`~llm2nifti.sites.Site`), so a neuron set read from ``networks.tsv``
+addresses the same neurons the recorder saw. Each hook returns a modified
+*copy* of the neuron tensor (no in-place edits), so it works with autograd,
+batches, ``generate`` (with or without a key-value cache), on CPU and GPU.
+
+Modes
+-----
+``inhibit``
+    Set the selected neurons to ``value`` (default 0: zeroing).
+``amplify``
+    ``x * scale + value`` on the selected neurons: add a constant
+    (``value``, the published variant) or multiply (``scale``), or both.
+``retain``
+    Keep the selected neurons and set every *other* neuron of the site's
+    layers to ``value`` (default 0). Layers without a selected neuron are
+    zeroed entirely; a layer whose neurons are all kept gets no hook.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from .errors import UsageError
+from .neuronset import NeuronSet
+from .sites import Site, resolve_site
+
+__all__ = ["Intervention", "intervene", "attach", "as_per_layer", "MODES"]
+
+MODES = ("inhibit", "amplify", "retain")
+
+
+def as_per_layer(neurons):
+    """``{layer: sorted unique int64 indices}`` from any accepted neuron description.
+
+    Parameters
+    ----------
+    neurons : NeuronSet, dict of int -> sequence of int, or array of shape (n, 2)
+        A neuron set, a per-layer mapping, or ``(layer, neuron)`` pairs.
+    """
+    if isinstance(neurons, NeuronSet):
+        return neurons.per_layer()
+    if isinstance(neurons, dict):
+        out = {}
+        for layer, idx in neurons.items():
+            idx = np.unique(np.asarray(idx, dtype=np.int64).ravel())
+            if idx.size:
+                out[int(layer)] = idx
+        return out
+    pairs = np.asarray(neurons, dtype=np.int64)
+    if pairs.size == 0:
+        return {}
+    if pairs.ndim != 2 or pairs.shape[1] != 2:
+        raise UsageError("neurons must be a NeuronSet, {layer: indices} or (layer, neuron) pairs")
+    return {int(l): np.unique(pairs[pairs[:, 0] == l, 1]) for l in np.unique(pairs[:, 0])}
+
+
+def _replace_output(output, new):
+    if isinstance(output, tuple):
+        return (new,) + tuple(output[1:])
+    if isinstance(output, list):
+        return [new] + list(output[1:])
+    return new
+
+
+class Intervention:
+    """Forward hooks that inhibit, amplify or retain neurons of a site.
+
+    Use it as a context manager (hooks are removed on exit, also on error),
+    or call :meth:`attach` and later :meth:`remove`.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The model whose neurons are changed.
+    neurons : NeuronSet, dict of int -> indices, or array of (layer, neuron) pairs
+        The selected neurons.
+    mode : {"inhibit", "amplify", "retain"}
+        See the module documentation.
+    value : float, optional
+        ``inhibit``/``retain``: the value the affected neurons are set to
+        (default 0). ``amplify``: the constant added (default 0).
+    scale : float, optional
+        ``amplify`` only: the factor the selected neurons are multiplied by
+        (default 1).
+    site : Site or {"mlp", "residual"}, optional
+        Where the neurons live. Default: the model's site of the neuron set's
+        kind (``"mlp"``), over all layers. For ``retain``, the layers of the
+        site are the ones whose other neurons are zeroed.
+
+    Attributes
+    ----------
+    site_ : Site
+        The resolved site.
+    targets_ : dict of int -> ndarray
+        Per layer, the indices the hook changes (for ``retain``, the neurons
+        *not* kept).
+    n_selected_ : int
+        Number of selected neurons.
+
+    Examples
+    --------
+    >>> with intervene(model, {3: [7, 9]}, mode="inhibit"):  # doctest: +SKIP
+    ...     out = model(input_ids)
+    """
+
+    def __init__(self, model, neurons, mode="inhibit", value=None, scale=None, site=None):
+        if mode not in MODES:
+            raise UsageError(f"unknown intervention mode {mode!r}: choose one of {', '.join(MODES)}")
+        if mode != "amplify" and scale is not None:
+            raise UsageError("scale only applies to mode='amplify'")
+        if mode == "amplify" and value is None and scale is None:
+            raise UsageError("amplify needs value= (a constant added) or scale= (a factor)")
+        self.model = model
+        self.neurons = neurons
+        self.mode = mode
+        self.value = value
+        self.scale = scale
+        self.site = site
+        self._handles = []
+        self._prepare()
+
+    # ----------------------------------------------------------------- setup
+    def _prepare(self):
+        site = self.site
+        if site is None or isinstance(site, str):
+            kind = site or (self.neurons.site if isinstance(self.neurons, NeuronSet) else "mlp")
+            site = resolve_site(self.model, kind)
+        elif not isinstance(site, Site):
+            raise UsageError("site must be a Site, 'mlp' or 'residual'")
+        selected = as_per_layer(self.neurons)
+        outside = sorted(set(selected) - set(site.layers))
+        if outside:
+            raise UsageError(f"neurons in layer(s) {outside}, which the site does not cover "
+                             f"(layers {site.layers[0]}-{site.layers[-1]})")
+        for layer, idx in selected.items():
+            if idx.min() < 0 or idx.max() >= site.width:
+                raise UsageError(f"neuron index out of range in layer {layer}: "
+                                 f"this site has {site.width} neurons per layer")
+        if self.mode == "retain":
+            everything = np.arange(site.width, dtype=np.int64)
+            targets = {l: np.setdiff1d(everything, selected.get(l, ()), assume_unique=True)
+                       for l in site.layers}
+        else:
+            targets = dict(selected)
+        self.site_ = site
+        self.targets_ = {l: t for l, t in targets.items() if t.size}
+        self.n_selected_ = int(sum(len(v) for v in selected.values()))
+
+    # ----------------------------------------------------------------- hooks
+    def _transform(self, layer):
+        idx_cpu = torch.as_tensor(self.targets_[layer], dtype=torch.long)
+        cache = {}
+        mode = self.mode
+        value = 0.0 if self.value is None else float(self.value)
+        scale = 1.0 if self.scale is None else float(self.scale)
+
+        def apply(x):
+            idx = cache.get(x.device)
+            if idx is None:
+                idx = cache[x.device] = idx_cpu.to(x.device)
+            if mode in ("inhibit", "retain"):
+                return x.index_fill(-1, idx, value)
+            y = x.clone()
+            y[..., idx] = x.index_select(-1, idx) * scale + value
+            return y
+
+        return apply
+
+    def attach(self):
+        """Register the hooks and return ``self``; call :meth:`remove` to undo."""
+        if self._handles:
+            raise RuntimeError("this intervention is already attached")
+        try:
+            for layer, module in self.site_.modules(self.model):
+                if layer not in self.targets_:
+                    continue
+                apply = self._transform(layer)
+                if self.site_.hook == "pre":
+                    def pre_hook(mod, args, kwargs, apply=apply):
+                        if args:
+                            return (apply(args[0]),) + tuple(args[1:]), kwargs
+                        key = next(iter(kwargs))
+                        return args, dict(kwargs, **{key: apply(kwargs[key])})
+                    h = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+                else:
+                    def post_hook(mod, args, output, apply=apply):
+                        first = output[0] if isinstance(output, (tuple, list)) else output
+                        return _replace_output(output, apply(first))
+                    h = module.register_forward_hook(post_hook)
+                self._handles.append(h)
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def remove(self):
+        """Remove every hook this intervention placed (safe to call twice)."""
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    @property
+    def attached(self):
+        return bool(self._handles)
+
+    def __enter__(self):
+        return self.attach()
+
+    def __exit__(self, *exc):
+        self.remove()
+        return False
+
+    def __repr__(self):
+        extra = "" if self.value is None else f", value={self.value}"
+        extra += "" if self.scale is None else f", scale={self.scale}"
+        return (f"Intervention(mode={self.mode!r}, {self.n_selected_} neurons, "
+                f"site={self.site_.kind!r}{extra}, attached={self.attached})")
+
+
+def intervene(model, neurons, mode="inhibit", value=None, scale=None, site=None):
+    """Context manager that inhibits, amplifies or retains ``neurons`` of ``model``.
+
+    Parameters are those of :class:`Intervention`.
+
+    Returns
+    -------
+    Intervention
+        Entering it places the hooks; leaving it removes them, also on error.
+
+    Examples
+    --------
+    >>> from llm2nifti.neuronset import NeuronSet
+    >>> key = NeuronSet.from_tsv("networks.tsv").union()  # doctest: +SKIP
+    >>> with intervene(model, key, mode="inhibit"):  # doctest: +SKIP
+    ...     loss = model(ids, labels=ids).loss
+    """
+    return Intervention(model, neurons, mode=mode, value=value, scale=scale, site=site)
+
+
+def attach(model, neurons, mode="inhibit", value=None, scale=None, site=None):
+    """Like :func:`intervene`, but the hooks stay attached until ``.remove()``.
+
+    Returns
+    -------
+    Intervention
+        Already attached.
+    """
+    return Intervention(model, neurons, mode=mode, value=value, scale=scale, site=site).attach()
