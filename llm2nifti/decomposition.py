@@ -219,8 +219,12 @@ class Decomposition(BaseEstimator):
 
             est = nilearn_estimator(self.method, layout.mask_img(), self.n_components, self.n_init,
                                     self.random_state, self.n_jobs, self.alpha, self.verbose)
+            from sklearn.exceptions import ConvergenceWarning
+
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
+                # DictLearning's inner lasso steps warn on every batch; the maps are still used
+                warnings.simplefilter("ignore", ConvergenceWarning)
                 est.fit(paths)
             self.components_ = layout.from_masked(np.asarray(est.components_)).astype(np.float32)
             var = getattr(est, "variance_", None)

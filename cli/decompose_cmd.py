@@ -1,0 +1,115 @@
+"""``llm2nifti decompose``, ``llm2nifti networks`` and ``llm2nifti recurrence``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .main import main
+
+
+def _runs(value):
+    if not value:
+        return None
+    try:
+        return [int(v) for v in value.split(",")]
+    except ValueError:
+        raise click.BadParameter("give run numbers such as 1,2,3") from None
+
+
+def _selection_options(f):
+    f = click.option("--site", default="mlp", show_default=True, help="Neuron site (acq entity).")(f)
+    f = click.option("--runs", "run", default=None, help="Run numbers, e.g. 1,2 [default: all].")(f)
+    f = click.option("--task", default=None, help="BIDS task label [default: all].")(f)
+    f = click.option("--participant", default=None,
+                     help="BIDS participant label [default: the only one].")(f)
+    return f
+
+
+def _decomposition_options(f):
+    f = click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")(f)
+    f = click.option("--device", default="cpu", show_default=True,
+                     help="torch device of the fast backend (cpu, cuda).")(f)
+    f = click.option("--n-jobs", type=int, default=1, show_default=True, help="nilearn parallel jobs.")(f)
+    f = click.option("--random-state", type=int, default=0, show_default=True,
+                     help="Seed: the same seed gives identical output.")(f)
+    f = click.option("--n-init", type=int, default=10, show_default=True,
+                     help="FastICA restarts (CanICA); the sparsest result is kept.")(f)
+    f = click.option("--n-components", "-k", type=int, default=20, show_default=True,
+                     help="Number of components (networks).")(f)
+    return f
+
+
+def _selection_of_neurons(f):
+    f = click.option("--top-k", type=int, default=None,
+                     help="Keep the k strongest neurons per network (with --threshold: among those past it).")(f)
+    f = click.option("--one-sided", is_flag=True, help="Keep z > t only [default: |z| > t].")(f)
+    f = click.option("--threshold", "-t", type=float, default=None,
+                     help="z threshold [default: 3.6, or none with --top-k].")(f)
+    return f
+
+
+def _threshold(threshold, top_k):
+    return threshold if threshold is not None or top_k is not None else 3.6
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_selection_options
+@click.option("--method", type=click.Choice(["canica", "dictlearning"]), default="canica",
+              show_default=True, help="nilearn estimator.")
+@click.option("--backend", type=click.Choice(["nilearn", "fast"]), default="nilearn", show_default=True,
+              help="fast: the same CanICA algorithm in torch (CPU or GPU).")
+@_decomposition_options
+@click.option("--alpha", type=float, default=10.0, show_default=True, help="DictLearning sparsity.")
+@click.option("--desc", default=None, help="BIDS desc label of the outputs [default: the method].")
+def decompose(dataset, participant, task, run, site, method, backend, n_components, n_init,
+              random_state, n_jobs, device, threads, alpha, desc):
+    """Decompose the runs of DATASET into maps over neurons (a BIDS derivative).
+
+    Writes derivatives/llm2nifti-<method>/sub-<label>/func/*_desc-<desc>_bold.nii (volume i =
+    component i), its z-scored version (desc-<desc>Z) and a JSON with parameters, explained
+    variance and timing.
+    """
+    from llm2nifti.decomposition import decompose as run_decompose
+
+    res = run_decompose(dataset, participant=participant, task=task, run=_runs(run), site=site,
+                        method=method, backend=backend, n_components=n_components, n_init=n_init,
+                        random_state=random_state, n_jobs=n_jobs, device=device, alpha=alpha,
+                        desc=desc, threads=threads)
+    est = res.estimator
+    click.echo(f"{method} ({backend}): {n_components} components from {est.n_runs_} run(s), "
+               f"{est.n_tokens_} tokens in {est.fit_seconds_:.1f} s; explained variance "
+               f"{res.explained_variance_total:.3f}")
+    click.echo(f"  maps:   {res.components}")
+    click.echo(f"  z-maps: {res.zmaps}")
+    click.echo(f"  next:   llm2nifti networks {res.zmaps} --dataset {dataset}")
+
+
+@main.command()
+@click.argument("components", type=click.Path(path_type=Path))
+@click.option("--dataset", "-d", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The dataset the components were made from (gives the neuron layout).")
+@click.option("--participant", default=None, help="Participant label [default: from the image's name].")
+@click.option("--site", default="mlp", show_default=True, help="Neuron site.")
+@_selection_of_neurons
+@click.option("--output", "-o", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of the tables [default: DATASET/derivatives/llm2nifti-networks].")
+def networks(components, dataset, participant, site, threshold, one_sided, top_k, output):
+    """Map the maps of COMPONENTS (a 4D image on DATASET's grid) back to exact neurons.
+
+    Writes <stem>_networks.tsv (network, site, layer, neuron, z), <stem>_summary.tsv (size, share,
+    count per layer), <stem>_keyneurons.tsv (the union, with how many networks hold each neuron).
+    """
+    from llm2nifti.networks import networks as run_networks
+
+    res = run_networks(components, dataset, participant=participant, site=site,
+                       threshold=_threshold(threshold, top_k), two_sided=not one_sided,
+                       top_k=top_k, output=output)
+    sizes = res.summary["size"]
+    click.echo(f"{len(sizes)} networks, {int(sizes.min())}-{int(sizes.max())} neurons each; "
+               f"{len(res.key)} key neurons")
+    click.echo(f"  networks: {res.networks_tsv}")
+    click.echo(f"  summary:  {res.summary_tsv}")
+    click.echo(f"  key:      {res.key_tsv}")

@@ -1,0 +1,267 @@
+"""From spatial maps to exact neurons: thresholded networks, their summaries and key neurons.
+
+A components image (one volume per map, on the dataset's grid) is read back
+through :class:`NeuronLayout`; each map is z-scored over neurons and a neuron
+belongs to the map's network where ``|z| > t`` (two-sided) or ``z > t``
+(one-sided), optionally keeping only the ``top_k`` strongest neurons.
+Network ``FNxx`` is volume ``xx`` (0-based) of the image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .errors import UsageError
+from .neuronset import NeuronSet
+
+__all__ = ["maps_to_neurons", "network_names", "summarize", "key_neurons", "networks",
+           "NetworksResult", "load_maps"]
+
+
+def network_names(n):
+    """Names of ``n`` networks: ``FN00``, ``FN01``, ... (volume index)."""
+    width = max(2, len(str(n - 1)))
+    return [f"FN{i:0{width}d}" for i in range(n)]
+
+
+def load_maps(img, layout):
+    """``(k, n_neurons)`` layer-major maps of a components image (path or image).
+
+    Raises :class:`UsageError` when the image's grid or affine differs from ``layout``.
+    """
+    import nibabel as nib
+
+    if isinstance(img, (str, Path)):
+        path = Path(img)
+        if not path.is_file():
+            raise UsageError(f"components image {path} not found")
+        try:
+            img = nib.load(str(path))
+        except Exception as exc:  # nibabel raises several types for unreadable files
+            raise UsageError(f"cannot read {path} as a NIfTI image: {exc}") from None
+    layout.check_img(img)
+    if len(img.shape) not in (3, 4):
+        raise UsageError(f"components image has shape {img.shape}: expected 3D or 4D")
+    X = layout.unfold(img)
+    return np.atleast_2d(np.asarray(X, dtype=np.float64))
+
+
+def _zscore(maps):
+    from .decomposition import zscore_maps
+
+    return zscore_maps(maps).astype(np.float64)
+
+
+def maps_to_neurons(img, layout, threshold=3.6, two_sided=True, top_k=None, names=None):
+    """Threshold z-scored maps into networks of exact neurons.
+
+    Parameters
+    ----------
+    img : path, Niimg or ndarray of shape (k, n_neurons)
+        Components image on the dataset's grid (or layer-major maps).
+        Each map is z-scored over neurons (a z-scored map is unchanged).
+    layout : NeuronLayout
+    threshold : float or None
+        Keep ``|z| > threshold`` (two-sided) or ``z > threshold``; None keeps all
+        (with ``top_k``).
+    two_sided : bool
+    top_k : int, optional
+        Keep at most the ``top_k`` strongest neurons per network (by ``|z|``
+        two-sided, by ``z`` one-sided) among those past the threshold.
+    names : list of str, optional
+        Network names (default ``FN00``, ``FN01``, ...).
+
+    Returns
+    -------
+    NeuronSet
+        Rows (network, site, layer, neuron, z), networks in map order, neurons
+        in layer-major order.
+    """
+    if threshold is None and top_k is None:
+        raise UsageError("give a threshold, a top-k, or both")
+    if top_k is not None and int(top_k) < 1:
+        raise UsageError("top-k must be at least 1")
+    maps = np.atleast_2d(np.asarray(img, dtype=np.float64)) if isinstance(img, np.ndarray) \
+        else load_maps(img, layout)
+    if maps.shape[1] != layout.n_neurons:
+        raise UsageError(f"maps have {maps.shape[1]} neurons, the layout {layout.n_neurons}")
+    Z = _zscore(maps)
+    names = network_names(len(Z)) if names is None else [str(n) for n in names]
+    if len(names) != len(Z):
+        raise UsageError(f"{len(names)} names for {len(Z)} maps")
+    frames = []
+    for name, z in zip(names, Z):
+        score = np.abs(z) if two_sided else z
+        idx = np.arange(len(z)) if threshold is None else np.flatnonzero(score > threshold)
+        if top_k is not None and len(idx) > top_k:
+            order = np.lexsort((idx, -score[idx]))  # strongest first, ties by index
+            idx = np.sort(idx[order[: int(top_k)]])
+        layer, neuron = layout.neurons(idx)
+        frames.append(pd.DataFrame({"network": name, "layer": layer, "neuron": neuron,
+                                    "z": np.round(z[idx], 6)}))
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["network", "layer", "neuron", "z"])
+    return NeuronSet(table, site=layout.site.kind)
+
+
+def summarize(nset, layout, names=None):
+    """One row per network: size, share of all neurons, signs, peak and count per layer.
+
+    Parameters
+    ----------
+    nset : NeuronSet
+        With a ``z`` column (from :func:`maps_to_neurons`).
+    layout : NeuronLayout
+    names : list of str, optional
+        All networks to list, empty ones included (default: those in ``nset``).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns network, size, share, n_positive, n_negative, peak_layer,
+        peak_neuron, peak_z, then ``layer_<l>`` counts for every layer of the layout.
+    """
+    t = nset.table
+    rows = []
+    for name in (names or nset.names):
+        sub = t[t["network"] == name]
+        row = {"network": name, "size": len(sub), "share": round(len(sub) / layout.n_neurons, 6)}
+        z = sub["z"].to_numpy() if "z" in sub else np.zeros(len(sub))
+        row["n_positive"] = int((z > 0).sum())
+        row["n_negative"] = int((z < 0).sum())
+        if len(sub):
+            i = int(np.argmax(np.abs(z)))
+            row.update(peak_layer=int(sub["layer"].iloc[i]), peak_neuron=int(sub["neuron"].iloc[i]),
+                       peak_z=float(z[i]))
+        else:
+            row.update(peak_layer="n/a", peak_neuron="n/a", peak_z="n/a")
+        counts = sub["layer"].value_counts()
+        for layer in layout.layers:
+            row[f"layer_{layer}"] = int(counts.get(layer, 0))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def key_neurons(nset):
+    """The union over networks: one row per neuron with how many networks hold it.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns layer, neuron, n_networks, networks (comma-separated), max_abs_z;
+        sorted by layer and neuron.
+    """
+    t = nset.table
+    if not len(t):
+        return pd.DataFrame(columns=["layer", "neuron", "n_networks", "networks", "max_abs_z"])
+    t = t.assign(abs_z=t["z"].abs() if "z" in t else np.nan)
+    g = t.groupby(["layer", "neuron"], sort=True)
+    out = pd.DataFrame({
+        "n_networks": g["network"].nunique(),
+        "networks": g["network"].agg(lambda s: ",".join(dict.fromkeys(s))),
+        "max_abs_z": g["abs_z"].max().round(6),
+    }).reset_index()
+    return out
+
+
+@dataclass
+class NetworksResult:
+    """What :func:`networks` wrote: the neuron set and the paths of its tables."""
+
+    neurons: NeuronSet
+    summary: pd.DataFrame
+    key: pd.DataFrame
+    networks_tsv: Path
+    summary_tsv: Path
+    key_tsv: Path
+    sidecar: Path
+
+
+def _stem(path):
+    name = Path(path).name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+    for suffix in ("_bold", "_components"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
+
+
+def _participant_from_name(path):
+    from bids_llm.naming import parse_name
+
+    ents, _ = parse_name(Path(path).name)
+    return ents.get("sub")
+
+
+def networks(components, dataset, *, participant=None, site="mlp", threshold=3.6, two_sided=True,
+             top_k=None, output=None):
+    """Map a components image to neuron networks and write the tables.
+
+    Parameters
+    ----------
+    components : path
+        4D components image (from :func:`llm2nifti.decompose` or a user's nilearn
+        script using the dataset's mask); refused unless on the dataset's grid and affine.
+    dataset : path or Dataset
+        Gives the neuron layout.
+    participant : str, optional
+        Default: the ``sub-`` entity of the image's name, else the only participant.
+    site : str
+    threshold, two_sided, top_k :
+        See :func:`maps_to_neurons`.
+    output : path, optional
+        Folder of the tables (default ``DATASET/derivatives/llm2nifti-networks``).
+
+    Returns
+    -------
+    NetworksResult
+
+    Notes
+    -----
+    Writes ``<stem>_networks.tsv`` (network, site, layer, neuron, z),
+    ``<stem>_summary.tsv``, ``<stem>_keyneurons.tsv`` and ``<stem>_networks.json``
+    (the selection), where ``<stem>`` is the image's name without ``_bold.nii``.
+    """
+    from bids_llm.dataset import Dataset
+    from bids_llm.io import write_json, write_text
+    from bids_llm.naming import inside
+
+    from . import _version
+
+    ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
+    if participant is None:
+        participant = _participant_from_name(components)
+        known = {r.participant for r in ds.runs(site=site)}
+        if participant not in known:
+            participant = None
+    layout = ds.layout(participant, site)
+    nset = maps_to_neurons(components, layout, threshold=threshold, two_sided=two_sided, top_k=top_k)
+    n_maps = load_maps(components, layout).shape[0]
+    names = network_names(n_maps)
+    summary = summarize(nset, layout, names=names)
+    key = key_neurons(nset)
+
+    out = Path(output) if output is not None else inside(ds.root, "derivatives", "llm2nifti-networks")
+    stem = _stem(components)
+    paths = [inside(out, f"{stem}_{s}") for s in
+             ("networks.tsv", "summary.tsv", "keyneurons.tsv", "networks.json")]
+    nset.to_tsv(paths[0])
+    write_text(paths[1], summary.to_csv(sep="\t", index=False))
+    write_text(paths[2], key.to_csv(sep="\t", index=False))
+    write_json(paths[3], {
+        "Components": str(Path(components).resolve()),
+        "Dataset": str(ds.root.resolve()), "Participant": participant, "Site": layout.site.kind,
+        "Selection": {"zscore": "each map over neurons (ddof=0)", "threshold": threshold,
+                      "two_sided": bool(two_sided), "top_k": top_k},
+        "NNetworks": n_maps, "NKeyNeurons": len(key), "NNeurons": layout.n_neurons,
+        "KeyShare": round(len(key) / layout.n_neurons, 6),
+        "Naming": "network FNxx is volume xx (0-based) of the components image",
+        "llm2nifti": _version.__version__,
+    })
+    return NetworksResult(nset, summary, key, *paths)
