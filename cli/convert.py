@@ -76,13 +76,17 @@ def convert(output, model, text, neurons, layers, run_tokens, max_tokens, task, 
 
 @main.command()
 @click.argument("model", required=False)
-@_model_options
-def sites(model, device, dtype, trust_remote_code):
-    """List the neuron sites of MODEL (default: the embedded model) and their neuron counts."""
-    from llm2nifti.models import load_model
+@click.option("--trust-remote-code", is_flag=True,
+              help="Let transformers run the model's own code (off: only for models you trust).")
+def sites(model, trust_remote_code):
+    """List the neuron sites of MODEL (default: the embedded model) and their neuron counts.
+
+    Reads the model's configuration only: no weights are loaded.
+    """
+    from llm2nifti.models import load_skeleton
     from llm2nifti.sites import SITE_KINDS, resolve_site
 
-    lm, _ = load_model(model, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
+    lm = load_skeleton(model, trust_remote_code=trust_remote_code)
     click.echo(f"{lm.config.name_or_path} ({lm.config.model_type})")
     click.echo("site\thook\tmodule\tlayers\twidth\tneurons")
     for kind in SITE_KINDS:

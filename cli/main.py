@@ -43,6 +43,7 @@ def main(verbose):
         hf_logging.disable_progress_bar()
         if not verbose:
             hf_logging.set_verbosity_error()
+            logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     except ImportError:  # pragma: no cover
         pass
 

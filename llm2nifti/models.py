@@ -14,7 +14,7 @@ import torch
 
 from .errors import UsageError
 
-__all__ = ["DEFAULT_MODEL", "load_model", "cache_dir", "default_model_folder", "model_label",
+__all__ = ["DEFAULT_MODEL", "load_model", "load_skeleton", "cache_dir", "default_model_folder", "model_label",
            "weights_hash", "set_threads"]
 
 log = logging.getLogger(__name__)
@@ -89,6 +89,27 @@ def default_model_folder(cache=None):
     return target
 
 
+def _source(model, cache):
+    """``(name, what to pass to from_pretrained)`` for a model argument."""
+    name = DEFAULT_MODEL if model is None else str(model)
+    if name in (DEFAULT_MODEL, "default"):
+        return DEFAULT_MODEL, default_model_folder(cache)
+    if name.startswith((".", "/", "~")) or os.path.exists(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise UsageError(f"model folder {name} not found: pass a folder with config.json, or a Hugging Face id")
+        if not path.is_dir():
+            raise UsageError(f"model path {name} is a file: pass the folder that holds config.json")
+        return name, str(path)
+    return name, name
+
+
+def _load_error(name, exc):
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return UsageError(f"cannot load model {name!r} ({first}): pass a local folder with config.json "
+                      "and weights, or a Hugging Face id available offline or online")
+
+
 def _resolve_dtype(dtype):
     if dtype in (None, "auto"):
         return "auto"
@@ -132,10 +153,7 @@ def load_model(model=None, device="cpu", dtype="auto", trust_remote_code=False, 
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    name = DEFAULT_MODEL if model is None else str(model)
-    source = default_model_folder(cache) if name in (DEFAULT_MODEL, "default") else name
-    if isinstance(source, str) and os.path.exists(source) and not os.path.isdir(source):
-        raise UsageError(f"model path {source} is a file: pass the folder that holds config.json")
+    name, source = _source(model, cache)
     device = _resolve_device(device)
     try:
         tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -144,16 +162,31 @@ def load_model(model=None, device="cpu", dtype="auto", trust_remote_code=False, 
     except UsageError:
         raise
     except (OSError, ValueError, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(
-            f"cannot load model {name!r} ({first}): pass a local folder with config.json and "
-            "weights, or a Hugging Face id available offline or online"
-        ) from None
+        raise _load_error(name, exc) from None
     lm.to(device)
     lm.eval()
     if not getattr(lm.config, "name_or_path", None) or str(source) == str(lm.config.name_or_path):
         lm.config.name_or_path = name
     return lm, tok
+
+
+def load_skeleton(model=None, trust_remote_code=False, cache=None):
+    """The model's architecture without its weights (on torch's meta device).
+
+    Enough to resolve neuron sites of a large model in a second: nothing is
+    allocated and no weights are read.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    name, source = _source(model, cache)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        raise _load_error(name, exc) from None
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    lm.config.name_or_path = name
+    return lm
 
 
 def model_label(name):

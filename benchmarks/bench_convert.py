@@ -1,0 +1,107 @@
+"""Convert vs the bare forward pass, and peak memory at 1x and 4x the tokens.
+
+Usage::
+
+    python benchmarks/bench_convert.py [--tokens 4096] [--run-tokens 1024] [--threads 2]
+
+Prints, measured side by side in one run on the embedded default model and the
+Lee corpus:
+
+* the bare forward-pass time over the same runs vs ``scan`` (record + write
+  NIfTI, events, sidecars, checksums); goal: ratio <= 1.15 on CPU;
+* the peak resident memory of a whole ``scan`` process at N and 4N tokens;
+  goal: grows < 10% (activations stream to disk run by run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def child_scan(out, tokens, run_tokens, threads):
+    """Run in a fresh process: scan and report peak RSS (ru_maxrss, KiB on Linux)."""
+    from llm2nifti.models import load_model, set_threads
+    from llm2nifti.scan import scan
+
+    set_threads(threads)
+    loaded = load_model()
+    t = time.perf_counter()
+    scan(out, text="lee", max_tokens=tokens, run_tokens=run_tokens, progress=False,
+         threads=threads, loaded=loaded)
+    wall = time.perf_counter() - t
+    print(json.dumps({"wall": wall, "maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def timed_pair(tokens, run_tokens, threads, repeats):
+    import torch
+
+    from llm2nifti.models import load_model, set_threads
+    from llm2nifti.scan import scan
+    from llm2nifti.stimuli import load_documents, make_runs, tokenize_documents
+
+    set_threads(threads)
+    model, tok = load_model()
+    stream = tokenize_documents(load_documents("lee"), tok, max_tokens=tokens)
+    runs = make_runs(len(stream), run_tokens)
+
+    def bare():
+        t = time.perf_counter()
+        with torch.inference_mode():
+            for a, b in runs:
+                model(input_ids=torch.as_tensor(stream.ids[a:b])[None], use_cache=False)
+        return time.perf_counter() - t
+
+    def convert():
+        with tempfile.TemporaryDirectory() as d:
+            t = time.perf_counter()
+            scan(f"{d}/ds", text="lee", max_tokens=tokens, run_tokens=run_tokens, progress=False,
+                 threads=threads, loaded=(model, tok))
+            return time.perf_counter() - t
+
+    bare()  # warm-up
+    b, c = [], []
+    for _ in range(repeats):  # interleaved, so drifts in machine load hit both alike
+        b.append(bare())
+        c.append(convert())
+    return min(b), min(c), len(stream)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=4096)
+    ap.add_argument("--run-tokens", type=int, default=1024)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.child:
+        child_scan(a.child[0], int(a.child[1]), a.run_tokens, a.threads)
+        return
+
+    bare, conv, n = timed_pair(a.tokens, a.run_tokens, a.threads, a.repeats)
+    print(f"tokens={n} run_tokens={a.run_tokens} threads={a.threads} (best of {a.repeats})")
+    print(f"bare forward   {bare:8.2f} s   {n / bare:8.0f} tok/s")
+    print(f"convert        {conv:8.2f} s   {n / conv:8.0f} tok/s")
+    print(f"ratio convert/bare = {conv / bare:.3f}   (goal <= 1.15)")
+
+    peaks = {}
+    for mult in (1, 4):
+        with tempfile.TemporaryDirectory() as d:
+            r = subprocess.run([sys.executable, __file__, "--run-tokens", str(a.run_tokens),
+                                "--threads", str(a.threads), "--child", f"{d}/ds", str(mult * a.tokens)],
+                               capture_output=True, text=True, check=True)
+            peaks[mult] = json.loads(r.stdout.strip().splitlines()[-1])
+            print(f"peak RSS at {mult}x ({mult * a.tokens} tokens): {peaks[mult]['maxrss_mib']:8.0f} MiB "
+                  f"(scan {peaks[mult]['wall']:.1f} s)")
+    growth = peaks[4]["maxrss_mib"] / peaks[1]["maxrss_mib"] - 1
+    print(f"peak RSS growth 1x -> 4x = {100 * growth:+.1f}%   (goal < 10%)")
+
+
+if __name__ == "__main__":
+    main()
