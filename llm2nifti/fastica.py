@@ -204,11 +204,8 @@ def canica(load_runs, n_components=20, n_init=10, random_state=0, device="cpu",
     generator = torch.Generator().manual_seed(int(seed))
     reduced = []
     for load in load_runs:
-        X = np.asarray(load(), dtype=np.float32)
-        if isinstance(X, np.memmap) or not X.flags.writeable or not X.flags.c_contiguous:
-            X = np.array(X, copy=True)
-        Z = torch.from_numpy(X).to(device)
-        del X
+        # a copy: z-scoring works in place and must not touch the caller's array
+        Z = torch.tensor(np.asarray(load(), dtype=np.float32), device=device)
         zscore_(Z)
         reduced.append(run_pca(Z, n_components, generator, n_iter=n_iter,
                                n_oversamples=n_oversamples))

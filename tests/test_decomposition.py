@@ -1,0 +1,181 @@
+"""Decomposition: planted networks come back neuron-exactly, with every backend."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from planted import PARTICIPANT, make_planted, recovered_exactly
+from scipy.optimize import linear_sum_assignment
+
+from llm2nifti.decomposition import Decomposition, decompose, explained_variance, zscore_maps
+from llm2nifti.errors import UsageError
+from llm2nifti.fastica import canica, fastica_restarts, zscore_
+from llm2nifti.networks import maps_to_neurons
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("planted") / "ds"
+    layout, sets = make_planted(root, signs=[1, -1, 1, 1])
+    return root, layout, sets
+
+
+@pytest.mark.parametrize("backend,method", [("nilearn", "canica"), ("fast", "canica"),
+                                            ("nilearn", "dictlearning")])
+def test_planted_networks_recovered_neuron_exactly(planted, backend, method):
+    root, layout, sets = planted
+    res = decompose(root, backend=backend, method=method, n_components=4, n_init=3,
+                    desc=f"{backend}{method}")
+    nset = maps_to_neurons(res.zmaps, layout, threshold=3.6)
+    assert recovered_exactly(nset, layout, sets)
+    assert len(nset) == sum(len(s) for s in sets)  # nothing else passes the threshold
+    assert 0.1 < res.explained_variance_total <= 1
+    assert res.explained_variance.shape == (4,)
+
+
+def test_fast_backend_matches_nilearn(planted):
+    root, layout, _ = planted
+    from bids_llm.dataset import Dataset
+
+    runs = Dataset(root).runs()
+    a = Decomposition(n_components=4, n_init=3, backend="nilearn").fit(runs, layout).components_
+    b = Decomposition(n_components=4, n_init=3, backend="fast").fit(runs, layout).components_
+    r = np.abs(np.corrcoef(a, b)[:4, 4:])
+    i, j = linear_sum_assignment(-r)
+    assert r[i, j].min() > 0.99
+
+
+def test_fastica_matches_sklearn_exactly():
+    from sklearn.decomposition import fastica
+
+    rng = np.random.default_rng(0)
+    X = rng.laplace(size=(3, 2000)) ** 3  # three sparse "maps"
+    comps = rng.standard_normal((3, 3)) @ X
+    maps, info = fastica_restarts(torch.as_tensor(comps), n_init=1, random_state=5)
+    seed = np.random.RandomState(5).randint(np.iinfo(np.int32).max, size=1)[0]
+    _, _, S = fastica(comps.T, whiten="arbitrary-variance", fun="cube", random_state=seed)
+    ref = S.T.copy()
+    for m in ref:
+        if m.max() < -m.min():
+            m *= -1
+    np.testing.assert_allclose(maps.numpy(), ref, rtol=1e-6, atol=1e-8)
+    assert info["converged"] == [True]
+
+
+def test_fastica_keeps_the_sparsest_start():
+    rng = np.random.default_rng(1)
+    comps = torch.as_tensor(rng.standard_normal((3, 3)) @ rng.laplace(size=(3, 500)) ** 3)
+    maps, info = fastica_restarts(comps, n_init=4, random_state=0)
+    assert info["chosen"] == int(np.argmin(info["sparsity"]))
+    assert np.isclose(np.abs(maps.numpy()).sum(1).max(), min(info["sparsity"]))
+    assert (maps.amax(1) >= -maps.amin(1)).all()  # peaks positive
+
+
+def test_zscore_matches_nilearn_convention():
+    X = torch.tensor([[1.0, 5.0, 2.0], [3.0, 5.0, 4.0], [5.0, 5.0, 9.0]])
+    Z = zscore_(X.clone())
+    ref = (X - X.mean(0)) / X.std(0, unbiased=True)
+    assert torch.allclose(Z[:, [0, 2]], ref[:, [0, 2]])
+    assert torch.all(Z[:, 1] == 0)  # constant neuron: zeros, not NaN
+
+
+def test_fixed_seed_gives_identical_output(planted, tmp_path):
+    root, _, _ = planted
+    copy = tmp_path / "ds"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("derivatives"))
+    shutil.copytree(root / "derivatives" / "llm2nifti", copy / "derivatives" / "llm2nifti")
+    outs = []
+    for backend in ("fast", "fast", "nilearn", "nilearn"):
+        res = decompose(copy, backend=backend, n_components=4, n_init=2, random_state=3,
+                        desc=backend)
+        sidecar = json.loads(res.sidecar.read_text())
+        sidecar.pop("Timing")
+        outs.append((res.components.read_bytes(), res.zmaps.read_bytes(), sidecar))
+    assert outs[0] == outs[1]
+    assert outs[2] == outs[3]
+    other = decompose(copy, backend="fast", n_components=4, n_init=2, random_state=4, desc="fast")
+    assert other.components.read_bytes() != outs[0][0]
+
+
+def test_derivative_files_and_bids_validator(planted):
+    root, layout, _ = planted
+    res = decompose(root, backend="fast", n_components=4, n_init=2, run=[1], desc="single")
+    assert res.components.parent == root / "derivatives" / "llm2nifti-canica" / f"sub-{PARTICIPANT}" / "func"
+    assert res.components.name == f"sub-{PARTICIPANT}_task-planted_run-01_desc-single_bold.nii"
+    img = nib.load(res.components)
+    assert img.shape == layout.shape + (4,)
+    np.testing.assert_array_equal(img.affine, layout.affine)
+    zs = layout.unfold(nib.load(res.zmaps))
+    np.testing.assert_allclose(zs.mean(1), 0, atol=1e-5)
+    np.testing.assert_allclose(zs.std(1), 1, atol=1e-4)
+    side = json.loads(res.sidecar.read_text())
+    assert side["Sources"] == [f"sub-{PARTICIPANT}/func/sub-{PARTICIPANT}_task-planted_run-01_bold.nii"]
+    assert side["NTokens"] == 200 and side["Parameters"]["smoothing_fwhm"] is None
+    desc = json.loads((root / "derivatives" / "llm2nifti-canica" / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["GeneratedBy"][0]["Name"] == "llm2nifti"
+    assert desc["SourceDatasets"]
+    validator = shutil.which("bids-validator-deno") or str(Path(sys.executable).parent / "bids-validator-deno")
+    out = subprocess.run([validator, "-r", str(root), "--format", "json"], capture_output=True,
+                         text=True, env={**os.environ, "NO_COLOR": "1"}, timeout=120)
+    report = json.loads(out.stdout)
+    errors = [i for i in report["issues"]["issues"] if i["severity"] == "error"]
+    for name, sub in report.get("derivativesSummary", {}).items():
+        errors += [(name, i["code"], i.get("location")) for i in sub["issues"]["issues"]
+                   if i["severity"] == "error"]
+    assert "/derivatives/llm2nifti-canica/" in report["derivativesSummary"]
+    assert errors == []
+
+
+def test_explained_variance_of_the_data_itself(planted):
+    root, layout, sets = planted
+    from bids_llm.dataset import Dataset
+
+    runs = Dataset(root).runs()
+    truth = np.zeros((len(sets), layout.n_neurons))
+    for i, s in enumerate(sets):
+        truth[i, s] = 1
+    per, total = explained_variance(runs, truth)
+    noise = np.random.default_rng(0).standard_normal((4, layout.n_neurons))
+    per_noise, total_noise = explained_variance(runs, noise)
+    assert total > 0.15 and total_noise < 0.05
+    assert np.all(per > per_noise.max())
+
+
+def test_zscore_maps_rows():
+    z = zscore_maps(np.array([[0.0, 0.0, 3.0, 1.0], [2.0, 2.0, 2.0, 2.0]]))
+    np.testing.assert_allclose(z[0].mean(), 0, atol=1e-6)
+    np.testing.assert_allclose(z[0].std(), 1, atol=1e-6)
+    assert np.all(z[1] == 0)
+
+
+def test_bad_requests_are_usage_errors(planted):
+    root, layout, _ = planted
+    with pytest.raises(UsageError, match="fast backend runs CanICA only"):
+        decompose(root, backend="fast", method="dictlearning", n_components=2)
+    with pytest.raises(UsageError, match="exceeds"):
+        decompose(root, run=[1], n_components=500)
+    with pytest.raises(UsageError, match="no runs"):
+        decompose(root, task="nosuchtask")
+    with pytest.raises(UsageError, match="letters and digits"):
+        decompose(root, desc="../x", n_components=2)
+    assert not (root.parent / "x").exists()
+
+
+def test_canica_streams_runs_without_modifying_them():
+    rng = np.random.default_rng(0)
+    runs = [rng.standard_normal((50, 30)).astype(np.float32) for _ in range(2)]
+    before = [r.copy() for r in runs]
+    maps, info = canica([lambda r=r: r for r in runs], n_components=3, n_init=2, random_state=0)
+    assert maps.shape == (3, 30) and maps.dtype == np.float32
+    assert len(info["singular_values"]) == 3
+    for a, b in zip(runs, before):
+        np.testing.assert_array_equal(a, b)
