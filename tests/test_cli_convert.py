@@ -51,9 +51,12 @@ def _bad_inputs(tmp_path, model_dir, text_file):
                              num_attention_heads=2, word_embed_proj_dim=32)).save_pretrained(opt)
     from conftest import byte_tokenizer
     byte_tokenizer().save_pretrained(opt)
+    no_weights = tmp_path / "no-weights"
+    no_weights.mkdir()
     m = ["--model", model_dir]
     return [
-        (["--model", tmp_path / "no-such-model"], "cannot load model"),
+        (["--model", tmp_path / "no-such-model"], "not found"),
+        (["--model", no_weights], "cannot load model"),
         (["--model", opt], "unsupported architecture 'opt'"),
         (m + ["--text", empty], "holds no text"),
         (m + ["--text", binary], "looks binary"),
