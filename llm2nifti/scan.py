@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import platform
 from dataclasses import dataclass, field
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from bids_llm.dataset import DatasetWriter, is_dataset
 from bids_llm.events import events_tsv
+from bids_llm.io import write_json
 
 from . import _version
 from .errors import UsageError
@@ -175,8 +178,6 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
             f"{output} already holds runs of sub-{participant} task-{task}: pass --resume to finish "
             "them, --overwrite to redo them, or choose another --output")
     if existing and resume and writer.plan_path.is_file():
-        import json
-
         old = json.loads(writer.plan_path.read_text())
         diff = sorted(k for k in plan if old.get(k) != plan[k])
         if diff:
@@ -189,8 +190,6 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
         writer.remove_existing()
     writer.init_dataset()
     writer.write_layout()
-    from bids_llm.io import write_json
-
     write_json(writer.plan_path, plan)
     writer.add_participant({
         "model": name, "architecture": site.architecture, "n_layers": site.n_layers,
@@ -212,8 +211,6 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
         "DataDtype": "float32", "BOS": bool(bos), "RunTokens": int(run_tokens),
         "SoftwareVersions": "; ".join(f"{k} {v}" for k, v in _versions().items()),
     }
-    from tqdm.auto import tqdm
-
     device_t = next(lm.parameters()).device
     bar = tqdm(total=len(stream), unit="tok", unit_scale=True, disable=not progress,
                desc=f"sub-{participant} task-{task}")

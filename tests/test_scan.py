@@ -126,7 +126,7 @@ def test_residual_site_layers_and_gzip(tmp_path, tokenizer, text_file):
     X, _ = load_run(res.runs[0])
     ids = read_events(Dataset(res.root).runs(site="residual")[0].events_path)["token_id"]
     with torch.no_grad():
-        hidden = model(torch.as_tensor(ids.to_numpy())[None], output_hidden_states=True).hidden_states
+        hidden = model(torch.tensor(ids.to_numpy())[None], output_hidden_states=True).hidden_states
     np.testing.assert_allclose(X, hidden[1][0].numpy(), rtol=1e-5, atol=1e-5)
 
 
