@@ -151,3 +151,16 @@ def test_non_dataset_folder_is_refused(tmp_path, tokenizer, text_file):
     with pytest.raises(UsageError, match="not empty"):
         _scan(out, tiny_llama(), tokenizer, text_file, overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_bfloat16_model_is_stored_as_float32(tmp_path, tokenizer, text_file):
+    model = tiny_llama().to(torch.bfloat16)
+    res = _scan(tmp_path / "d", model, tokenizer, text_file, max_tokens=60)
+    img = nib.load(res.runs[0])
+    assert img.get_data_dtype() == np.float32
+    meta = json.loads(res.runs[0].with_suffix(".json").read_text())
+    assert meta["ModelDtype"] == "bfloat16" and meta["DataDtype"] == "float32"
+    ids = read_events(Dataset(res.root).runs()[0].events_path)["token_id"].to_numpy()
+    X, _ = load_run(res.runs[0])
+    np.testing.assert_array_equal(X, record(model, resolve_site(model), ids))
+    assert np.abs(X).max() > 0
