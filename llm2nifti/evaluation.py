@@ -1,0 +1,405 @@
+"""Measure what an intervention does: held-out perplexity and task accuracy.
+
+Two measures, both per item so that confidence intervals come from a
+bootstrap over items:
+
+* **perplexity** on held-out documents (never the documents the networks
+  were found on: :func:`check_overlap` compares them with a scan's
+  documents), one forward pass per batch of documents, each opened with BOS;
+* **accuracy** on a labelled task scored by the log-likelihood of each
+  answer given the prompt (:class:`ChoiceTask`; built in: the Pang-Lee
+  sentiment sentences, and BIG-bench multiple-choice JSON files).
+
+:class:`Evaluator` scores a model under any :class:`~llm2nifti.intervention.Intervention`;
+:mod:`llm2nifti.controls` builds the neuron sets to compare.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import UsageError
+from .stimuli import load_documents, separator_token
+
+__all__ = ["ChoiceTask", "pang_lee_task", "bigbench_task", "Evaluator", "Scores",
+           "bootstrap_ci", "check_overlap", "scan_documents"]
+
+log = logging.getLogger(__name__)
+
+_LABEL = re.compile(r"^__label__(\S+)\s+(.*)$", re.S)
+
+
+@dataclass
+class ChoiceTask:
+    """A labelled multiple-choice task scored by answer log-likelihood.
+
+    Parameters
+    ----------
+    name : str
+    prompts : list of str
+        One prompt per item; the answer follows it directly.
+    choices : list of list of str
+        The candidate answers of each item (with their leading space).
+    labels : ndarray of int
+        Index of the correct choice of each item.
+    ids : list of str, optional
+        Item identifiers.
+    sources : list of Document, optional
+        The texts the items come from (compared with a scan by :func:`check_overlap`).
+    """
+
+    name: str
+    prompts: list
+    choices: list
+    labels: np.ndarray
+    ids: list = field(default_factory=list)
+    sources: list = field(default_factory=list)
+
+    def documents(self):
+        """The items as documents, for :func:`check_overlap`."""
+        from .stimuli import Document
+
+        if self.sources:
+            return list(self.sources)
+        ids = self.ids or [f"{self.name}{i:04d}" for i in range(len(self))]
+        return [Document(i, p) for i, p in zip(ids, self.prompts)]
+
+    def __len__(self):
+        return len(self.prompts)
+
+    def subset(self, n, seed=0):
+        """At most ``n`` items, drawn without replacement, stratified by label."""
+        if n is None or n >= len(self):
+            return self
+        rng = np.random.default_rng(seed)
+        labels = np.asarray(self.labels)
+        classes = np.unique(labels)
+        take = []
+        for i, c in enumerate(classes):
+            members = np.flatnonzero(labels == c)
+            k = n // len(classes) + (1 if i < n % len(classes) else 0)
+            take.extend(rng.choice(members, size=min(k, len(members)), replace=False))
+        take = np.sort(np.asarray(take, dtype=int))
+        pick = (lambda xs: [xs[i] for i in take] if xs else [])
+        return ChoiceTask(self.name, pick(self.prompts), pick(self.choices), labels[take],
+                          pick(self.ids), pick(self.sources))
+
+
+SENTIMENT_PROMPT = "Review: {text}\nSentiment:"
+
+
+def pang_lee_task(template=SENTIMENT_PROMPT):
+    """The 200 Pang-Lee movie-review sentences (100 negative, 100 positive) as a :class:`ChoiceTask`.
+
+    Each line of the corpus reads ``__label__neg <sentence>``; the answers
+    are `` negative`` and `` positive``.
+    """
+    docs = load_documents("pang-lee")
+    names = ("neg", "pos")
+    prompts, labels, ids = [], [], []
+    for d in docs:
+        m = _LABEL.match(d.text.strip())
+        if not m or m.group(1) not in names:
+            raise UsageError(f"unexpected line in the Pang-Lee corpus: {d.text[:40]!r}")
+        prompts.append(template.format(text=m.group(2).strip()))
+        labels.append(names.index(m.group(1)))
+        ids.append(d.id)
+    choices = [[" negative", " positive"]] * len(prompts)
+    return ChoiceTask("pang-lee", prompts, choices, np.asarray(labels), ids, list(docs))
+
+
+def bigbench_task(path):
+    """A BIG-bench multiple-choice ``task.json`` (``examples`` with ``target_scores``)."""
+    path = Path(path)
+    try:
+        spec = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UsageError(f"cannot read BIG-bench task {path} ({exc})") from None
+    examples = [e for e in spec.get("examples", []) if isinstance(e.get("target_scores"), dict)]
+    if not examples:
+        raise UsageError(f"{path} has no multiple-choice examples (examples with target_scores)")
+    prefix = spec.get("task_prefix", "")
+    q_prefix = spec.get("example_input_prefix", "\nQ: ")
+    a_prefix = spec.get("example_output_prefix", "\nA:")
+    prompts, choices, labels = [], [], []
+    for e in examples:
+        opts = list(e["target_scores"])
+        scores = [float(e["target_scores"][o]) for o in opts]
+        prompts.append(f"{prefix}{q_prefix}{e['input']}{a_prefix}")
+        choices.append([" " + str(o).strip() for o in opts])
+        labels.append(int(np.argmax(scores)))
+    return ChoiceTask(spec.get("name", path.parent.name), prompts, choices, np.asarray(labels),
+                      [f"{path.parent.name}{i:04d}" for i in range(len(prompts))])
+
+
+# ------------------------------------------------------------------ overlap
+def _norm(text, n=80):
+    text = re.sub(r"\s+", "", text).lower()
+    return text if n is None else text[:n]
+
+
+def scan_documents(dataset, participant=None, site=None):
+    """Documents a dataset's runs were made of: ``{document_id: normalised text prefix}``.
+
+    The text is rebuilt from the runs' token events (tokens at position 0, the
+    BOS, are left out), so the comparison does not depend on the tokenizer.
+    """
+    from bids_llm.dataset import Dataset
+
+    ds = dataset if hasattr(dataset, "runs") else Dataset(dataset)
+    parts = {}
+    for run in ds.runs(participant=participant, site=site):
+        ev = run.events()
+        ev = ev[ev["position"] > 0]
+        for doc, tokens in ev.groupby("document_id", sort=False)["token"]:
+            parts[doc] = parts.get(doc, "") + "".join(tokens)
+    return {doc: _norm(text) for doc, text in parts.items()}
+
+
+def check_overlap(documents, dataset, participant=None, policy="error", min_chars=20):
+    """Refuse (or warn about) evaluation documents that a scan has read.
+
+    Parameters
+    ----------
+    documents : list of Document
+        The evaluation documents.
+    dataset : path or Dataset
+        The scan the networks were found on.
+    policy : {"error", "warn"}
+    min_chars : int
+        Shortest text (whitespace removed, lower case) matched as a part: a
+        scanned document's first 80 characters found anywhere in an evaluation
+        text, or an evaluation text that begins a scanned document.
+
+    Returns
+    -------
+    overlap : list of str
+        Ids of the evaluation documents that the scan holds.
+    """
+    seen = scan_documents(dataset, participant)
+    prefixes = [p for p in seen.values() if p]
+    hits = []
+    for d in documents:
+        t = _norm(d.text, None)
+        if not t:
+            continue
+        for p in prefixes:
+            if p == t or (len(p) >= min_chars and p in t) or (len(t) >= min_chars and p.startswith(t)):
+                hits.append(d.id)
+                break
+    if hits:
+        msg = (f"{len(hits)} of {len(documents)} evaluation documents were read in the scan the "
+               f"networks come from (e.g. {hits[0]}): evaluate on held-out text")
+        if policy == "error":
+            raise UsageError(msg + " (or allow it explicitly)")
+        log.warning(msg)
+    return hits
+
+
+# ---------------------------------------------------------------- bootstrap
+def bootstrap_ci(*samples, statistic=None, n_resamples=2000, confidence=0.95, seed=0):
+    """Percentile bootstrap confidence interval over paired items.
+
+    Parameters
+    ----------
+    *samples : array-like
+        Paired per-item arrays (resampled together).
+    statistic : callable, optional
+        ``statistic(*samples, axis=-1)``; default: the mean of the first sample.
+
+    Returns
+    -------
+    low, high : float
+    """
+    from scipy.stats import bootstrap
+
+    samples = tuple(np.asarray(s, dtype=np.float64) for s in samples)
+    if statistic is None:
+        def statistic(x, axis=-1):
+            return np.mean(x, axis=axis)
+    if len(samples[0]) < 2 or np.all(samples[0] == samples[0][0]) and len(samples) == 1:
+        v = float(statistic(*samples, axis=-1))
+        return v, v
+    res = bootstrap(samples, statistic, paired=True, vectorized=True, n_resamples=n_resamples,
+                    confidence_level=confidence, method="percentile",
+                    random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _perplexity(nll, n, axis=-1):
+    return np.exp(np.sum(nll, axis=axis) / np.sum(n, axis=axis))
+
+
+# ---------------------------------------------------------------- scoring
+@dataclass
+class Scores:
+    """Per-item results of one scoring pass.
+
+    Attributes
+    ----------
+    nll : ndarray
+        Summed negative log-likelihood (nats) of each held-out document.
+    n_tokens : ndarray
+        Predicted tokens of each document.
+    loglik : ndarray of shape (n_items, n_choices)
+        Log-likelihood of each answer (NaN-padded where items have fewer choices).
+    labels : ndarray
+    """
+
+    nll: np.ndarray = None
+    n_tokens: np.ndarray = None
+    loglik: np.ndarray = None
+    labels: np.ndarray = None
+
+    @property
+    def perplexity(self):
+        return float(_perplexity(self.nll, self.n_tokens))
+
+    @property
+    def correct(self):
+        return np.nanargmax(self.loglik, axis=1) == self.labels
+
+    @property
+    def accuracy(self):
+        return float(np.mean(self.correct))
+
+    def metrics(self, n_resamples=2000, seed=0):
+        """``{metric: (value, ci_low, ci_high, n_items)}``."""
+        out = {}
+        if self.nll is not None:
+            lo, hi = bootstrap_ci(self.nll, self.n_tokens, statistic=_perplexity,
+                                  n_resamples=n_resamples, seed=seed)
+            out["perplexity"] = (self.perplexity, lo, hi, len(self.nll))
+        if self.loglik is not None:
+            lo, hi = bootstrap_ci(self.correct.astype(float), n_resamples=n_resamples, seed=seed)
+            out["accuracy"] = (self.accuracy, lo, hi, len(self.labels))
+        return out
+
+
+class Evaluator:
+    """Scores a causal language model on held-out text and a choice task.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+    tokenizer : transformers tokenizer
+    heldout : list of Document, optional
+        Documents for perplexity.
+    task : ChoiceTask, optional
+        Labelled items for accuracy.
+    max_doc_tokens : int
+        Each held-out document is cut to this many tokens (BOS included).
+    batch_size : int
+        Sequences per forward pass (right-padded).
+
+    Examples
+    --------
+    >>> ev = Evaluator(model, tok, heldout=load_documents("lee-test"), task=pang_lee_task())  # doctest: +SKIP
+    >>> base = ev.score()  # doctest: +SKIP
+    >>> with intervene(model, key):  # doctest: +SKIP
+    ...     hit = ev.score()
+    """
+
+    def __init__(self, model, tokenizer, heldout=None, task=None, max_doc_tokens=128, batch_size=8):
+        if heldout is None and task is None:
+            raise UsageError("nothing to evaluate: give held-out documents, a task, or both")
+        if max_doc_tokens < 2:
+            raise UsageError("max_doc_tokens must be at least 2")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.heldout = heldout
+        self.task = task
+        self.max_doc_tokens = max_doc_tokens
+        self.batch_size = batch_size
+        self._prepare()
+
+    def _encode(self, text):
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _prepare(self):
+        bos = separator_token(self.tokenizer)
+        head = [] if bos is None else [bos]
+        self._docs = None
+        if self.heldout is not None:
+            self._docs = [(head + self._encode(d.text))[: self.max_doc_tokens] for d in self.heldout]
+            if any(len(s) < 2 for s in self._docs):
+                raise UsageError("a held-out document has fewer than 2 tokens: drop empty documents")
+        self._items = None
+        if self.task is not None:
+            prompts = [head + self._encode(p) for p in self.task.prompts]
+            answers = [[self._encode(c) for c in cs] for cs in self.task.choices]
+            if any(len(a) == 0 for cs in answers for a in cs):
+                raise UsageError(f"task {self.task.name}: an answer encodes to no token")
+            self._single = all(len(a) == 1 for cs in answers for a in cs)
+            self._items = (prompts, answers)
+            self.n_choices_ = max(len(cs) for cs in answers)
+
+    def _device(self):
+        return next(self.model.parameters()).device
+
+    def _forward(self, seqs):
+        """Log-probabilities are not kept: yields (logits, lengths) per batch, in input order."""
+        order = np.argsort([-len(s) for s in seqs], kind="stable")
+        dev = self._device()
+        for b in range(0, len(seqs), self.batch_size):
+            idx = order[b: b + self.batch_size]
+            L = max(len(seqs[i]) for i in idx)
+            ids = torch.zeros((len(idx), L), dtype=torch.long)
+            mask = torch.zeros((len(idx), L), dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, : len(seqs[i])] = torch.as_tensor(seqs[i])
+                mask[r, : len(seqs[i])] = 1
+            logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                                use_cache=False).logits.float()
+            yield idx, ids.to(dev), mask.to(dev), logits
+
+    @torch.inference_mode()
+    def score(self):
+        """Score the model as it is now (with any intervention attached).
+
+        Returns
+        -------
+        Scores
+        """
+        out = Scores()
+        if self._docs is not None:
+            nll = np.zeros(len(self._docs))
+            n = np.zeros(len(self._docs))
+            for idx, ids, mask, logits in self._forward(self._docs):
+                target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+                loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), target,
+                                       ignore_index=-100, reduction="none")
+                nll[idx] = loss.sum(1).double().cpu().numpy()
+                n[idx] = mask[:, 1:].sum(1).cpu().numpy()
+            out.nll, out.n_tokens = nll, n
+        if self._items is not None:
+            prompts, answers = self._items
+            ll = np.full((len(prompts), self.n_choices_), np.nan)
+            if self._single:
+                for idx, ids, mask, logits in self._forward(prompts):
+                    last = mask.sum(1) - 1
+                    lp = torch.log_softmax(logits[torch.arange(len(idx)), last], -1).cpu()
+                    for r, i in enumerate(idx):
+                        ll[i, : len(answers[i])] = lp[r, [a[0] for a in answers[i]]].numpy()
+            else:
+                seqs, where = [], []
+                for i, (p, cs) in enumerate(zip(prompts, answers)):
+                    for c, a in enumerate(cs):
+                        seqs.append(p + a)
+                        where.append((i, c, len(p), len(a)))
+                for idx, ids, mask, logits in self._forward(seqs):
+                    lp = torch.log_softmax(logits, -1)
+                    for r, s in enumerate(idx):
+                        i, c, start, k = where[s]
+                        pos = torch.arange(start - 1, start - 1 + k, device=lp.device)
+                        ll[i, c] = float(lp[r, pos, ids[r, start: start + k]].sum())
+            out.loglik, out.labels = ll, np.asarray(self.task.labels)
+        return out

@@ -1,0 +1,434 @@
+"""Test the published claims: intervene on the networks and on controls, and compare.
+
+:func:`plan_conditions` lists the conditions (baseline; inhibit or retain the
+key set and its controls; amplify; a curve of performance against the share
+of neurons kept), :func:`run_conditions` scores each with an
+:class:`~llm2nifti.evaluation.Evaluator`, :func:`summarize` aggregates over
+seeds and :func:`verdicts` says in plain words how the networks compare with
+the controls. :func:`evaluate` does all of it for a ``networks.tsv`` and the
+scan it came from, and writes ``results.tsv``, ``summary.tsv``, the figures
+and ``evaluation.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import controls as C
+from .errors import UsageError
+
+__all__ = ["Condition", "plan_conditions", "run_conditions", "summarize", "verdicts",
+           "evaluate", "EvaluationResult", "CONTROLS"]
+
+log = logging.getLogger(__name__)
+
+CONTROLS = ("random", "spread-matched", "top-spread", "key-minus-massive")
+RESULT_COLUMNS = ["condition", "group", "mode", "selection", "strength", "n_networks", "seed",
+                  "n_neurons", "share", "overlap_key", "metric", "value", "ci_low", "ci_high",
+                  "n_items"]
+
+
+@dataclass
+class Condition:
+    """One intervention to score.
+
+    Parameters
+    ----------
+    name : str
+        Condition label, shared by the seeds of one control (e.g. ``"inhibit random"``).
+    group : {"baseline", "main", "amplify", "curve"}
+    mode : {"inhibit", "amplify", "retain"} or None
+    selection : str
+        ``key`` or a control name.
+    neurons : dict of int -> ndarray
+    seed : int, optional
+    value, scale : float, optional
+        Passed to the intervention.
+    n_networks : int, optional
+        Networks in the key set (curve points).
+    """
+
+    name: str
+    group: str
+    mode: str | None
+    selection: str
+    neurons: dict = field(default_factory=dict)
+    seed: int | None = None
+    value: float | None = None
+    scale: float | None = None
+    n_networks: int | None = None
+
+
+def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit", "retain"),
+                    controls=CONTROLS, amplify=(), amplify_controls=True, curve=(), curve_seeds=None,
+                    massive_factor=100.0, spread_bins=20):
+    """The conditions of an evaluation.
+
+    Parameters
+    ----------
+    nset : NeuronSet
+        The networks; the key set is their union.
+    stats : pandas.DataFrame
+        Per-neuron statistics (:func:`llm2nifti.controls.neuron_stats`).
+    width : int
+        Neurons per layer.
+    seeds : sequence of int
+        Seeds of the random controls.
+    modes : sequence of {"inhibit", "retain"}
+    controls : sequence of str
+        Which of :data:`CONTROLS` to include.
+    amplify : sequence of float
+        Constants added to the key neurons (one condition each).
+    amplify_controls : bool
+        Also add each constant to uniform random sets (one per seed).
+    curve : sequence of int
+        Numbers of networks whose union is retained (the first networks of
+        the table), each with uniform random sets of the same counts per layer.
+    curve_seeds : sequence of int, optional
+        Seeds of the curve's random sets (default: ``seeds``).
+    massive_factor : float
+        See :func:`llm2nifti.controls.massive_neurons`.
+    spread_bins : int
+        See :func:`llm2nifti.controls.spread_matched`.
+
+    Returns
+    -------
+    list of Condition
+    """
+    unknown = sorted(set(controls) - set(CONTROLS))
+    if unknown:
+        raise UsageError(f"unknown control(s) {unknown}: choose from {', '.join(CONTROLS)}")
+    key = nset.per_layer()
+    if not C.count(key):
+        raise UsageError("the network table holds no neurons: lower the threshold of `networks`")
+    sets = {"key": [(None, key)]}
+    if "random" in controls:
+        sets["random"] = [(s, C.random_like(key, width, s)) for s in seeds]
+    if "spread-matched" in controls:
+        sets["spread-matched"] = [(s, C.spread_matched(key, stats, s, spread_bins)) for s in seeds]
+    if "top-spread" in controls:
+        sets["top-spread"] = [(None, C.top_spread(key, stats))]
+    if "key-minus-massive" in controls:
+        massive = C.massive_neurons(stats, massive_factor)
+        sets["key-minus-massive"] = [(None, C.without(key, massive))]
+    out = [Condition("baseline", "baseline", None, "none")]
+    for mode in modes:
+        for selection, members in sets.items():
+            if mode == "retain" and selection == "key-minus-massive":
+                continue  # retaining: the massive neurons would be zeroed, a different question
+            for seed, neurons in members:
+                out.append(Condition(f"{mode} {selection}", "main", mode, selection, neurons, seed))
+    for value in amplify:
+        out.append(Condition(f"amplify key +{value:g}", "amplify", "amplify", "key", key, None, value))
+        if amplify_controls:
+            for s in seeds:
+                out.append(Condition(f"amplify random +{value:g}", "amplify", "amplify", "random",
+                                     C.random_like(key, width, s), s, value))
+    n_all = len(nset.names)
+    for m, kept in C.nested_networks(nset, sorted(set(curve))):
+        if m == n_all and "retain" in modes:
+            continue  # the same as "retain key"
+        out.append(Condition(f"retain key @{m}", "curve", "retain", "key", kept, None, n_networks=m))
+        for s in (seeds if curve_seeds is None else curve_seeds):
+            out.append(Condition(f"retain random @{m}", "curve", "retain", "random",
+                                 C.random_like(kept, width, s), s, n_networks=m))
+    return out
+
+
+def run_conditions(evaluator, conditions, key, n_neurons, site=None, n_resamples=2000,
+                   progress=False):
+    """Score every condition.
+
+    Parameters
+    ----------
+    evaluator : Evaluator
+    conditions : list of Condition
+    key : dict of int -> ndarray
+        The key set (for the overlap column).
+    n_neurons : int
+        Neurons of the whole site (for the share column).
+    site : Site, optional
+    n_resamples : int
+        Bootstrap resamples of each confidence interval.
+    progress : bool
+
+    Returns
+    -------
+    pandas.DataFrame
+        One row per condition and metric (columns :data:`RESULT_COLUMNS`).
+    """
+    from tqdm.auto import tqdm
+
+    from .intervention import intervene
+
+    rows = []
+    for cond in tqdm(conditions, desc="conditions", disable=not progress):
+        t0 = time.perf_counter()
+        if cond.mode is None:
+            scores = evaluator.score()
+        else:
+            with intervene(evaluator.model, cond.neurons, mode=cond.mode, value=cond.value,
+                           scale=cond.scale, site=site):
+                scores = evaluator.score()
+        n = C.count(cond.neurons)
+        base = {"condition": cond.name, "group": cond.group, "mode": cond.mode or "none",
+                "selection": cond.selection,
+                "strength": cond.value if cond.value is not None else (cond.scale or np.nan),
+                "n_networks": cond.n_networks if cond.n_networks is not None else np.nan,
+                "seed": cond.seed if cond.seed is not None else np.nan,
+                "n_neurons": n, "share": n / n_neurons,
+                "overlap_key": C.overlap(cond.neurons, key) if n else np.nan}
+        for metric, (value, lo, hi, k) in scores.metrics(n_resamples=n_resamples).items():
+            rows.append(dict(base, metric=metric, value=value, ci_low=lo, ci_high=hi, n_items=k))
+        log.info("%s (seed %s): %s in %.1f s", cond.name, cond.seed,
+                 ", ".join(f"{r['metric']} {r['value']:.4g}" for r in rows[-2:]
+                           if r["condition"] == cond.name), time.perf_counter() - t0)
+    return pd.DataFrame(rows, columns=RESULT_COLUMNS)
+
+
+def summarize(results):
+    """Aggregate seeds: one row per condition and metric.
+
+    Columns: condition, group, mode, selection, strength, n_networks, metric,
+    n_sets, n_neurons, share, overlap_key, mean, sd (over seeds; 0 for one
+    set), min, max, ci_low, ci_high (bootstrap over items for one set; for
+    several seeds, the lowest and highest bound of any seed).
+    """
+    keys = ["condition", "group", "mode", "selection", "strength", "n_networks", "metric"]
+    g = results.groupby(keys, sort=False, dropna=False)
+    out = g.agg(n_sets=("value", "size"), n_neurons=("n_neurons", "mean"), share=("share", "mean"),
+                overlap_key=("overlap_key", "mean"), mean=("value", "mean"),
+                sd=("value", lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0),
+                min=("value", "min"), max=("value", "max"),
+                ci_low=("ci_low", "min"), ci_high=("ci_high", "max")).reset_index()
+    return out
+
+
+_BETTER = {"perplexity": -1, "accuracy": +1}  # sign of "better performance"
+
+
+def _get(summary, condition, metric):
+    row = summary[(summary["condition"] == condition) & (summary["metric"] == metric)]
+    return None if row.empty else row.iloc[0]
+
+
+def _beats(key, other, sign):
+    """+1 when ``key`` is clearly better than ``other`` (by ``sign``), -1 clearly worse, else 0.
+
+    Clearly: beyond every seed of a random control and with the key set's
+    bootstrap interval excluding the control's mean; for a single control
+    set, with non-overlapping bootstrap intervals.
+    """
+    k = key["mean"] * sign
+    klo, khi = sorted((key["ci_low"] * sign, key["ci_high"] * sign))
+    if other["n_sets"] > 1:
+        lo, hi = sorted((other["min"] * sign, other["max"] * sign))
+        m = other["mean"] * sign
+        if k > hi and klo > m:
+            return 1
+        if k < lo and khi < m:
+            return -1
+        return 0
+    olo, ohi = sorted((other["ci_low"] * sign, other["ci_high"] * sign))
+    return 1 if klo > ohi else -1 if khi < olo else 0
+
+
+def verdicts(summary):
+    """Plain sentences comparing the key set with each control, per metric.
+
+    *Inhibit*: the network selection "does better" than a control when
+    inhibiting it hurts more; *retain*: when keeping it alone preserves more.
+    See :func:`_beats` for what counts as clearly better.
+    """
+    lines = []
+    for metric in [m for m in _BETTER if m in set(summary["metric"])]:
+        base = _get(summary, "baseline", metric)
+        if base is not None:
+            lines.append(f"{metric}: baseline {base['mean']:.4g} "
+                         f"(95% CI {base['ci_low']:.4g}-{base['ci_high']:.4g}).")
+        for mode, want, verb in (("inhibit", -1, "hurt more"), ("retain", +1, "preserve more")):
+            key = _get(summary, f"{mode} key", metric)
+            if key is None:
+                continue
+            for ctl in CONTROLS:
+                other = _get(summary, f"{mode} {ctl}", metric)
+                if other is None:
+                    continue
+                if other["n_sets"] > 1:
+                    desc = (f"mean {other['mean']:.4g}, sd {other['sd']:.3g}, range "
+                            f"{other['min']:.4g}-{other['max']:.4g} over {int(other['n_sets'])} seeds")
+                else:
+                    desc = f"{other['mean']:.4g} (95% CI {other['ci_low']:.4g}-{other['ci_high']:.4g})"
+                b = _beats(key, other, _BETTER[metric] * want)
+                word = {1: "YES", -1: "NO, the control does", 0: "NOT CLEARLY"}[b]
+                lines.append(f"{metric}, {mode}: do the network neurons {verb} than {ctl}? {word}. "
+                             f"{mode} key {key['mean']:.4g} (95% CI {key['ci_low']:.4g}-"
+                             f"{key['ci_high']:.4g}) vs {ctl} {desc}.")
+    return lines
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate` wrote."""
+
+    output: Path
+    results: pd.DataFrame
+    summary: pd.DataFrame
+    verdicts: list
+    figures: list
+    settings: dict
+
+
+def _check_layout(layout, site):
+    if (layout.site.width, layout.site.n_layers) != (site.width, site.n_layers):
+        raise UsageError(
+            f"the scan's neurons ({layout.site.n_layers} layers x {layout.site.width}) do not match "
+            f"the model's ({site.n_layers} x {site.width}): evaluate the model that was scanned")
+
+
+def evaluate(networks, dataset, output, *, model=None, participant=None, network_names=None,
+             heldout="lee-test", task="pang-lee", bigbench=None, n_docs=None, n_items=None,
+             max_doc_tokens=128, seeds=5, controls=CONTROLS, amplify=(0.5,), amplify_controls=True,
+             curve=(), curve_seeds=None, massive_factor=100.0, spread_bins=20, allow_overlap=False,
+             device="cpu", dtype="auto", threads=None, batch_size=8, n_resamples=2000,
+             progress=True, loaded=None, cache=None):
+    """Evaluate the networks of ``networks.tsv`` against controls; write tables and figures.
+
+    Parameters
+    ----------
+    networks : path or NeuronSet
+        A ``networks.tsv`` from ``llm2nifti networks``.
+    dataset : path or Dataset
+        The scan the networks were found on (neuron layout, statistics for
+        the controls, and the documents held-out text must not share).
+    output : path
+        Folder for ``results.tsv``, ``summary.tsv``, ``evaluation.json`` and figures.
+    model : str, optional
+        The scanned model (default: the embedded SmolLM2-135M-Instruct).
+    participant : str, optional
+        Participant of ``dataset`` (needed when it holds several).
+    network_names : list of str, optional
+        Networks to use (default: all).
+    heldout : str, path or None
+        Held-out text for perplexity (:func:`llm2nifti.stimuli.load_documents`).
+    task : {"pang-lee"} or None
+        Labelled task for accuracy.
+    bigbench : path, optional
+        A BIG-bench ``task.json``, used instead of ``task``.
+    n_docs, n_items : int, optional
+        Use only the first ``n_docs`` documents / ``n_items`` items (stratified).
+    max_doc_tokens : int
+        Held-out documents are cut to this many tokens.
+    seeds : int
+        Random control sets per control (at least 1; 5 or more recommended).
+    controls, amplify, amplify_controls, curve, curve_seeds, massive_factor, spread_bins :
+        See :func:`plan_conditions`.
+    allow_overlap : bool
+        Warn instead of refusing when evaluation text was in the scan.
+    device, dtype, threads, cache :
+        Model loading (see :func:`llm2nifti.models.load_model`).
+    batch_size : int
+    n_resamples : int
+        Bootstrap resamples.
+    progress : bool
+    loaded : (model, tokenizer), optional
+        An already loaded model.
+
+    Returns
+    -------
+    EvaluationResult
+    """
+    from bids_llm.dataset import Dataset
+    from bids_llm.io import write_json, write_text
+
+    from .evaluation import Evaluator, bigbench_task, check_overlap, pang_lee_task
+    from .figures import plot_curve, plot_interventions
+    from .models import load_model, set_threads
+    from .neuronset import NeuronSet
+    from .sites import resolve_site
+    from .stimuli import load_documents
+
+    t_start = time.perf_counter()
+    if int(seeds) < 1:
+        raise UsageError("--seeds must be at least 1")
+    nset = networks if isinstance(networks, NeuronSet) else NeuronSet.from_tsv(networks)
+    if network_names:
+        nset = nset.select(network_names)
+    ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
+    layout = ds.layout(participant, nset.site)
+    heldout_docs = load_documents(heldout)[:n_docs] if heldout is not None else None
+    if bigbench is not None:
+        choice = bigbench_task(bigbench)
+    elif task == "pang-lee":
+        choice = pang_lee_task()
+    elif task is None:
+        choice = None
+    else:
+        raise UsageError(f"unknown task {task!r}: use pang-lee, or pass a BIG-bench task.json")
+    if choice is not None:
+        choice = choice.subset(n_items)
+    policy = "warn" if allow_overlap else "error"
+    overlap_docs = {}
+    if heldout_docs is not None:
+        overlap_docs["heldout"] = check_overlap(heldout_docs, ds, participant, policy)
+    if choice is not None:
+        overlap_docs["task"] = check_overlap(choice.documents(), ds, participant, policy)
+
+    if threads is not None or str(device) == "cpu":
+        set_threads(threads)
+    lm, tok = loaded if loaded is not None else load_model(model, device=device, dtype=dtype,
+                                                            cache=cache)
+    site = resolve_site(lm, nset.site, layout.site.layers)
+    _check_layout(layout, site)
+    stats = C.neuron_stats(ds, participant, site=nset.site)
+    seed_list = list(range(int(seeds)))
+    conditions = plan_conditions(nset, stats, site.width, seeds=seed_list, controls=controls,
+                                 amplify=amplify, amplify_controls=amplify_controls, curve=curve,
+                                 curve_seeds=curve_seeds, massive_factor=massive_factor,
+                                 spread_bins=spread_bins)
+    evaluator = Evaluator(lm, tok, heldout=heldout_docs, task=choice, max_doc_tokens=max_doc_tokens,
+                          batch_size=batch_size)
+    key = nset.per_layer()
+    results = run_conditions(evaluator, conditions, key, site.n_neurons, site=site,
+                             n_resamples=n_resamples, progress=progress)
+    summary = summarize(results)
+    lines = verdicts(summary)
+
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    write_text(output / "results.tsv", results.to_csv(sep="\t", index=False, float_format="%.6g"))
+    write_text(output / "summary.tsv", summary.to_csv(sep="\t", index=False, float_format="%.6g"))
+    figures = [plot_interventions(summary, output / "interventions.png")]
+    if (summary["group"] == "curve").any():
+        figures.append(plot_curve(summary, output / "curve.png"))
+    massive = C.massive_neurons(stats, massive_factor)
+    settings = {
+        "networks": str(networks) if not isinstance(networks, NeuronSet) else "NeuronSet",
+        "dataset": str(ds.root), "participant": participant,
+        "model": str(getattr(lm.config, "name_or_path", model)),
+        "site": site.to_dict(), "n_networks": len(nset.names), "n_key_neurons": len(nset),
+        "key_share": len(nset) / site.n_neurons,
+        "heldout": None if heldout is None else str(heldout),
+        "n_heldout_docs": None if heldout_docs is None else len(heldout_docs),
+        "max_doc_tokens": max_doc_tokens,
+        "task": None if choice is None else choice.name,
+        "n_items": None if choice is None else len(choice),
+        "seeds": seed_list, "controls": list(controls), "amplify": list(amplify),
+        "curve": list(curve), "massive_factor": massive_factor,
+        "massive_neurons": [[int(l), int(n)] for l, idx in massive.items() for n in idx],
+        "spread_bins": spread_bins, "n_resamples": n_resamples,
+        "overlap_with_scan": overlap_docs, "scan_tokens": int(sum(
+            r.metadata()["TokenRange"][1] - r.metadata()["TokenRange"][0]
+            for r in ds.runs(participant=participant, site=nset.site))),
+        "device": str(next(lm.parameters()).device), "seconds": round(time.perf_counter() - t_start, 1),
+        "verdicts": lines,
+    }
+    write_json(output / "evaluation.json", settings)
+    return EvaluationResult(output, results, summary, lines, figures, settings)

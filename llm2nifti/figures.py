@@ -1,0 +1,110 @@
+"""Figures of an evaluation (matplotlib, Agg backend), written atomically as PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["plot_interventions", "plot_curve"]
+
+_COLORS = {"key": "#c0392b", "random": "#7f8c8d", "spread-matched": "#2980b9",
+           "top-spread": "#8e44ad", "key-minus-massive": "#e67e22"}
+
+
+def _save(fig, path):
+    from bids_llm.io import atomic_path
+
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format="png")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def _errors(rows):
+    """Error bars: the range over seeds for several sets, the bootstrap CI for one."""
+    lo, hi = [], []
+    for _, r in rows.iterrows():
+        if r["n_sets"] > 1:
+            lo.append(max(r["mean"] - r["min"], 0))
+            hi.append(max(r["max"] - r["mean"], 0))
+        else:
+            lo.append(max(r["mean"] - r["ci_low"], 0))
+            hi.append(max(r["ci_high"] - r["mean"], 0))
+    return np.array([lo, hi])
+
+
+def plot_interventions(summary, path):
+    """Bars per mode and metric: the key set and each control, baseline as a line.
+
+    Error bars: the range (min to max) over seeds for random sets, the 95%
+    bootstrap interval over items for single sets.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in ("perplexity", "accuracy") if m in set(summary["metric"])]
+    panels = [("main", "inhibit"), ("main", "retain"), ("amplify", "amplify")]
+    panels = [(g, m) for g, m in panels if ((summary["group"] == g) & (summary["mode"] == m)).any()]
+    fig, axes = plt.subplots(len(metrics), max(len(panels), 1), squeeze=False,
+                             figsize=(4.2 * max(len(panels), 1), 3.4 * len(metrics)))
+    for i, metric in enumerate(metrics):
+        base = summary[(summary["condition"] == "baseline") & (summary["metric"] == metric)]
+        for j, (group, mode) in enumerate(panels):
+            ax = axes[i, j]
+            rows = summary[(summary["group"] == group) & (summary["mode"] == mode)
+                           & (summary["metric"] == metric)]
+            labels = [c.replace(f"{mode} ", "") for c in rows["condition"]]
+            colors = [_COLORS.get(s, "#95a5a6") for s in rows["selection"]]
+            ax.bar(range(len(rows)), rows["mean"], yerr=_errors(rows), color=colors, capsize=3)
+            ax.set_xticks(range(len(rows)), labels, rotation=35, ha="right", fontsize=8)
+            if not base.empty:
+                ax.axhline(base["mean"].iloc[0], color="black", ls="--", lw=1, label="baseline")
+            if metric == "perplexity":
+                ax.set_yscale("log")
+            ax.set_title(f"{mode}: {metric}", fontsize=10)
+            if j == 0:
+                ax.set_ylabel(metric)
+            ax.legend(fontsize=7, loc="best")
+    fig.suptitle("Interventions on the network (key) neurons and on controls", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_curve(summary, path):
+    """Performance against the share of neurons kept: nested networks vs random sets."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    metrics = [m for m in ("perplexity", "accuracy") if m in set(summary["metric"])]
+    fig, axes = plt.subplots(1, len(metrics), squeeze=False, figsize=(4.8 * len(metrics), 3.6))
+    keep = summary[(summary["group"] == "curve")
+                   | ((summary["group"] == "main") & (summary["mode"] == "retain")
+                      & summary["selection"].isin(["key", "random"]))]
+    for j, metric in enumerate(metrics):
+        ax = axes[0, j]
+        for selection, marker in (("key", "o"), ("random", "s")):
+            rows = keep[(keep["selection"] == selection) & (keep["metric"] == metric)].sort_values("share")
+            if rows.empty:
+                continue
+            ax.errorbar(rows["share"] * 100, rows["mean"], yerr=_errors(rows), marker=marker,
+                        color=_COLORS[selection], capsize=3,
+                        label="networks (key)" if selection == "key" else "random, same count per layer")
+        base = summary[(summary["condition"] == "baseline") & (summary["metric"] == metric)]
+        if not base.empty:
+            ax.axhline(base["mean"].iloc[0], color="black", ls="--", lw=1, label="baseline")
+        if metric == "perplexity":
+            ax.set_yscale("log")
+        ax.set_xlabel("neurons kept (% of all MLP neurons)")
+        ax.set_ylabel(metric)
+        ax.set_title(f"retain only: {metric}", fontsize=10)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
