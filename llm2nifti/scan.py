@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import platform
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,28 +215,33 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
     device_t = next(lm.parameters()).device
     bar = tqdm(total=len(stream), unit="tok", unit_scale=True, disable=not progress,
                desc=f"sub-{participant} task-{task}")
-    try:
+    # One writer thread saves run r (NIfTI, checksum) while the model reads run r + 1;
+    # at most one run waits to be written, so memory stays at two runs whatever the corpus.
+    with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm2nifti-write") as pool:
+        pending = None
         for r, (start, stop) in enumerate(runs, 1):
             if resume and writer.run_done(r, ext):
                 result.skipped.append(r)
-                result.runs.append(writer.bold_path(r, ext))
                 bar.update(stop - start)
                 continue
             buf = layout.empty_buffer(stop - start)
             ids = torch.as_tensor(stream.ids[start:stop]).reshape(1, -1).to(device_t)
             with torch.inference_mode(), Recorder(lm, site, buffer=buf):
                 lm(input_ids=ids, use_cache=False)
-            img = layout.buffer_to_img(buf, tr=TR)
             sidecar = dict(common, Run=r, TokenRange=[int(start), int(stop)],
                            Documents=sorted({doc_ids[d] for d in stream.document[start:stop]},
                                             key=doc_ids.index))
             events = events_tsv(token_text[start:stop], stream.ids[start:stop],
                                 [doc_ids[d] for d in stream.document[start:stop]],
                                 stream.position[start:stop], tr=TR)
-            result.runs.append(writer.write_run(r, img, sidecar, events, ext))
-            bar.update(stop - start)
-    finally:
-        bar.close()
+            if pending is not None:
+                pending.result()
+            pending = pool.submit(writer.write_run, r, layout.buffer_to_img(buf, tr=TR),
+                                  sidecar, events, ext)
+            pending.add_done_callback(lambda f, n=stop - start: f.exception() or bar.update(n))
+        if pending is not None:
+            pending.result()
+    result.runs = [writer.bold_path(r, ext) for r in range(1, len(runs) + 1)]
     return result
 
 
