@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from .errors import UsageError
 
-__all__ = ["Site", "SITE_KINDS", "SUPPORTED_ARCHITECTURES", "resolve_site", "parse_layers"]
+__all__ = ["Site", "SITE_KINDS", "SUPPORTED_ARCHITECTURES", "resolve_site", "parse_layers",
+           "mlp_projections"]
 
 SITE_KINDS = ("mlp", "residual")
 
@@ -34,6 +35,14 @@ _ARCHITECTURES = {
     "gemma3_text": _GATED,
 }
 SUPPORTED_ARCHITECTURES = tuple(sorted(_ARCHITECTURES))
+
+# model_type -> (modules whose outputs are the MLP neurons, modules that read them), under a layer
+_GATED_PROJ = (("mlp.gate_proj", "mlp.up_proj"), ("mlp.down_proj",))
+_PROJECTIONS = {
+    "gpt2": (("mlp.c_fc",), ("mlp.c_proj",)),
+    "gpt_neox": (("mlp.dense_h_to_4h",), ("mlp.dense_4h_to_h",)),
+    **{arch: _GATED_PROJ for arch, spec in _ARCHITECTURES.items() if spec is _GATED},
+}
 
 
 def _get(obj, dotted):
@@ -209,3 +218,31 @@ def resolve_site(model, kind="mlp", layers=None):
         hook = "post"
     return Site(kind, arch, template, hook, int(width), n_layers,
                 parse_layers(layers, n_layers))
+
+
+def mlp_projections(model, site, layer):
+    """The weight modules around the MLP neurons of ``layer``.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+    site : Site
+        An ``"mlp"`` site of ``model``.
+    layer : int
+
+    Returns
+    -------
+    writers : list of torch.nn.Module
+        Modules whose output units are the neurons (gate and up, or ``c_fc``).
+    readers : list of torch.nn.Module
+        Modules whose input units are the neurons (down, or ``c_proj``).
+    width_attribute : str
+        The config attribute that holds the MLP width.
+    """
+    if site.kind != "mlp":
+        raise UsageError(f"only MLP neurons have projections to slice, not {site.kind!r} neurons")
+    writers, readers = _PROJECTIONS[site.architecture]
+    layer_path = site.module_template.split("{layer}")[0] + str(layer)
+    block = _get(model, layer_path)
+    return ([_get(block, w) for w in writers], [_get(block, r) for r in readers],
+            _ARCHITECTURES[site.architecture][3])
