@@ -51,6 +51,7 @@ def main(verbose):
 # Commands attach themselves to `main` on import.
 from . import convert  # noqa: E402,F401
 from . import decompose_cmd  # noqa: E402,F401
+from . import evaluate_cmd  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

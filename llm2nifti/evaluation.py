@@ -147,10 +147,11 @@ def _norm(text, n=80):
 
 
 def scan_documents(dataset, participant=None, site=None):
-    """Documents a dataset's runs were made of: ``{document_id: normalised text prefix}``.
+    """Documents a dataset's runs were made of: ``{document_id: normalised text}``.
 
     The text is rebuilt from the runs' token events (tokens at position 0, the
-    BOS, are left out), so the comparison does not depend on the tokenizer.
+    BOS, are left out), with whitespace removed and in lower case, so the
+    comparison does not depend on the tokenizer.
     """
     from bids_llm.dataset import Dataset
 
@@ -161,11 +162,17 @@ def scan_documents(dataset, participant=None, site=None):
         ev = ev[ev["position"] > 0]
         for doc, tokens in ev.groupby("document_id", sort=False)["token"]:
             parts[doc] = parts.get(doc, "") + "".join(tokens)
-    return {doc: _norm(text) for doc, text in parts.items()}
+    return {doc: _norm(text, None) for doc, text in parts.items()}
 
 
-def check_overlap(documents, dataset, participant=None, policy="error", min_chars=20):
+def check_overlap(documents, dataset, participant=None, policy="error", min_chars=20, probe=80):
     """Refuse (or warn about) evaluation documents that a scan has read.
+
+    Texts are compared with whitespace removed and in lower case. An
+    evaluation document overlaps the scan when its first ``probe`` characters
+    occur anywhere in a scanned document, or when a scanned document's first
+    ``probe`` characters occur anywhere in it (parts shorter than
+    ``min_chars`` count only as whole documents).
 
     Parameters
     ----------
@@ -173,28 +180,27 @@ def check_overlap(documents, dataset, participant=None, policy="error", min_char
         The evaluation documents.
     dataset : path or Dataset
         The scan the networks were found on.
+    participant : str, optional
     policy : {"error", "warn"}
-    min_chars : int
-        Shortest text (whitespace removed, lower case) matched as a part: a
-        scanned document's first 80 characters found anywhere in an evaluation
-        text, or an evaluation text that begins a scanned document.
+    min_chars, probe : int
 
     Returns
     -------
     overlap : list of str
         Ids of the evaluation documents that the scan holds.
     """
-    seen = scan_documents(dataset, participant)
-    prefixes = [p for p in seen.values() if p]
+    seen = [t for t in scan_documents(dataset, participant).values() if t]
+    corpus = "\x00".join(seen)
+    starts = [t[:probe] for t in seen if len(t) >= min_chars]
+    whole = set(seen)
     hits = []
     for d in documents:
         t = _norm(d.text, None)
         if not t:
             continue
-        for p in prefixes:
-            if p == t or (len(p) >= min_chars and p in t) or (len(t) >= min_chars and p.startswith(t)):
-                hits.append(d.id)
-                break
+        head = t[:probe]
+        if t in whole or (len(head) >= min_chars and head in corpus) or any(p in t for p in starts):
+            hits.append(d.id)
     if hits:
         msg = (f"{len(hits)} of {len(documents)} evaluation documents were read in the scan the "
                f"networks come from (e.g. {hits[0]}): evaluate on held-out text")

@@ -1,0 +1,138 @@
+"""``llm2nifti evaluate`` and ``llm2nifti prune``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .main import main
+
+
+def _floats(value):
+    if value is None or str(value).strip() in ("", "none"):
+        return ()
+    try:
+        return tuple(float(v) for v in str(value).split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected numbers separated by commas, got {value!r}") from None
+
+
+def _ints(value):
+    return tuple(int(v) for v in _floats(value))
+
+
+def _names(value):
+    return None if not value else [v.strip() for v in value.split(",") if v.strip()]
+
+
+@main.command()
+@click.argument("networks", type=click.Path(path_type=Path))
+@click.option("--dataset", "-d", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="The scan the networks were found on (layout, neuron spread, documents to avoid).")
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder for results.tsv, summary.tsv, evaluation.json and the figures.")
+@click.option("--model", "-m", default=None,
+              help="The scanned model [default: the embedded SmolLM2-135M-Instruct].")
+@click.option("--participant", default=None, help="Participant of DATASET [default: its only one].")
+@click.option("--networks", "network_names", default=None, help="Networks to use, e.g. 0,3 [default: all].")
+@click.option("--heldout", default="lee-test", show_default=True,
+              help="Held-out text for perplexity (a built-in corpus, file or folder); 'none' to skip.")
+@click.option("--task", default="pang-lee", show_default=True,
+              help="Labelled task for accuracy (pang-lee); 'none' to skip.")
+@click.option("--bigbench", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A local BIG-bench multiple-choice task.json, instead of --task.")
+@click.option("--n-docs", type=int, default=None, help="Use only the first N held-out documents.")
+@click.option("--n-items", type=int, default=None, help="Use N task items (stratified by label).")
+@click.option("--max-doc-tokens", type=int, default=128, show_default=True,
+              help="Cut each held-out document to this many tokens.")
+@click.option("--seeds", type=int, default=5, show_default=True, help="Random sets per control.")
+@click.option("--amplify", default="0.5", show_default=True,
+              help="Constants added to the network neurons, comma-separated; 'none' to skip.")
+@click.option("--no-amplify-controls", is_flag=True, help="Do not amplify random sets as controls.")
+@click.option("--curve", default="", help="Numbers of networks kept for the retain curve, e.g. 1,5,10.")
+@click.option("--curve-seeds", type=int, default=None, help="Random sets per curve point [default: --seeds].")
+@click.option("--massive-factor", type=float, default=100.0, show_default=True,
+              help="Massive neurons: peak |activation| above this many times the median peak.")
+@click.option("--allow-overlap", is_flag=True,
+              help="Warn instead of refusing when evaluation text was part of the scan.")
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--bootstrap", "n_resamples", type=int, default=2000, show_default=True,
+              help="Bootstrap resamples per confidence interval.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads [default: available cores].")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+              show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def evaluate(networks, dataset, output, model, participant, network_names, heldout, task, bigbench,
+             n_docs, n_items, max_doc_tokens, seeds, amplify, no_amplify_controls, curve, curve_seeds,
+             massive_factor, allow_overlap, batch_size, n_resamples, threads, device, dtype, quiet):
+    """Inhibit, retain and amplify the neurons of NETWORKS (a networks.tsv) against controls.
+
+    Controls have the same count per layer: uniform random and spread-matched random sets (one
+    per seed), the highest-spread neurons, and the key set without massive-activation neurons.
+    """
+    from llm2nifti.experiment import evaluate as run_evaluate
+
+    none = ("", "none")
+    res = run_evaluate(
+        networks, dataset, output, model=model, participant=participant,
+        network_names=_names(network_names),
+        heldout=None if heldout.lower() in none else heldout,
+        task=None if task.lower() in none else task, bigbench=bigbench, n_docs=n_docs,
+        n_items=n_items, max_doc_tokens=max_doc_tokens, seeds=seeds, amplify=_floats(amplify),
+        amplify_controls=not no_amplify_controls, curve=_ints(curve),
+        curve_seeds=None if curve_seeds is None else list(range(curve_seeds)),
+        massive_factor=massive_factor, allow_overlap=allow_overlap, device=device, dtype=dtype,
+        threads=threads, batch_size=batch_size, n_resamples=n_resamples, progress=not quiet)
+    s = res.settings
+    click.echo(f"{s['n_key_neurons']} key neurons ({100 * s['key_share']:.1f}%) in {s['n_networks']} "
+               f"networks; {len(res.results)} results in {s['seconds']} s")
+    for line in res.verdicts:
+        click.echo("  " + line)
+    click.echo(f"  results: {res.output / 'results.tsv'}")
+    click.echo(f"  summary: {res.output / 'summary.tsv'}")
+    for f in res.figures:
+        click.echo(f"  figure:  {f}")
+
+
+@main.command()
+@click.argument("networks", type=click.Path(path_type=Path))
+@click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="New folder for the pruned model.")
+@click.option("--model", "-m", default=None,
+              help="Model to prune [default: the embedded SmolLM2-135M-Instruct].")
+@click.option("--networks", "network_names", default=None, help="Networks to use [default: all].")
+@click.option("--remove", is_flag=True,
+              help="Remove the network neurons and keep the rest [default: keep only the network neurons].")
+@click.option("--heldout", default="lee-test", show_default=True, help="Text for the perplexity comparison.")
+@click.option("--n-docs", type=int, default=20, show_default=True)
+@click.option("--max-doc-tokens", type=int, default=128, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads [default: available cores].")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
+              show_default=True)
+def prune(networks, output, model, network_names, remove, heldout, n_docs, max_doc_tokens,
+          overwrite, threads, device, dtype):
+    """Save a smaller model without the MLP neurons outside NETWORKS (or, with --remove, inside).
+
+    Reports parameters, file size, forward speed and perplexity of the unpruned, the masked
+    (unpruned, other neurons zeroed) and the pruned model.
+    """
+    from llm2nifti.prune import prune as run_prune
+
+    res = run_prune(networks, output, model=model, networks_names=_names(network_names),
+                    remove=remove, heldout=heldout, n_docs=n_docs, max_doc_tokens=max_doc_tokens,
+                    overwrite=overwrite, device=device, dtype=dtype, threads=threads)
+    r = res.report
+    click.echo(f"Kept {r['neurons_kept']} of {r['neurons_total']} MLP neurons ({r['kept']}); "
+               f"width {r['width_before']} -> {r['width_after']}")
+    click.echo(f"  parameters: {r['parameters_before']:,} -> {r['parameters_after']:,} "
+               f"(-{100 * r['parameters_removed_share']:.1f}%)")
+    click.echo(f"  file size:  {r['bytes_before'] / 2**20:.1f} MiB -> {r['bytes_after'] / 2**20:.1f} MiB")
+    click.echo(f"  speed:      {r['tokens_per_second_before']:.0f} -> {r['tokens_per_second_after']:.0f} tokens/s")
+    click.echo(f"  perplexity: unpruned {r['perplexity_unpruned']:.4g}, masked {r['perplexity_masked']:.4g}, "
+               f"pruned {r['perplexity_pruned']:.4g} (max logit difference pruned vs masked "
+               f"{r['max_abs_logit_difference_pruned_vs_masked']:.2g})")
+    click.echo(f"  model:      {res.output}")
