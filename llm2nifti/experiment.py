@@ -403,8 +403,8 @@ def evaluate(networks, dataset, output, *, model=None, participant=None, network
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    write_text(output / "results.tsv", results.to_csv(sep="\t", index=False, float_format="%.6g"))
-    write_text(output / "summary.tsv", summary.to_csv(sep="\t", index=False, float_format="%.6g"))
+    write_text(output / "results.tsv", results.to_csv(sep="\t", index=False, float_format="%.8g"))
+    write_text(output / "summary.tsv", summary.to_csv(sep="\t", index=False, float_format="%.8g"))
     figures = [plot_interventions(summary, output / "interventions.png")]
     if (summary["group"] == "curve").any():
         figures.append(plot_curve(summary, output / "curve.png"))

@@ -1,0 +1,75 @@
+"""The evaluate and prune commands end to end on a tiny scanned model."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from llm2nifti.cli.main import main
+from llm2nifti.neuronset import NeuronSet
+
+
+@pytest.fixture
+def networks_tsv(tmp_path):
+    path = tmp_path / "networks.tsv"
+    NeuronSet.from_pairs({"0": [(0, 1), (0, 2), (1, 9)], "1": [(1, 3), (1, 4), (0, 2)]}).to_tsv(path)
+    return path
+
+
+@pytest.fixture
+def heldout(tmp_path):
+    path = tmp_path / "heldout.txt"
+    path.write_text("A new text about a quiet harbour.\nA second text about mountain roads.\n"
+                    "A third text about an old library.\n", encoding="utf-8")
+    return path
+
+
+def test_evaluate_writes_results_and_figures(tiny_scan, tiny_model_dir, networks_tsv, heldout, tmp_path):
+    res, _ = tiny_scan
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(main, [
+        "evaluate", str(networks_tsv), "--dataset", str(res.root), "--output", str(out),
+        "--model", str(tiny_model_dir), "--heldout", str(heldout), "--n-items", "6",
+        "--max-doc-tokens", "24", "--seeds", "2", "--curve", "1", "--bootstrap", "200",
+        "--threads", "1", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "do the network neurons hurt more than random?" in r.output
+    results = pd.read_csv(out / "results.tsv", sep="\t")
+    assert set(results.metric) == {"perplexity", "accuracy"}
+    assert (results[results.condition == "inhibit random"].seed.nunique()) == 2
+    assert results.share.max() == pytest.approx(5 / 256, rel=1e-4)
+    summary = pd.read_csv(out / "summary.tsv", sep="\t")
+    assert {"mean", "sd", "ci_low", "ci_high", "overlap_key"} <= set(summary.columns)
+    settings = json.loads((out / "evaluation.json").read_text())
+    assert settings["n_key_neurons"] == 5 and settings["overlap_with_scan"] == {"heldout": [], "task": []}
+    for name in ("interventions.png", "curve.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_evaluate_refuses_scanned_text(tiny_scan, tiny_model_dir, networks_tsv, text_file, tmp_path):
+    res, _ = tiny_scan
+    r = CliRunner().invoke(main, [
+        "evaluate", str(networks_tsv), "--dataset", str(res.root), "--output", str(tmp_path / "e"),
+        "--model", str(tiny_model_dir), "--heldout", str(text_file), "--task", "none", "-q"])
+    assert r.exit_code == 2
+    assert r.output.strip().startswith("Error:") and "held-out" in r.output
+    assert len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists()
+
+
+def test_prune_command(tiny_model_dir, networks_tsv, heldout, tmp_path):
+    out = tmp_path / "pruned"
+    r = CliRunner().invoke(main, ["prune", str(networks_tsv), "--output", str(out), "--model",
+                                  str(tiny_model_dir), "--heldout", str(heldout), "--remove",
+                                  "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    assert "width 128 -> 126" in r.output
+    report = json.loads((out / "llm2nifti_prune.json").read_text())
+    assert report["kept_per_layer"] == {"0": 126, "1": 125}
+    assert report["max_abs_logit_difference_pruned_vs_masked"] < 1e-4
+    r2 = CliRunner().invoke(main, ["prune", str(networks_tsv), "--output", str(out), "--model",
+                                   str(tiny_model_dir), "--heldout", str(heldout)])
+    assert r2.exit_code == 2 and "exists" in r2.output
