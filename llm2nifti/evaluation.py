@@ -351,10 +351,17 @@ class Evaluator:
     def _device(self):
         return next(self.model.parameters()).device
 
-    def _forward(self, seqs):
-        """Log-probabilities are not kept: yields (logits, lengths) per batch, in input order."""
+    def _forward(self, seqs, last_only=False):
+        """Yield ``(indices, ids, mask, logits)`` per right-padded batch (longest first).
+
+        With ``last_only``, logits are computed at each sequence's last token only
+        (shape ``(batch, 1, vocab)``) where the model supports ``logits_to_keep``.
+        """
+        import inspect
+
         order = np.argsort([-len(s) for s in seqs], kind="stable")
         dev = self._device()
+        keep_ok = last_only and "logits_to_keep" in inspect.signature(self.model.forward).parameters
         for b in range(0, len(seqs), self.batch_size):
             idx = order[b: b + self.batch_size]
             L = max(len(seqs[i]) for i in idx)
@@ -363,9 +370,16 @@ class Evaluator:
             for r, i in enumerate(idx):
                 ids[r, : len(seqs[i])] = torch.as_tensor(seqs[i])
                 mask[r, : len(seqs[i])] = 1
-            logits = self.model(input_ids=ids.to(dev), attention_mask=mask.to(dev),
-                                use_cache=False).logits.float()
-            yield idx, ids.to(dev), mask.to(dev), logits
+            ids, mask = ids.to(dev), mask.to(dev)
+            extra = {}
+            if last_only:
+                last = (mask.sum(1) - 1)[:, None]
+                if keep_ok:
+                    extra["logits_to_keep"] = last
+            logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
+            if last_only and not keep_ok:
+                logits = torch.take_along_dim(logits, last[..., None], dim=1)
+            yield idx, ids, mask, logits.float()
 
     @torch.inference_mode()
     def score(self):
@@ -390,9 +404,8 @@ class Evaluator:
             prompts, answers = self._items
             ll = np.full((len(prompts), self.n_choices_), np.nan)
             if self._single:
-                for idx, ids, mask, logits in self._forward(prompts):
-                    last = mask.sum(1) - 1
-                    lp = torch.log_softmax(logits[torch.arange(len(idx)), last], -1).cpu()
+                for idx, ids, mask, logits in self._forward(prompts, last_only=True):
+                    lp = torch.log_softmax(logits[:, 0], -1).cpu()
                     for r, i in enumerate(idx):
                         ll[i, : len(answers[i])] = lp[r, [a[0] for a in answers[i]]].numpy()
             else:
