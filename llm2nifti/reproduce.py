@@ -34,7 +34,7 @@ __all__ = ["main", "results_markdown"]
 
 DEFAULTS = {
     "tokens": 4096, "components": 20, "n_init": 10, "backend": "nilearn", "threshold": 3.6,
-    "n_docs": 50, "max_doc_tokens": 64, "n_items": 100, "seeds": 5, "amplify": "0.05,0.25",
+    "n_docs": 50, "max_doc_tokens": 96, "n_items": 200, "seeds": 5, "amplify": "0.05,0.25",
     "curve": "1,5,10", "curve_seeds": 3,
 }
 
