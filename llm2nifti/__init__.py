@@ -16,6 +16,8 @@ _LAZY = {
     "load_model": ".models", "load_documents": ".stimuli",
     "UsageError": ".errors",
     "intervene": ".intervention", "Intervention": ".intervention",
+    "Evaluator": ".evaluation", "pang_lee_task": ".evaluation", "neuron_stats": ".controls",
+    "evaluate": ".experiment", "prune": ".prune", "prune_model": ".prune",
 }
 _LAZY_BIDS = {"Dataset": "bids_llm.dataset", "load_run": "bids_llm.dataset"}
 
