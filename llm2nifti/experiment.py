@@ -12,7 +12,6 @@ and ``evaluation.json``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -271,7 +270,31 @@ def verdicts(summary):
                 lines.append(f"{metric}, {mode}: do the network neurons {verb} than {ctl}? {word}. "
                              f"{mode} key {key['mean']:.4g} (95% CI {key['ci_low']:.4g}-"
                              f"{key['ci_high']:.4g}) vs {ctl} {desc}.")
+        lines.extend(_amplify_verdicts(summary, metric, base))
     return lines
+
+
+def _amplify_verdicts(summary, metric, base):
+    """Does adding a constant to the key neurons improve ``metric`` over the baseline?"""
+    out = []
+    amp = summary[(summary["group"] == "amplify") & (summary["selection"] == "key")
+                  & (summary["metric"] == metric)]
+    for _, key in amp.iterrows():
+        sign = _BETTER[metric]
+        if base is not None:
+            b = _beats(key, base, sign)
+            word = {1: "YES", -1: "NO, it is worse", 0: "NOT CLEARLY"}[b]
+            text = (f"{metric}, amplify: does adding {key['strength']:g} to the network neurons "
+                    f"improve on the baseline? {word}. {key['mean']:.4g} (95% CI "
+                    f"{key['ci_low']:.4g}-{key['ci_high']:.4g}) vs baseline {base['mean']:.4g}")
+        else:
+            text = f"{metric}, amplify +{key['strength']:g}: {key['mean']:.4g}"
+        ctl = _get(summary, key["condition"].replace("amplify key", "amplify random"), metric)
+        if ctl is not None:
+            text += (f"; random sets +{key['strength']:g}: mean {ctl['mean']:.4g}, range "
+                     f"{ctl['min']:.4g}-{ctl['max']:.4g}")
+        out.append(text + ".")
+    return out
 
 
 @dataclass

@@ -168,6 +168,8 @@ def main(argv=None):
     p.add_argument("--docs", default="docs", help="Where results.md and figures/ go.")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--fresh", action="store_true", help="Delete the working folder first.")
+    p.add_argument("--render-only", action="store_true",
+                   help="Only rewrite results.md from the working folder's finished outputs.")
     for k, v in DEFAULTS.items():
         p.add_argument("--" + k.replace("_", "-"), type=type(v), default=v)
     a = p.parse_args(argv)
@@ -177,31 +179,24 @@ def main(argv=None):
 
     work = Path(a.work) if a.work else cache_dir() / "reproduce"
     docs = Path(a.docs)
-    if a.fresh and work.exists():
+    if a.fresh and not a.render_only and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     threads = [] if a.threads is None else ["--threads", a.threads]
-    steps, t0 = [], time.perf_counter()
-    scan = work / "scan"
-    _run(["convert", scan, "--max-tokens", a.tokens, "--resume", "-q", *threads], steps)
-    zmaps = sorted(scan.glob("derivatives/llm2nifti-canica/sub-*/func/*_desc-canicaZ_bold.nii*"))
-    if not zmaps:
-        _run(["decompose", scan, "--backend", a.backend, "--n-components", a.components,
-              "--n-init", a.n_init, *threads], steps)
-        zmaps = sorted(scan.glob("derivatives/llm2nifti-canica/sub-*/func/*_desc-canicaZ_bold.nii*"))
-    _run(["networks", zmaps[0], "--dataset", scan, "--threshold", a.threshold], steps)
-    networks = sorted(scan.glob("derivatives/llm2nifti-networks/*_networks.tsv"))[0]
     evaluation = work / "evaluation"
-    _run(["evaluate", networks, "--dataset", scan, "--output", evaluation, "--n-docs", a.n_docs,
-          "--max-doc-tokens", a.max_doc_tokens, "--n-items", a.n_items, "--seeds", a.seeds,
-          "--amplify", a.amplify, "--curve", a.curve, "--curve-seeds", a.curve_seeds, "-q",
-          *threads], steps)
-    _run(["prune", networks, "--remove", "--output", work / "pruned", "--overwrite",
-          "--n-docs", 20, *threads], steps)
-    prune_report = json.loads((work / "pruned" / "llm2nifti_prune.json").read_text())
-    if not a.keep_pruned:
-        shutil.rmtree(work / "pruned", ignore_errors=True)
-    settings = vars(a) | {"evaluation": json.loads((evaluation / "evaluation.json").read_text())}
+    if a.render_only:
+        if not (work / "run.json").is_file():
+            raise SystemExit(f"{work} holds no finished run: run without --render-only first")
+        run = json.loads((work / "run.json").read_text())
+    else:
+        steps, t0 = [], time.perf_counter()
+        _pipeline(a, work, evaluation, threads, steps)
+        run = {"settings": {k: v for k, v in vars(a).items() if k in DEFAULTS}, "steps": steps,
+               "seconds": round(time.perf_counter() - t0, 1)}
+        write_text(work / "run.json", json.dumps(run, indent=1))
+    steps, total = run["steps"], run["seconds"]
+    prune_report = json.loads((work / "pruned.json").read_text())
+    settings = run["settings"] | {"evaluation": json.loads((evaluation / "evaluation.json").read_text())}
     summary = pd.read_csv(evaluation / "summary.tsv", sep="\t")
     figdir = docs / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
@@ -212,10 +207,35 @@ def main(argv=None):
             shutil.copyfile(evaluation / name, tmp)
             os.replace(tmp, figdir / name)
             figures.append(f"figures/{name}")
-    page = _page(settings, steps, summary, settings["evaluation"]["verdicts"], prune_report, figures,
-                 time.perf_counter() - t0)
+    from .experiment import verdicts
+
+    page = _page(settings, steps, summary, verdicts(summary), prune_report, figures, total)
     write_text(docs / "results.md", page)
-    print(f"Wrote {docs / 'results.md'} in {(time.perf_counter() - t0) / 60:.1f} min")
+    print(f"Wrote {docs / 'results.md'} ({total / 60:.1f} min of computation)")
+
+
+def _pipeline(a, work, evaluation, threads, steps):
+    """Run the five steps; finished scan and decomposition steps are reused."""
+    from bids_llm.io import write_text
+
+    scan = work / "scan"
+    _run(["convert", scan, "--max-tokens", a.tokens, "--resume", "-q", *threads], steps)
+    zmaps = sorted(scan.glob("derivatives/llm2nifti-canica/sub-*/func/*_desc-canicaZ_bold.nii*"))
+    if not zmaps:
+        _run(["decompose", scan, "--backend", a.backend, "--n-components", a.components,
+              "--n-init", a.n_init, *threads], steps)
+        zmaps = sorted(scan.glob("derivatives/llm2nifti-canica/sub-*/func/*_desc-canicaZ_bold.nii*"))
+    _run(["networks", zmaps[0], "--dataset", scan, "--threshold", a.threshold], steps)
+    networks = sorted(scan.glob("derivatives/llm2nifti-networks/*_networks.tsv"))[0]
+    _run(["evaluate", networks, "--dataset", scan, "--output", evaluation, "--n-docs", a.n_docs,
+          "--max-doc-tokens", a.max_doc_tokens, "--n-items", a.n_items, "--seeds", a.seeds,
+          "--amplify", a.amplify, "--curve", a.curve, "--curve-seeds", a.curve_seeds, "-q",
+          *threads], steps)
+    _run(["prune", networks, "--remove", "--output", work / "pruned", "--overwrite",
+          "--n-docs", 20, *threads], steps)
+    write_text(work / "pruned.json", (work / "pruned" / "llm2nifti_prune.json").read_text())
+    if not a.keep_pruned:
+        shutil.rmtree(work / "pruned", ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -47,6 +47,11 @@ def test_evaluate_writes_results_and_figures(tiny_scan, tiny_model_dir, networks
     assert settings["n_key_neurons"] == 5 and settings["overlap_with_scan"] == {"heldout": [], "task": []}
     for name in ("interventions.png", "curve.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+    from llm2nifti.reproduce import results_markdown
+
+    table = results_markdown(summary).splitlines()
+    assert table[0].startswith("| condition | sets |") and len(table) == 2 + summary.condition.nunique()
+    assert any(line.startswith("| inhibit random | 2 | 5 |") and "range" in line for line in table)
 
 
 def test_evaluate_refuses_scanned_text(tiny_scan, tiny_model_dir, networks_tsv, text_file, tmp_path):

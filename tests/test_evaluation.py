@@ -69,6 +69,24 @@ def test_pang_lee_task_is_balanced_and_subsets_stratified():
     assert len(sub.sources) == 10 and sub.subset(10) is sub
 
 
+def test_bigbench_task_file(tmp_path):
+    import json
+
+    from llm2nifti.evaluation import bigbench_task
+
+    path = tmp_path / "task.json"
+    path.write_text(json.dumps({"name": "toy", "examples": [
+        {"input": "2+2?", "target_scores": {"3": 0, "4": 1}},
+        {"input": "sky?", "target_scores": {"blue": 1, "green": 0}},
+        {"input": "free text", "target": "no scores"}]}))
+    task = bigbench_task(path)
+    assert len(task) == 2 and task.labels.tolist() == [1, 0]
+    assert task.choices[0] == [" 3", " 4"] and task.prompts[0].endswith("2+2?\nA:")
+    path.write_text(json.dumps({"examples": [{"input": "x", "target": "y"}]}))
+    with pytest.raises(UsageError, match="multiple-choice"):
+        bigbench_task(path)
+
+
 def test_bootstrap_ci_brackets_the_estimate_and_narrows_with_items():
     rng = np.random.default_rng(0)
     small = rng.random(20) < 0.7
