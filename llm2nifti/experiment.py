@@ -316,6 +316,23 @@ def _check_layout(layout, site):
             f"the model's ({site.n_layers} x {site.width}): evaluate the model that was scanned")
 
 
+def _check_weights(ds, layout, model, participant):
+    """Warn when the evaluated model's weights are not the scanned model's."""
+    from .models import weights_hash
+
+    rows = ds.participants()
+    if participant is not None:
+        rows = [r for r in rows if r.get("participant_id") == f"sub-{participant}"]
+    stored = {r.get("weights_sha256") for r in rows} - {None, "", "n/a"}
+    if len(stored) == 1:
+        current = weights_hash(model)
+        if current not in stored:
+            log.warning("the evaluated model's weights (sha256 %s) differ from the scanned model's "
+                        "(%s): the networks may not apply to it", current, stored.pop())
+            return False
+    return True
+
+
 def evaluate(networks, dataset, output, *, model=None, participant=None, network_names=None,
              heldout="lee-test", task="pang-lee", bigbench=None, n_docs=None, n_items=None,
              max_doc_tokens=128, seeds=5, controls=CONTROLS, amplify=(0.5,), amplify_controls=True,
@@ -410,6 +427,7 @@ def evaluate(networks, dataset, output, *, model=None, participant=None, network
                                                             cache=cache)
     site = resolve_site(lm, nset.site, layout.site.layers)
     _check_layout(layout, site)
+    _check_weights(ds, layout, lm, participant)
     stats = C.neuron_stats(ds, participant, site=nset.site)
     seed_list = list(range(int(seeds)))
     conditions = plan_conditions(nset, stats, site.width, seeds=seed_list, controls=controls,

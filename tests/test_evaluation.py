@@ -183,3 +183,17 @@ def test_conditions_run_summarize_and_verdicts(llama, tokenizer):
     assert any(line.startswith("perplexity, inhibit: do the network neurons hurt more than top-spread?")
                for line in lines)
     assert all(("YES" in l or "NO" in l or "NOT CLEARLY" in l) for l in lines if "?" in l)
+
+
+def test_weights_of_another_model_are_flagged(tiny_scan, caplog):
+    from bids_llm.dataset import Dataset
+
+    from conftest import tiny_llama
+    from llm2nifti.experiment import _check_weights
+
+    res, model = tiny_scan
+    ds = Dataset(res.root)
+    assert _check_weights(ds, res.layout, model, None)
+    with caplog.at_level("WARNING"):
+        assert not _check_weights(ds, res.layout, tiny_llama(seed=1), None)
+    assert "differ" in caplog.text
