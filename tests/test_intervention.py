@@ -166,3 +166,15 @@ def test_bad_input_is_a_usage_error(llama, kwargs, match):
     with pytest.raises(UsageError, match=match):
         intervene(llama, **kwargs)
     assert _hook_count(llama) == 0
+
+
+def test_half_precision_model(llama):
+    model = llama.to(torch.bfloat16)
+    edited = _zero_readers(model, SELECTED)
+    ids = _ids()
+    with torch.no_grad():
+        expected = edited(ids).logits
+        with intervene(model, SELECTED, mode="inhibit"):
+            got = model(ids).logits
+    assert got.dtype == torch.bfloat16
+    torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)
