@@ -4,11 +4,12 @@ The steps follow :class:`nilearn.decomposition.CanICA` (nilearn 0.14):
 
 1. each run is z-scored per neuron over tokens (``standardize="zscore_sample"``)
    and reduced to its ``n_components`` leading right singular vectors scaled
-   by their singular values (randomized SVD with power iterations, float32);
+   by their singular values: scikit-learn's randomized SVD as nilearn calls it
+   (same random test matrix, LU-normalised power iterations), in torch float32;
 2. the reduced runs are stacked, each row scaled to unit norm (canonical
-   correlation analysis, ``do_cca=True``) and reduced by an SVD to
-   ``n_components`` group components (float64 Gram matrix of the small
-   stacked matrix: exact);
+   correlation analysis, ``do_cca=True``) and reduced by scikit-learn's
+   ``randomized_svd`` to ``n_components`` group components, exactly as nilearn
+   does (the stacked matrix is small);
 3. FastICA (parallel, ``fun="cube"``, ``whiten="arbitrary-variance"``,
    ``tol=1e-4``, ``max_iter=200``) is run on the group components as in
    :func:`sklearn.decomposition.fastica`, from ``n_init`` starts seeded like
@@ -48,8 +49,29 @@ def zscore_(Z, eps=None):
     return Z
 
 
-def run_pca(Z, n_components, generator, n_iter=4, n_oversamples=10):
-    """Leading right singular vectors of ``Z`` scaled by singular values.
+def _lu(A):
+    """``P @ L`` of the LU factorisation of a tall ``A`` (scipy's ``lu(permute_l=True)``).
+
+    Built from the row swaps, never forming the ``(m, m)`` permutation matrix.
+    """
+    m, n = A.shape
+    LU, pivots = torch.linalg.lu_factor(A)
+    L = LU.tril(-1)[:, :n] + torch.eye(m, n, dtype=A.dtype, device=A.device)
+    perm = np.arange(m)
+    for i, p in enumerate(pivots.cpu().numpy() - 1):
+        perm[i], perm[p] = perm[p], perm[i]
+    out = torch.empty_like(L)
+    out[torch.as_tensor(perm, device=A.device)] = L
+    return out
+
+
+def run_pca(Z, n_components, random_state=0, n_oversamples=10):
+    """A run's leading right singular vectors scaled by their singular values.
+
+    The same computation as nilearn's per-run reduction (``_fast_svd``, i.e.
+    scikit-learn's ``randomized_svd`` with the same random test matrix, seven
+    LU-normalised power iterations when ``n_components`` is under a tenth of
+    the run's size, an exact SVD for small problems), in torch.
 
     Parameters
     ----------
@@ -57,10 +79,9 @@ def run_pca(Z, n_components, generator, n_iter=4, n_oversamples=10):
         One z-scored run.
     n_components : int
         Components kept (at most ``T``).
-    generator : torch.Generator
-        Source of the random test matrix.
-    n_iter, n_oversamples : int
-        Power iterations and extra dimensions of the randomized SVD.
+    random_state : int
+        Seed of the random test matrix (a fresh generator per run, as in nilearn).
+    n_oversamples : int
 
     Returns
     -------
@@ -68,55 +89,97 @@ def run_pca(Z, n_components, generator, n_iter=4, n_oversamples=10):
     """
     T, V = Z.shape
     k = min(n_components, T)
-    width = k + n_oversamples
-    if width >= min(T, V):
+    if max(T, V) <= 500 or not (1 <= k < 0.8 * min(T, V)):
         _, s, vt = torch.linalg.svd(Z, full_matrices=False)
         return s[:k, None] * vt[:k]
-    omega = torch.randn(V, width, generator=generator, dtype=torch.float32).to(Z.device, Z.dtype)
-    Q, _ = torch.linalg.qr(Z @ omega)
-    for _ in range(n_iter):
-        P, _ = torch.linalg.qr(Z.T @ Q)
-        Q, _ = torch.linalg.qr(Z @ P)
-    B = Q.T @ Z  # (width, V)
-    # small SVD through the Gram matrix of B, in float64
-    G = (B.double() @ B.double().T)
-    evals, evecs = torch.linalg.eigh(G)
-    order = torch.argsort(evals, descending=True)[:k]
-    evecs = evecs[:, order]
-    return (evecs.T.to(B.dtype) @ B)  # = S_k V_k^T
+    n_iter = 7 if k < 0.1 * min(T, V) else 4
+    rng = np.random.RandomState(random_state)
+    Q = torch.as_tensor(rng.normal(size=(T, k + n_oversamples)), dtype=Z.dtype, device=Z.device)
+    for _ in range(n_iter):  # M = Z.T is nilearn's (V, T) matrix
+        Q = _lu(Z.T @ Q)
+        Q = _lu(Z @ Q)
+    Q, _ = torch.linalg.qr(Z.T @ Q)  # (V, l)
+    B = (Z @ Q).T  # Q.T @ M: (l, T)
+    Uhat, s, _ = torch.linalg.svd(B, full_matrices=False)
+    U = Q @ Uhat[:, :k]  # (V, k)
+    return (U * s[:k]).T
 
 
-def group_pca(reduced, n_components):
-    """Group SVD of stacked reduced runs with unit-norm rows (CCA).
+def group_pca(reduced, n_components, random_state=0):
+    """Group SVD of stacked reduced runs with unit-norm rows (CCA), as nilearn's MultiPCA.
+
+    Runs scikit-learn's ``randomized_svd`` (three power iterations) on the
+    small stacked matrix, exactly as nilearn does.
 
     Parameters
     ----------
     reduced : torch.Tensor of shape (n_rows, V)
     n_components : int
+    random_state : int
 
     Returns
     -------
-    components : torch.Tensor of shape (n_components, V), float64
-        Orthonormal group components (right singular vectors).
-    singular_values : torch.Tensor of shape (n_components,)
+    components : torch.Tensor of shape (n_components, V)
+        Orthonormal group components (right singular vectors), on ``reduced``'s device.
+    singular_values : ndarray of shape (n_components,)
     """
-    D = reduced.double()
-    norms = D.norm(dim=1, keepdim=True)
-    norms[norms == 0] = 1.0
-    D = D / norms
-    G = D @ D.T
-    evals, evecs = torch.linalg.eigh(G)
-    order = torch.argsort(evals, descending=True)[:n_components]
-    evals = evals[order].clamp_min(torch.finfo(torch.float64).tiny)
-    s = evals.sqrt()
-    comps = (evecs[:, order].T @ D) / s[:, None]
-    return comps, s
+    from sklearn.utils.extmath import randomized_svd
+
+    D = reduced.cpu().numpy()
+    norms = np.sqrt(np.sum(D ** 2, axis=1))
+    norms[norms == 0] = 1
+    D = D / norms[:, None]
+    comps, s, _ = randomized_svd(D.T, n_components=n_components, transpose=True,
+                                 random_state=random_state, n_iter=3)
+    return torch.as_tensor(np.ascontiguousarray(comps.T), device=reduced.device), s
 
 
 def _sym_decorrelation(W):
     s, u = torch.linalg.eigh(W @ W.transpose(-1, -2))
     s = s.clamp_min(torch.finfo(W.dtype).tiny)
     return (u * (1.0 / s.sqrt()).unsqueeze(-2)) @ u.transpose(-1, -2) @ W
+
+
+def use_moments(k, V, n_init, n_iter=200):
+    """Whether the fourth-moment form of the cube step is cheaper than the direct one."""
+    direct = n_iter * n_init * 2 * k * k * V
+    moments = V * k ** 4 + n_iter * n_init * (k ** 5 + k ** 4)
+    return moments < direct and k ** 4 * 8 < 2 ** 30
+
+
+def _direct_step(X1):
+    """FastICA's cube update ``E[g(Wx) x] - E[g'(Wx)] W`` over the samples of ``X1`` (k, V)."""
+    V = X1.shape[1]
+
+    def step(W):
+        WX = W @ X1
+        return (WX ** 3) @ X1.T / V - 3 * (WX ** 2).mean(-1).unsqueeze(-1) * W
+    return step
+
+
+def _moment_step(X1):
+    """The same update from the moments of ``X1``: exact for ``g(u) = u^3``.
+
+    ``E[(w.x)^3 x_l] = sum w_i w_j w_m M4[i, j, m, l]`` and ``E[3 (w.x)^2] = 3 w C w``
+    with ``M4 = E[x x x x]`` and ``C = E[x x]``: after one pass over the V samples
+    each iteration costs O(k^5) instead of O(k^2 V).
+    """
+    k, V = X1.shape
+    M4 = torch.zeros(k * k, k * k, dtype=X1.dtype, device=X1.device)
+    for start in range(0, V, 8192):  # bounded memory: k^2 x 8192 products at a time
+        x = X1[:, start:start + 8192]
+        Y = (x.unsqueeze(0) * x.unsqueeze(1)).reshape(k * k, -1)  # x_i x_j per sample
+        M4 += Y @ Y.T
+    M4 = (M4 / V).reshape(k, k, k, k)
+    C = X1 @ X1.T / V
+
+    def step(W):
+        A = torch.einsum("nci,ijml->ncjml", W, M4)
+        A = torch.einsum("ncj,ncjml->ncml", W, A)
+        A = torch.einsum("ncm,ncml->ncl", W, A)
+        g_wtx = 3 * torch.einsum("nci,ij,ncj->nc", W, C, W)
+        return A - g_wtx.unsqueeze(-1) * W
+    return step
 
 
 def fastica_restarts(components, n_init=10, random_state=0, max_iter=200, tol=1e-4):
@@ -152,6 +215,7 @@ def fastica_restarts(components, n_init=10, random_state=0, max_iter=200, tol=1e
     X1 = (K @ XT) * math.sqrt(V)
     w_init = np.stack([np.random.RandomState(s).normal(size=(k, k)) for s in seeds])
     W = _sym_decorrelation(torch.as_tensor(w_init, dtype=torch.float64, device=XT.device))
+    step = _moment_step(X1) if use_moments(k, V, n_init) else _direct_step(X1)
     active = torch.ones(n_init, dtype=torch.bool, device=XT.device)
     n_iter = np.zeros(n_init, dtype=int)
     for it in range(max_iter):
@@ -159,10 +223,7 @@ def fastica_restarts(components, n_init=10, random_state=0, max_iter=200, tol=1e
         if len(idx) == 0:
             break
         Wa = W[idx]
-        WX = Wa @ X1  # (a, k, V)
-        gwtx = WX ** 3
-        g_wtx = (3 * WX ** 2).mean(dim=-1)
-        W1 = _sym_decorrelation(gwtx @ X1.T / V - g_wtx.unsqueeze(-1) * Wa)
+        W1 = _sym_decorrelation(step(Wa))
         lim = ((W1 * Wa).sum(-1).abs() - 1).abs().amax(-1)
         W[idx] = W1
         n_iter[idx.cpu().numpy()] = it + 1
@@ -179,7 +240,7 @@ def fastica_restarts(components, n_init=10, random_state=0, max_iter=200, tol=1e
 
 
 def canica(load_runs, n_components=20, n_init=10, random_state=0, device="cpu",
-           n_iter=4, n_oversamples=10):
+           n_oversamples=10):
     """CanICA on runs loaded one at a time.
 
     Parameters
@@ -189,8 +250,8 @@ def canica(load_runs, n_components=20, n_init=10, random_state=0, device="cpu",
     n_components, n_init, random_state :
         As in :class:`nilearn.decomposition.CanICA`.
     device : str or torch.device
-    n_iter, n_oversamples : int
-        Randomized SVD settings of the per-run reduction.
+    n_oversamples : int
+        Extra dimensions of the per-run randomized SVD.
 
     Returns
     -------
@@ -199,21 +260,17 @@ def canica(load_runs, n_components=20, n_init=10, random_state=0, device="cpu",
         ``singular_values`` of the group SVD and the FastICA details.
     """
     device = torch.device(device)
-    seed = random_state if isinstance(random_state, (int, np.integer)) else \
-        np.random.RandomState(random_state).randint(_INT32_MAX)
-    generator = torch.Generator().manual_seed(int(seed))
     reduced = []
     for load in load_runs:
         # a copy: z-scoring works in place and must not touch the caller's array
         Z = torch.tensor(np.asarray(load(), dtype=np.float32), device=device)
         zscore_(Z)
-        reduced.append(run_pca(Z, n_components, generator, n_iter=n_iter,
-                               n_oversamples=n_oversamples))
+        reduced.append(run_pca(Z, n_components, random_state, n_oversamples=n_oversamples))
         del Z
     R = torch.cat(reduced)
     del reduced
-    comps, s = group_pca(R, n_components)
+    comps, s = group_pca(R, n_components, random_state)
     del R
     maps, info = fastica_restarts(comps, n_init=n_init, random_state=random_state)
-    info["singular_values"] = s.cpu().numpy().tolist()
+    info["singular_values"] = np.asarray(s).tolist()
     return maps.float().cpu().numpy(), info
