@@ -74,6 +74,8 @@ def main():
     p.add_argument("--task", default=None)
     p.add_argument("--runs", type=lambda s: [int(x) for x in s.split(",")], default=None)
     p.add_argument("--backends", default="nilearn,fast")
+    p.add_argument("--control", action="store_true",
+                   help="also run nilearn with seed+1: how far nilearn agrees with itself")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -84,10 +86,13 @@ def main():
            "OPENBLAS_NUM_THREADS": str(args.threads)}
     results, maps = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for backend in args.backends.split(","):
-            out = Path(tmp) / f"{backend}.npy"
+        jobs = [(b, b, args.seed) for b in args.backends.split(",")]
+        if args.control:
+            jobs.append((f"nilearn s{args.seed + 1}", "nilearn", args.seed + 1))
+        for name, backend, seed in jobs:
+            out = Path(tmp) / f"{len(results)}.npy"
             cmd = [sys.executable, __file__, args.dataset, "-k", str(args.k), "--n-init",
-                   str(args.n_init), "--seed", str(args.seed), "--threads", str(args.threads),
+                   str(args.n_init), "--seed", str(seed), "--threads", str(args.threads),
                    "--n-jobs", str(args.n_jobs), "--device", args.device, "--worker", backend,
                    "--out", str(out)]
             for opt in ("participant", "task"):
@@ -98,8 +103,8 @@ def main():
             proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if proc.returncode:
                 sys.exit(f"{backend} failed:\n{proc.stderr}")
-            results[backend] = json.loads(proc.stdout.strip().splitlines()[-1])
-            maps[backend] = np.load(out)
+            results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+            maps[name] = np.load(out)
 
     first = next(iter(results.values()))
     print(f"dataset {args.dataset}: {first['n_runs']} runs, {first['n_tokens']} tokens, "
@@ -112,8 +117,8 @@ def main():
         print(f"{label:28s}" + "".join(f"{results[n][key]:14.1f}" for n in names))
     print(f"{'peak RSS - imports (MiB)':28s}" + "".join(
         f"{results[n]['peak_rss_mib'] - results[n]['rss_after_imports_mib']:14.1f}" for n in names))
-    if len(names) == 2:
-        a, b = names
+    a = names[0]
+    for b in names[1:]:
         r = match(maps[a], maps[b])
         print(f"speed-up {a}/{b}: {results[a]['wall_s'] / results[b]['wall_s']:.1f}x")
         print(f"matched |r| ({a} vs {b}, Hungarian): mean {r.mean():.3f}, median {np.median(r):.3f}, "

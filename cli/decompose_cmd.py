@@ -113,3 +113,46 @@ def networks(components, dataset, participant, site, threshold, one_sided, top_k
     click.echo(f"  networks: {res.networks_tsv}")
     click.echo(f"  summary:  {res.summary_tsv}")
     click.echo(f"  key:      {res.key_tsv}")
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@_selection_options
+@click.option("--templates", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Components image to use as templates [default: decompose all selected runs].")
+@click.option("--method", type=click.Choice(["canica", "dictlearning"]), default="canica", show_default=True)
+@click.option("--backend", type=click.Choice(["nilearn", "fast"]), default="fast", show_default=True,
+              help="Decomposition backend (many decompositions: fast by default).")
+@_decomposition_options
+@click.option("--n-seeds", type=int, default=3, show_default=True,
+              help="Extra group decompositions with other seeds (stability).")
+@_selection_of_neurons
+@click.option("--iou-threshold", type=float, default=0.2, show_default=True,
+              help="A matched IoU above it counts as recurring.")
+@click.option("--output", "-o", default=None, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of tables and figures [default: DATASET/derivatives/llm2nifti-recurrence].")
+@click.option("--no-figures", is_flag=True, help="Skip the PNG figures.")
+def recurrence(dataset, participant, task, run, site, templates, method, backend, n_components,
+               n_init, random_state, n_jobs, device, threads, n_seeds, threshold, one_sided, top_k,
+               iou_threshold, output, no_figures):
+    """Decompose each run of DATASET alone and tell how often the group's networks recur.
+
+    Networks are matched to the templates one to one by the IoU of their neuron sets; writes a
+    TSV per (run or seed, template), a summary per template, and figures (runs x templates heat
+    map, network sizes per layer).
+    """
+    from llm2nifti.recurrence import recurrence as run_recurrence
+
+    res = run_recurrence(dataset, participant=participant, task=task, run=_runs(run), site=site,
+                         templates=templates, method=method, backend=backend,
+                         n_components=n_components, n_init=n_init, random_state=random_state,
+                         n_seeds=n_seeds, threshold=_threshold(threshold, top_k),
+                         two_sided=not one_sided, top_k=top_k, iou_threshold=iou_threshold,
+                         device=device, n_jobs=n_jobs, threads=threads, output=output,
+                         figures=not no_figures)
+    s = res.summary
+    n_runs = int((res.table["kind"] == "run").sum() / max(len(s), 1))
+    click.echo(f"{len(s)} templates over {n_runs} run(s): mean recurrence {s['recurrence'].mean():.2f}, "
+               f"{int((s['recurrence'] >= 0.5).sum())} recur in at least half of the runs")
+    for key, path in res.paths.items():
+        click.echo(f"  {key + ':':9s} {path}")

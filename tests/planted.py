@@ -31,12 +31,17 @@ def planted_sets(layout, n_networks=4, size=10, seed=0):
     return [np.sort(pick[i * size:(i + 1) * size]) for i in range(n_networks)]
 
 
-def planted_activations(layout, sets, n_tokens, noise=0.3, seed=0, signs=None):
-    """``(T, n_neurons)``: each set follows its own heavy-tailed time course, plus noise."""
+def planted_activations(layout, sets, n_tokens, noise=0.3, seed=0, signs=None, absent=()):
+    """``(T, n_neurons)``: each set follows its own heavy-tailed time course, plus noise.
+
+    Sets whose index is in ``absent`` stay silent (noise only).
+    """
     rng = np.random.default_rng(seed)
     X = noise * rng.standard_normal((n_tokens, layout.n_neurons))
     for i, idx in enumerate(sets):
         course = rng.laplace(size=n_tokens)
+        if i in absent:
+            continue
         weights = rng.uniform(1.0, 1.5, size=len(idx))
         if signs is not None:
             weights = weights * signs[i]
@@ -45,8 +50,11 @@ def planted_activations(layout, sets, n_tokens, noise=0.3, seed=0, signs=None):
 
 
 def make_planted(root, n_layers=3, width=64, n_networks=4, size=10, n_runs=3, n_tokens=200,
-                 noise=0.3, seed=0, signs=None):
-    """Write a planted dataset; return ``(layout, sets)`` with sets as global indices."""
+                 noise=0.3, seed=0, signs=None, absent=None):
+    """Write a planted dataset; return ``(layout, sets)`` with sets as global indices.
+
+    ``absent`` maps a run number to the networks silent in that run.
+    """
     layout = toy_layout(n_layers, width)
     sets = planted_sets(layout, n_networks, size, seed)
     writer = DatasetWriter(root, PARTICIPANT, TASK, layout, name="planted networks")
@@ -55,7 +63,8 @@ def make_planted(root, n_layers=3, width=64, n_networks=4, size=10, n_runs=3, n_
                             "neurons_per_layer": width, "n_parameters": 0, "weights_sha256": "0"})
     writer.write_layout()
     for r in range(1, n_runs + 1):
-        X = planted_activations(layout, sets, n_tokens, noise=noise, seed=seed * 100 + r, signs=signs)
+        X = planted_activations(layout, sets, n_tokens, noise=noise, seed=seed * 100 + r, signs=signs,
+                                absent=(absent or {}).get(r, ()))
         sidecar = {"TaskName": TASK, "RepetitionTime": 1.0, "NeuronLayout": layout.to_dict()}
         events = events_tsv(["a"] * n_tokens, [0] * n_tokens, ["d"] * n_tokens,
                             list(range(n_tokens)), tr=1.0)

@@ -1,0 +1,283 @@
+"""Do networks recur? Match each run's networks, and other seeds', to the group's templates.
+
+Templates are the networks of a decomposition of all selected runs (or of a
+given components image). Each run is then decomposed on its own, and the
+group again with other random seeds; their networks are matched one to one
+to the templates (Hungarian algorithm on the intersection-over-union, IoU, of
+the neuron sets). A template *recurs* in a run when its matched IoU exceeds
+``iou_threshold`` (0.2).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy.optimize import linear_sum_assignment
+
+from .errors import UsageError
+
+__all__ = ["iou_matrix", "match_networks", "recurrence", "RecurrenceResult",
+           "plot_recurrence", "plot_layers"]
+
+log = logging.getLogger(__name__)
+
+
+def _masks(nset, layout, names):
+    M = np.zeros((len(names), layout.n_neurons), dtype=bool)
+    for i, name in enumerate(names):
+        if name in nset.names:
+            M[i, nset.select(name).global_index(layout)] = True
+    return M
+
+
+def iou_matrix(a, b):
+    """IoU of every pair of neuron sets given as boolean masks ``(na, V)`` and ``(nb, V)``.
+
+    Two empty sets have IoU 0.
+    """
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
+    inter = a @ b.T
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - inter
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+    return out
+
+
+def match_networks(iou):
+    """One-to-one matching maximising total IoU.
+
+    Parameters
+    ----------
+    iou : ndarray of shape (n_templates, n_networks)
+
+    Returns
+    -------
+    match : ndarray of shape (n_templates,)
+        Index of the network matched to each template (-1: none, when there
+        are fewer networks than templates).
+    value : ndarray of shape (n_templates,)
+        The matched IoU (0 when unmatched).
+    """
+    rows, cols = linear_sum_assignment(-np.asarray(iou))
+    match = np.full(iou.shape[0], -1)
+    value = np.zeros(iou.shape[0])
+    match[rows] = cols
+    value[rows] = iou[rows, cols]
+    return match, value
+
+
+@dataclass
+class RecurrenceResult:
+    """What :func:`recurrence` found and wrote.
+
+    Attributes
+    ----------
+    templates : NeuronSet
+    table : pandas.DataFrame
+        One row per (unit, template): unit (``run-01``, ``seed-1``), kind
+        (run or seed), template, match, iou, recurs.
+    summary : pandas.DataFrame
+        One row per template: size, recurrence (share of runs with IoU above
+        the threshold), IoU mean/median/min/max over runs, seed_iou_mean,
+        seed_recurrence.
+    paths : dict of str to Path
+    """
+
+    templates: object
+    table: pd.DataFrame
+    summary: pd.DataFrame
+    paths: dict
+
+
+def _networks_of(est_or_maps, layout, threshold, two_sided, top_k):
+    from .networks import maps_to_neurons, network_names
+
+    maps = getattr(est_or_maps, "components_", est_or_maps)
+    names = network_names(len(maps))
+    return maps_to_neurons(np.asarray(maps), layout, threshold=threshold, two_sided=two_sided,
+                           top_k=top_k), names
+
+
+def _match_rows(unit, kind, nset, names, t_masks, t_names, layout, iou_threshold):
+    iou = iou_matrix(t_masks, _masks(nset, layout, names))
+    match, value = match_networks(iou)
+    return [{"unit": unit, "kind": kind, "template": t, "match": names[m] if m >= 0 else "n/a",
+             "iou": round(float(v), 6), "recurs": bool(v > iou_threshold)}
+            for t, m, v in zip(t_names, match, value)]
+
+
+def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", templates=None,
+               method="canica", backend="fast", n_components=20, n_init=10, random_state=0,
+               n_seeds=3, threshold=3.6, two_sided=True, top_k=None, iou_threshold=0.2,
+               device="cpu", n_jobs=1, threads=None, output=None, figures=True):
+    """Recurrence of networks across runs and stability across seeds.
+
+    Parameters
+    ----------
+    dataset : path or Dataset
+    participant, task, run, site :
+        Which runs (BIDS entity filters); one participant.
+    templates : path, optional
+        A components image to use as templates (default: decompose all selected runs).
+    method, backend, n_components, n_init, random_state, device, n_jobs :
+        Decomposition settings (see :class:`llm2nifti.decomposition.Decomposition`);
+        a run with fewer tokens than ``n_components`` gets as many components as tokens.
+    n_seeds : int
+        Extra group decompositions with seeds ``random_state + 1 ...``.
+    threshold, two_sided, top_k :
+        Neuron selection (see :func:`llm2nifti.networks.maps_to_neurons`).
+    iou_threshold : float
+        A matched IoU above it counts as recurring.
+    output : path, optional
+        Default ``DATASET/derivatives/llm2nifti-recurrence``.
+    figures : bool
+        Write the PNG figures.
+
+    Returns
+    -------
+    RecurrenceResult
+    """
+    import nibabel as nib
+
+    from bids_llm.dataset import Dataset
+    from bids_llm.io import write_json, write_text
+    from bids_llm.naming import bids_name, inside
+
+    from . import _version
+    from .decomposition import Decomposition, select_runs
+    from .networks import load_maps, summarize
+
+    if threads is not None:
+        from .models import set_threads
+
+        set_threads(threads)
+    if not 0 <= iou_threshold < 1:
+        raise UsageError("the IoU threshold must be in [0, 1)")
+    if n_seeds < 0:
+        raise UsageError("n-seeds must be 0 or more")
+    ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
+    runs, layout = select_runs(ds, participant, task, run, site)
+
+    def fit(selected, k, seed):
+        return Decomposition(method=method, n_components=k, n_init=n_init, random_state=seed,
+                             backend=backend, n_jobs=n_jobs, device=device).fit(selected, layout)
+
+    if templates is not None:
+        t_maps = load_maps(templates, layout)
+    else:
+        t_maps = fit(runs, n_components, random_state).components_
+    t_set, t_names = _networks_of(t_maps, layout, threshold, two_sided, top_k)
+    t_masks = _masks(t_set, layout, t_names)
+
+    rows = []
+    for r in runs:
+        n_tok = nib.load(str(r.path), mmap=True).shape[3]
+        est = fit([r], min(n_components, n_tok), random_state)
+        nset, names = _networks_of(est, layout, threshold, two_sided, top_k)
+        rows += _match_rows(f"run-{r.run:02d}" if r.run is not None else r.path.name, "run", nset,
+                            names, t_masks, t_names, layout, iou_threshold)
+        log.info("run %s decomposed", r.run)
+    for s in range(1, n_seeds + 1):
+        nset, names = _networks_of(fit(runs, len(t_names), random_state + s), layout, threshold,
+                                   two_sided, top_k)
+        rows += _match_rows(f"seed-{random_state + s}", "seed", nset, names, t_masks, t_names,
+                            layout, iou_threshold)
+    table = pd.DataFrame(rows)
+
+    sizes = summarize(t_set, layout, names=t_names).set_index("network")
+    summary = []
+    for t in t_names:
+        by_run = table[(table["template"] == t) & (table["kind"] == "run")]["iou"]
+        by_seed = table[(table["template"] == t) & (table["kind"] == "seed")]["iou"]
+        summary.append({
+            "template": t, "size": int(sizes.loc[t, "size"]),
+            "recurrence": round(float((by_run > iou_threshold).mean()), 6),
+            "iou_mean": round(float(by_run.mean()), 6), "iou_median": round(float(by_run.median()), 6),
+            "iou_min": round(float(by_run.min()), 6), "iou_max": round(float(by_run.max()), 6),
+            "seed_iou_mean": round(float(by_seed.mean()), 6) if len(by_seed) else "n/a",
+            "seed_recurrence": round(float((by_seed > iou_threshold).mean()), 6) if len(by_seed) else "n/a",
+        })
+    summary = pd.DataFrame(summary)
+
+    out = Path(output) if output is not None else inside(ds.root, "derivatives", "llm2nifti-recurrence")
+    tasks = "".join(sorted({r.task for r in runs}))
+    prefix = bids_name("", "", sub=runs[0].participant, task=tasks, acq=runs[0].acq,
+                       desc=method).rstrip("_")
+    paths = {key: inside(out, f"{prefix}_{name}") for key, name in (
+        ("table", "recurrence.tsv"), ("summary", "templates.tsv"), ("networks", "networks.tsv"),
+        ("sidecar", "recurrence.json"), ("heatmap", "recurrence.png"), ("layers", "layers.png"))}
+    write_text(paths["table"], table.to_csv(sep="\t", index=False))
+    write_text(paths["summary"], summary.to_csv(sep="\t", index=False))
+    t_set.to_tsv(paths["networks"])
+    if figures:
+        plot_recurrence(table, t_names, paths["heatmap"], iou_threshold=iou_threshold)
+        plot_layers(sizes, layout, paths["layers"])
+    else:
+        del paths["heatmap"], paths["layers"]
+    write_json(paths["sidecar"], {
+        "Dataset": str(ds.root.resolve()), "Runs": [str(Path(r.path).relative_to(ds.root)) for r in runs],
+        "Templates": str(Path(templates).resolve()) if templates is not None else "decomposition of all runs",
+        "Method": method, "Backend": backend, "NComponents": int(n_components), "NInit": int(n_init),
+        "RandomState": int(random_state), "NSeeds": int(n_seeds),
+        "Selection": {"threshold": threshold, "two_sided": bool(two_sided), "top_k": top_k},
+        "IoUThreshold": iou_threshold,
+        "MeanRecurrence": round(float(summary["recurrence"].mean()), 6),
+        "llm2nifti": _version.__version__,
+    })
+    return RecurrenceResult(t_set, table, summary, paths)
+
+
+def _save_fig(fig, path):
+    from bids_llm.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+
+
+def plot_recurrence(table, templates, path, iou_threshold=0.2):
+    """Heat map of matched IoU: runs (and seeds) x templates."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = table.pivot(index="unit", columns="template", values="iou")
+    units = list(dict.fromkeys(table["unit"]))
+    grid = grid.loc[units, list(templates)]
+    fig, ax = plt.subplots(figsize=(max(4, 0.35 * len(templates) + 2), max(2.5, 0.3 * len(units) + 1.5)))
+    im = ax.imshow(grid.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(templates)), templates, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(units)), units, fontsize=7)
+    ax.set_xlabel("template network")
+    ax.set_ylabel("run / seed")
+    ax.set_title(f"Matched IoU (recurs when > {iou_threshold})")
+    fig.colorbar(im, ax=ax, label="IoU")
+    _save_fig(fig, path)
+    plt.close(fig)
+
+
+def plot_layers(sizes, layout, path):
+    """Neurons per layer of each template network (a templates x layers heat map)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = [f"layer_{l}" for l in layout.layers]
+    counts = sizes[cols].to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(max(4, 0.25 * len(cols) + 2), max(2.5, 0.3 * len(sizes) + 1.5)))
+    im = ax.imshow(counts, cmap="magma", aspect="auto")
+    ax.set_xticks(range(len(cols)), [str(l) for l in layout.layers], fontsize=7)
+    ax.set_yticks(range(len(sizes)), [f"{n} ({int(s)})" for n, s in zip(sizes.index, sizes["size"])],
+                  fontsize=7)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("template network (size)")
+    ax.set_title("Network neurons per layer")
+    fig.colorbar(im, ax=ax, label="neurons")
+    _save_fig(fig, path)
+    plt.close(fig)
