@@ -18,6 +18,8 @@ _LAZY = {
     "intervene": ".intervention", "Intervention": ".intervention",
     "Evaluator": ".evaluation", "pang_lee_task": ".evaluation", "neuron_stats": ".controls",
     "evaluate": ".experiment", "prune": ".prune", "prune_model": ".prune",
+    "decompose": ".decomposition", "Decomposition": ".decomposition",
+    "maps_to_neurons": ".networks", "NeuronSet": ".neuronset", "iou_matrix": ".recurrence",
 }
 _LAZY_BIDS = {"Dataset": "bids_llm.dataset", "load_run": "bids_llm.dataset"}
 
