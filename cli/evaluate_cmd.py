@@ -51,6 +51,9 @@ def _names(value):
               help="Constants added to the network neurons, comma-separated; 'none' to skip.")
 @click.option("--no-amplify-controls", is_flag=True, help="Do not amplify random sets as controls.")
 @click.option("--curve", default="", help="Numbers of networks kept for the retain curve, e.g. 1,5,10.")
+@click.option("--curve-networks", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Another networks.tsv of the same scan (e.g. a lower threshold) kept as one more "
+                   "curve point; repeatable.")
 @click.option("--curve-seeds", type=int, default=None, help="Random sets per curve point [default: --seeds].")
 @click.option("--massive-factor", type=float, default=100.0, show_default=True,
               help="Massive neurons: peak |activation| above this many times the median peak.")
@@ -65,7 +68,8 @@ def _names(value):
               show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def evaluate(networks, dataset, output, model, participant, network_names, heldout, task, bigbench,
-             n_docs, n_items, max_doc_tokens, seeds, amplify, no_amplify_controls, curve, curve_seeds,
+             n_docs, n_items, max_doc_tokens, seeds, amplify, no_amplify_controls, curve, curve_networks,
+             curve_seeds,
              massive_factor, allow_overlap, batch_size, n_resamples, threads, device, dtype, quiet):
     """Inhibit, retain and amplify the neurons of NETWORKS (a networks.tsv) against controls.
 
@@ -81,7 +85,7 @@ def evaluate(networks, dataset, output, model, participant, network_names, heldo
         heldout=None if heldout.lower() in none else heldout,
         task=None if task.lower() in none else task, bigbench=bigbench, n_docs=n_docs,
         n_items=n_items, max_doc_tokens=max_doc_tokens, seeds=seeds, amplify=_floats(amplify),
-        amplify_controls=not no_amplify_controls, curve=_ints(curve),
+        amplify_controls=not no_amplify_controls, curve=_ints(curve), curve_networks=curve_networks,
         curve_seeds=None if curve_seeds is None else list(range(curve_seeds)),
         massive_factor=massive_factor, allow_overlap=allow_overlap, device=device, dtype=dtype,
         threads=threads, batch_size=batch_size, n_resamples=n_resamples, progress=not quiet)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+import json
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ class Condition:
 
 def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit", "retain"),
                     controls=CONTROLS, amplify=(), amplify_controls=True, curve=(), curve_seeds=None,
-                    massive_factor=100.0, spread_bins=20):
+                    curve_sets=(), massive_factor=100.0, spread_bins=20):
     """The conditions of an evaluation.
 
     Parameters
@@ -92,6 +93,9 @@ def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit",
         the table), each with uniform random sets of the same counts per layer.
     curve_seeds : sequence of int, optional
         Seeds of the curve's random sets (default: ``seeds``).
+    curve_sets : sequence of (str, NeuronSet)
+        More curve points: other network tables (e.g. the same maps at lower
+        thresholds), each retained as a whole and labelled ``retain key @<label>``.
     massive_factor : float
         See :func:`llm2nifti.controls.massive_neurons`.
     spread_bins : int
@@ -131,14 +135,27 @@ def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit",
                 out.append(Condition(f"amplify random +{value:g}", "amplify", "amplify", "random",
                                      C.random_like(key, width, s), s, value))
     n_all = len(nset.names)
-    for m, kept in C.nested_networks(nset, sorted(set(curve))):
-        if m == n_all and "retain" in modes:
-            continue  # the same as "retain key"
-        out.append(Condition(f"retain key @{m}", "curve", "retain", "key", kept, None, n_networks=m))
+    points = [(str(m), m, kept) for m, kept in C.nested_networks(nset, sorted(set(curve)))
+              if not (m == n_all and "retain" in modes)]  # all networks: the same as "retain key"
+    points += [(str(label), len(other.names), other.per_layer()) for label, other in curve_sets]
+    for label, m, kept in points:
+        out.append(Condition(f"retain key @{label}", "curve", "retain", "key", kept, None, n_networks=m))
         for s in (seeds if curve_seeds is None else curve_seeds):
-            out.append(Condition(f"retain random @{m}", "curve", "retain", "random",
+            out.append(Condition(f"retain random @{label}", "curve", "retain", "random",
                                  C.random_like(kept, width, s), s, n_networks=m))
     return out
+
+
+def _curve_label(path):
+    """``|z|>t`` from the ``_networks.json`` beside a ``_networks.tsv``, else the file name."""
+    path = Path(path)
+    sidecar = path.with_name(path.name.replace("_networks.tsv", "_networks.json"))
+    try:
+        sel = json.loads(sidecar.read_text())["Selection"]
+        return f"|z|>{float(sel['threshold']):g}" if sel.get("two_sided", True) else \
+            f"z>{float(sel['threshold']):g}"
+    except (OSError, KeyError, TypeError, ValueError):
+        return path.parent.name or path.stem
 
 
 def run_conditions(evaluator, conditions, key, n_neurons, site=None, n_resamples=2000,
@@ -336,7 +353,8 @@ def _check_weights(ds, layout, model, participant):
 def evaluate(networks, dataset, output, *, model=None, participant=None, network_names=None,
              heldout="lee-test", task="pang-lee", bigbench=None, n_docs=None, n_items=None,
              max_doc_tokens=128, seeds=5, controls=CONTROLS, amplify=(0.5,), amplify_controls=True,
-             curve=(), curve_seeds=None, massive_factor=100.0, spread_bins=20, allow_overlap=False,
+             curve=(), curve_seeds=None, curve_networks=(), massive_factor=100.0, spread_bins=20,
+             allow_overlap=False,
              device="cpu", dtype="auto", threads=None, batch_size=8, n_resamples=2000,
              progress=True, loaded=None, cache=None):
     """Evaluate the networks of ``networks.tsv`` against controls; write tables and figures.
@@ -370,6 +388,9 @@ def evaluate(networks, dataset, output, *, model=None, participant=None, network
         Random control sets per control (at least 1; 5 or more recommended).
     controls, amplify, amplify_controls, curve, curve_seeds, massive_factor, spread_bins :
         See :func:`plan_conditions`.
+    curve_networks : sequence of path
+        Other ``networks.tsv`` tables of the same scan (e.g. lower thresholds) whose
+        key sets are retained as more points of the curve.
     allow_overlap : bool
         Warn instead of refusing when evaluation text was in the scan.
     device, dtype, threads, cache :
@@ -433,6 +454,8 @@ def evaluate(networks, dataset, output, *, model=None, participant=None, network
     conditions = plan_conditions(nset, stats, site.width, seeds=seed_list, controls=controls,
                                  amplify=amplify, amplify_controls=amplify_controls, curve=curve,
                                  curve_seeds=curve_seeds, massive_factor=massive_factor,
+                                 curve_sets=[(_curve_label(p), NeuronSet.from_tsv(p))
+                                             for p in curve_networks],
                                  spread_bins=spread_bins)
     evaluator = Evaluator(lm, tok, heldout=heldout_docs, task=choice, max_doc_tokens=max_doc_tokens,
                           batch_size=batch_size)
@@ -462,7 +485,8 @@ def evaluate(networks, dataset, output, *, model=None, participant=None, network
         "task": None if choice is None else choice.name,
         "n_items": None if choice is None else len(choice),
         "seeds": seed_list, "controls": list(controls), "amplify": list(amplify),
-        "curve": list(curve), "massive_factor": massive_factor,
+        "curve": list(curve), "curve_networks": [str(p) for p in curve_networks],
+        "massive_factor": massive_factor,
         "massive_neurons": [[int(l), int(n)] for l, idx in massive.items() for n in idx],
         "spread_bins": spread_bins, "n_resamples": n_resamples,
         "overlap_with_scan": overlap_docs, "scan_tokens": int(sum(

@@ -34,8 +34,8 @@ __all__ = ["main", "results_markdown"]
 
 DEFAULTS = {
     "tokens": 4096, "components": 20, "n_init": 10, "backend": "nilearn", "threshold": 3.6,
-    "n_docs": 50, "max_doc_tokens": 96, "n_items": 200, "seeds": 5, "amplify": "0.05,0.25",
-    "curve": "1,5,10", "curve_seeds": 3,
+    "n_docs": 50, "max_doc_tokens": 64, "n_items": 200, "seeds": 5, "amplify": "0.05,0.25",
+    "curve": "", "curve_thresholds": "3.0,2.5,2.0", "curve_seeds": 3,
 }
 
 
@@ -81,7 +81,7 @@ def results_markdown(summary):
     for cond in dict.fromkeys(summary["condition"]):
         rows = summary[summary["condition"] == cond]
         first = rows.iloc[0]
-        cells = [cond, str(int(first["n_sets"])), f"{first['n_neurons']:.0f}",
+        cells = [cond.replace("|", "\\|"), str(int(first["n_sets"])), f"{first['n_neurons']:.0f}",
                  f"{100 * first['share']:.2f}%",
                  "" if pd.isna(first["overlap_key"]) else f"{100 * first['overlap_key']:.1f}%"]
         for m in metrics:
@@ -120,8 +120,11 @@ def _page(settings, steps, summary, verdict_lines, prune_report, figures, total)
         f"{ev['massive_factor']:g} x the median peak). Random sets may include key neurons; the "
         "overlap column shows how many.",
         f"- Amplify: add {', '.join(f'{a:g}' for a in ev['amplify'])} to every key neuron (and to "
-        f"random sets). Curve: keep only the first {', '.join(map(str, ev['curve']))} networks "
-        f"(vs random sets, {s['curve_seeds']} seeds).",
+        f"random sets). Curve: keep only the key set, "
+        + (f"the first {', '.join(map(str, ev['curve']))} networks, " if ev["curve"] else "")
+        + (f"and the key sets of the same maps at |z| > {s['curve_thresholds'].replace(',', ', ')}"
+           if s.get("curve_thresholds") else "")
+        + f" (each vs random sets of the same count per layer, {s['curve_seeds']} seeds).",
         f"- Total time: {total / 60:.1f} min.",
         "",
         "Cells: value [95% bootstrap CI] for one set; mean (range over seeds) for random sets.",
@@ -227,10 +230,15 @@ def _pipeline(a, work, evaluation, threads, steps):
         zmaps = sorted(scan.glob("derivatives/llm2nifti-canica/sub-*/func/*_desc-canicaZ_bold.nii*"))
     _run(["networks", zmaps[0], "--dataset", scan, "--threshold", a.threshold], steps)
     networks = sorted(scan.glob("derivatives/llm2nifti-networks/*_networks.tsv"))[0]
+    curve = ["--curve", a.curve] if a.curve else []
+    for t in [t for t in a.curve_thresholds.split(",") if t.strip()]:
+        folder = work / f"networks-z{t.strip()}"
+        _run(["networks", zmaps[0], "--dataset", scan, "--threshold", t.strip(), "--output", folder],
+             steps)
+        curve += ["--curve-networks", sorted(folder.glob("*_networks.tsv"))[0]]
     _run(["evaluate", networks, "--dataset", scan, "--output", evaluation, "--n-docs", a.n_docs,
           "--max-doc-tokens", a.max_doc_tokens, "--n-items", a.n_items, "--seeds", a.seeds,
-          "--amplify", a.amplify, "--curve", a.curve, "--curve-seeds", a.curve_seeds, "-q",
-          *threads], steps)
+          "--amplify", a.amplify, *curve, "--curve-seeds", a.curve_seeds, "-q", *threads], steps)
     _run(["prune", networks, "--remove", "--output", work / "pruned", "--overwrite",
           "--n-docs", 20, *threads], steps)
     write_text(work / "pruned.json", (work / "pruned" / "llm2nifti_prune.json").read_text())

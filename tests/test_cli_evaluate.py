@@ -30,17 +30,23 @@ def heldout(tmp_path):
 def test_evaluate_writes_results_and_figures(tiny_scan, tiny_model_dir, networks_tsv, heldout, tmp_path):
     res, _ = tiny_scan
     out = tmp_path / "eval"
+    wider = tmp_path / "wide" / "x_networks.tsv"
+    NeuronSet.from_pairs({"0": [(0, n) for n in range(40)]}).to_tsv(wider)
+    (tmp_path / "wide" / "x_networks.json").write_text('{"Selection": {"threshold": 2.0}}')
     r = CliRunner().invoke(main, [
         "evaluate", str(networks_tsv), "--dataset", str(res.root), "--output", str(out),
         "--model", str(tiny_model_dir), "--heldout", str(heldout), "--n-items", "6",
         "--max-doc-tokens", "24", "--seeds", "2", "--curve", "1", "--bootstrap", "200",
-        "--threads", "1", "-q"])
+        "--threads", "1", "-q", "--curve-networks", str(wider)])
     assert r.exit_code == 0, r.output
     assert "do the network neurons hurt more than random?" in r.output
     results = pd.read_csv(out / "results.tsv", sep="\t")
     assert set(results.metric) == {"perplexity", "accuracy"}
     assert (results[results.condition == "inhibit random"].seed.nunique()) == 2
-    assert results.share.max() == pytest.approx(5 / 256, rel=1e-4)
+    assert results[results.group == "main"].share.max() == pytest.approx(5 / 256, rel=1e-4)
+    wide = results[results.condition == "retain key @|z|>2"]
+    assert len(wide) == 2 and (wide.n_neurons == 40).all()
+    assert results[results.condition == "retain random @|z|>2"].seed.nunique() == 2
     summary = pd.read_csv(out / "summary.tsv", sep="\t")
     assert {"mean", "sd", "ci_low", "ci_high", "overlap_key"} <= set(summary.columns)
     settings = json.loads((out / "evaluation.json").read_text())
