@@ -144,7 +144,8 @@ def use_moments(k, V, n_init, n_iter=200):
     """Whether the fourth-moment form of the cube step is cheaper than the direct one."""
     direct = n_iter * n_init * 2 * k * k * V
     moments = V * k ** 4 + n_iter * n_init * (k ** 5 + k ** 4)
-    return moments < direct and k ** 4 * 8 < 2 ** 30
+    memory = (n_init + 1) * k ** 4 * 8  # M4 and one contraction per start, float64
+    return moments < direct and memory < 2 ** 30
 
 
 def _direct_step(X1):

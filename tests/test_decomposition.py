@@ -192,3 +192,16 @@ def test_run_pca_is_nilearns_per_run_reduction():
     ref = (U * S).T
     signs = np.sign((ours * ref).sum(1, keepdims=True))
     np.testing.assert_allclose(ours * signs, ref, rtol=0, atol=2e-3 * np.abs(ref).max())
+
+
+def test_moment_and_direct_fastica_steps_agree(monkeypatch):
+    import llm2nifti.fastica as F
+
+    rng = np.random.default_rng(2)
+    comps = torch.as_tensor(rng.standard_normal((5, 5)) @ rng.laplace(size=(5, 3000)) ** 3)
+    monkeypatch.setattr(F, "use_moments", lambda *a: True)
+    a, info_a = F.fastica_restarts(comps, n_init=3, random_state=1)
+    monkeypatch.setattr(F, "use_moments", lambda *a: False)
+    b, info_b = F.fastica_restarts(comps, n_init=3, random_state=1)
+    assert info_a["n_iter"] == info_b["n_iter"]
+    np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-7, atol=1e-9)
