@@ -68,9 +68,11 @@ def decompose(dataset, participant, task, run, site, method, backend, n_componen
               random_state, n_jobs, device, threads, alpha, desc):
     """Decompose the runs of DATASET into maps over neurons (a BIDS derivative).
 
-    Writes derivatives/llm2nifti-<method>/sub-<label>/func/*_desc-<desc>_bold.nii (volume i =
-    component i), its z-scored version (desc-<desc>Z) and a JSON with parameters, explained
-    variance and timing.
+    \b
+    Writes under DATASET/derivatives/llm2nifti-<method>/sub-<label>/func/:
+      *_desc-<desc>_bold.nii    maps (volume i = component i)
+      *_desc-<desc>Z_bold.nii   maps z-scored over neurons (threshold these)
+      *_desc-<desc>_bold.json   parameters, explained variance, timing
     """
     from llm2nifti.decomposition import decompose as run_decompose
 
@@ -99,8 +101,11 @@ def decompose(dataset, participant, task, run, site, method, backend, n_componen
 def networks(components, dataset, participant, site, threshold, one_sided, top_k, output):
     """Map the maps of COMPONENTS (a 4D image on DATASET's grid) back to exact neurons.
 
-    Writes <stem>_networks.tsv (network, site, layer, neuron, z), <stem>_summary.tsv (size, share,
-    count per layer), <stem>_keyneurons.tsv (the union, with how many networks hold each neuron).
+    \b
+    Writes (network FNxx = volume xx of COMPONENTS):
+      <stem>_networks.tsv    network, site, layer, neuron, z
+      <stem>_summary.tsv     size, share, signs, peak, count per layer
+      <stem>_keyneurons.tsv  the union, with how many networks hold each neuron
     """
     from llm2nifti.networks import networks as run_networks
 
