@@ -241,8 +241,9 @@ def networks(components, dataset, *, participant=None, site="mlp", threshold=3.6
         if participant not in known:
             participant = None
     layout = ds.layout(participant, site)
-    nset = maps_to_neurons(components, layout, threshold=threshold, two_sided=two_sided, top_k=top_k)
-    n_maps = load_maps(components, layout).shape[0]
+    maps = load_maps(components, layout)
+    nset = maps_to_neurons(maps, layout, threshold=threshold, two_sided=two_sided, top_k=top_k)
+    n_maps = maps.shape[0]
     names = network_names(n_maps)
     summary = summarize(nset, layout, names=names)
     key = key_neurons(nset)
