@@ -30,8 +30,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-bench: $(STAMP)
+bench: $(STAMP) demo
 	$(PY) benchmarks/bench_convert.py
+	$(PY) benchmarks/bench_decompose.py $(DEMO) -k 20 --n-init 10
 
 clean:
 	rm -rf demo .pytest_cache

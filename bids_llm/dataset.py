@@ -2,7 +2,8 @@
 
 Layout of a dataset::
 
-    dataset_description.json  README  participants.tsv  participants.json  .bidsignore
+    dataset_description.json  README  participants.tsv  participants.json  task-<set>_events.json
+    code/llm2nifti/sub-<model>_task-<set>[_acq-<site>]_convert.json   settings of each convert (for --resume)
     sub-<model>/sub-<model>_scans.tsv                       finished runs + sha256
     sub-<model>/func/sub-<model>_task-<set>[_acq-<site>]_run-<n>_bold.nii   (+ .json, _events.tsv)
     derivatives/llm2nifti/dataset_description.json
@@ -31,6 +32,7 @@ from llm2nifti._version import __version__
 from llm2nifti.errors import UsageError
 from llm2nifti.layout import NeuronLayout
 
+from .derivatives import derivative_dir
 from .events import read_events
 from .io import TMP_PREFIX, save_img, sha256_file, write_json, write_text
 from .naming import bids_name, inside, parse_name
@@ -59,7 +61,6 @@ EVENTS_JSON = {
     "document_id": {"Description": "Identifier of the document the token belongs to"},
     "position": {"Description": "Position of the token in its document (0: the BOS token)"},
 }
-_BIDSIGNORE = "*_convert.json\n"
 
 
 def acq_for(site_kind):
@@ -131,8 +132,9 @@ class DatasetWriter:
 
     @property
     def plan_path(self):
-        return self.deriv_dir / f"sub-{self.participant}" / bids_name(
-            "convert", ".json", sub=self.participant, task=self.task, acq=self.acq)
+        """Settings of this convert, kept under ``code/`` (which BIDS leaves unvalidated)."""
+        return inside(self.root, "code", PIPELINE, bids_name(
+            "convert", ".json", sub=self.participant, task=self.task, acq=self.acq))
 
     def anat_path(self, suffix, ext):
         return self.deriv_dir / f"sub-{self.participant}" / "anat" / bids_name(
@@ -175,21 +177,12 @@ class DatasetWriter:
             })
         if not (self.root / "README").is_file():
             write_text(self.root / "README", README_TEXT)
-        if not (self.root / ".bidsignore").is_file():
-            write_text(self.root / ".bidsignore", _BIDSIGNORE)
         if not (self.root / "participants.json").is_file():
             write_json(self.root / "participants.json", _PARTICIPANTS_JSON)
         events_json = self.root / bids_name("events", ".json", task=self.task)
         if not events_json.is_file():
             write_json(events_json, EVENTS_JSON)
-        deriv = self.deriv_dir
-        if not (deriv / "dataset_description.json").is_file():
-            write_json(deriv / "dataset_description.json", {
-                "Name": f"{self.name}: neuron masks and labels", "BIDSVersion": BIDS_VERSION,
-                "DatasetType": "derivative",
-                "GeneratedBy": [{"Name": PIPELINE, "Version": __version__}],
-                "SourceDatasets": [{"URL": "file://../.."}],
-            })
+        derivative_dir(self.root, PIPELINE, "Neuron masks and labels", BIDS_VERSION)
 
     def add_participant(self, row):
         """Add or replace this participant's row in ``participants.tsv``."""

@@ -32,8 +32,13 @@ def main(verbose):
     """Scan a language model like a brain: neurons are voxels, tokens are volumes.
 
     \b
-    llm2nifti convert OUT            record the default model reading the Lee corpus
-    llm2nifti sites MODEL            list neuron sites and counts
+    llm2nifti convert DATASET                   record a model reading text (default: SmolLM2-135M, Lee news)
+    llm2nifti sites [MODEL]                     list neuron sites and their neuron counts
+    llm2nifti decompose DATASET                 CanICA / DictLearning over the runs
+    llm2nifti networks COMPONENTS -d DATASET    map components back to exact neurons
+    llm2nifti recurrence DATASET                do networks recur across runs and seeds?
+    llm2nifti evaluate NETWORKS_TSV             inhibit / amplify / retain networks vs controls
+    llm2nifti prune NETWORKS_TSV                save a smaller model without the other neurons
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

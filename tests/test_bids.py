@@ -35,6 +35,11 @@ def test_official_validator_reports_no_errors(tmp_path, tokenizer, text_file):
     issues = report["issues"]["issues"]
     errors = [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"]
     assert errors == []
+    derivatives = report["derivativesSummary"]
+    assert list(derivatives) == ["/derivatives/llm2nifti/"]
+    errors = [(d, i["code"], i.get("location")) for d, sub in derivatives.items()
+              for i in sub["issues"]["issues"] if i["severity"] == "error"]
+    assert errors == []
     assert sorted(report["summary"]["subjects"]) == ["tinygpt2", "tinyllama"]
     assert report["summary"]["tasks"] == ["stories"]
 
