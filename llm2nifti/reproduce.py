@@ -91,6 +91,44 @@ def results_markdown(summary):
     return "\n".join(lines)
 
 
+def answers(summary):
+    """Short answers to the questions the results page asks, one line each."""
+    from .experiment import _BETTER, _beats, _get
+
+    word = {1: "yes", -1: "no (the other way round)", 0: "not clearly"}
+    out = []
+    for q, mode, ctl in (("Does inhibiting the network neurons hurt more than inhibiting random "
+                          "neurons (same count per layer)?", "inhibit", "random"),
+                         ("... more than inhibiting spread-matched random neurons?", "inhibit",
+                          "spread-matched"),
+                         ("... more than inhibiting the same number of highest-spread neurons "
+                          "(no decomposition)?", "inhibit", "top-spread"),
+                         ("Does keeping only the network neurons preserve more than keeping random "
+                          "ones?", "retain", "random"),
+                         ("... more than keeping the highest-spread ones?", "retain", "top-spread")):
+        parts = []
+        for metric, sign in _BETTER.items():
+            key, other = _get(summary, f"{mode} key", metric), _get(summary, f"{mode} {ctl}", metric)
+            if key is None or other is None:
+                continue
+            b = _beats(key, other, sign * (-1 if mode == "inhibit" else 1))
+            parts.append(f"{metric}: {word[b]} ({_fmt(key['mean'])} vs {_fmt(other['mean'])})")
+        if parts:
+            out.append(f"**{q}** " + "; ".join(parts) + ".")
+    parts = []
+    for metric, sign in _BETTER.items():
+        key, base = _get(summary, "retain key", metric), _get(summary, "baseline", metric)
+        if key is None or base is None:
+            continue
+        kept = _beats(key, base, sign) >= 0
+        parts.append(f"{metric}: {'yes' if kept else 'no'} ({_fmt(key['mean'])} vs baseline "
+                     f"{_fmt(base['mean'])})")
+    if parts:
+        out.append("**Does keeping only the network neurons preserve the model's performance?** "
+                   + "; ".join(parts) + ".")
+    return out
+
+
 def _page(settings, steps, summary, verdict_lines, prune_report, figures, total):
     s = settings
     ev = s["evaluation"]
@@ -126,6 +164,15 @@ def _page(settings, steps, summary, verdict_lines, prune_report, figures, total)
            if s.get("curve_thresholds") else "")
         + f" (each vs random sets of the same count per layer, {s['curve_seeds']} seeds).",
         f"- Total time: {total / 60:.1f} min.",
+        "",
+        "## Answers",
+        "",
+        "\"Yes\" means beyond the range of every random seed and with the network set's bootstrap "
+        "interval excluding the control's mean (for one control set: non-overlapping intervals).",
+        "",
+        *[f"- {line}" for line in answers(summary)],
+        "",
+        "## Table",
         "",
         "Cells: value [95% bootstrap CI] for one set; mean (range over seeds) for random sets.",
         "",
