@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.llm2nifti-installed
 DEMO   ?= demo/scan
 DEMO_TOKENS ?= 4096
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench reproduce clean
 
 install: $(STAMP)
 
@@ -33,6 +33,11 @@ test: $(STAMP)
 bench: $(STAMP) demo
 	$(PY) benchmarks/bench_convert.py
 	$(PY) benchmarks/bench_decompose.py $(DEMO) -k 20 --n-init 10
+
+# convert -> decompose -> networks -> evaluate -> prune on the default model; writes
+# docs/results.md (about 40 minutes on 2 CPU cores; ~1 GB in the cache folder).
+reproduce: $(STAMP)
+	$(PY) -m llm2nifti.reproduce --fresh
 
 clean:
 	rm -rf demo .pytest_cache
