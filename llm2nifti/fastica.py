@@ -5,7 +5,9 @@ The steps follow :class:`nilearn.decomposition.CanICA` (nilearn 0.14):
 1. each run is z-scored per neuron over tokens (``standardize="zscore_sample"``)
    and reduced to its ``n_components`` leading right singular vectors scaled
    by their singular values: scikit-learn's randomized SVD as nilearn calls it
-   (same random test matrix, LU-normalised power iterations), in torch float32;
+   (same random test matrix and number of power iterations; each iteration is
+   re-orthonormalised by CholeskyQR2 where scikit-learn uses LU: the same
+   subspace, far cheaper on CPU), in torch float32;
 2. the reduced runs are stacked, each row scaled to unit norm (canonical
    correlation analysis, ``do_cca=True``) and reduced by scikit-learn's
    ``randomized_svd`` to ``n_components`` group components, exactly as nilearn
@@ -71,8 +73,9 @@ def run_pca(Z, n_components, random_state=0, n_oversamples=10):
 
     The same computation as nilearn's per-run reduction (``_fast_svd``, i.e.
     scikit-learn's ``randomized_svd`` with the same random test matrix, seven
-    LU-normalised power iterations when ``n_components`` is under a tenth of
-    the run's size, an exact SVD for small problems), in torch.
+    power iterations when ``n_components`` is under a tenth of the run's size,
+    an exact SVD for small problems), in torch; the iterations are
+    re-orthonormalised with :func:`_orth` instead of LU.
 
     Parameters
     ----------
