@@ -194,11 +194,8 @@ class DatasetWriter:
         rows.sort(key=lambda r: r["participant_id"])
         write_text(path, _tsv(rows, PARTICIPANT_COLUMNS))
 
-    def write_layout(self):
-        """Mask, label image and label table of the layout under ``derivatives/llm2nifti``.
-
-        Refuses when the participant already has a different layout for this site.
-        """
+    def check_layout(self):
+        """Refuse when the participant already has a different layout for this site."""
         dseg_json = self.anat_path("dseg", ".json")
         if dseg_json.is_file():
             stored = NeuronLayout.from_dict(json.loads(dseg_json.read_text())["NeuronLayout"])
@@ -206,6 +203,12 @@ class DatasetWriter:
                 raise UsageError(
                     f"sub-{self.participant} already has a {self.layout.site.kind} layout with "
                     f"layers {list(stored.layers)}: pass --label for a new participant or a new --output")
+
+    def write_layout(self):
+        """Mask, label image and label table of the layout under ``derivatives/llm2nifti``."""
+        self.check_layout()
+        dseg_json = self.anat_path("dseg", ".json")
+        if dseg_json.is_file():
             return
         save_img(self.layout.mask_img(), self.anat_path("mask", ".nii"))
         save_img(self.layout.label_img(), self.anat_path("dseg", ".nii"))

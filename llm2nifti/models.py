@@ -206,5 +206,6 @@ def weights_hash(model, n_chars=16):
             h.update(name.encode())
             h.update(str(tuple(p.shape)).encode())
             t = p.detach().to("cpu").contiguous()
-            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+            if t.numel():
+                h.update(t.view(torch.uint8).numpy())  # buffer protocol: no copy
     return h.hexdigest()[:n_chars]

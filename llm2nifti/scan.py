@@ -167,9 +167,10 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
     ext = ".nii.gz" if compress else ".nii"
 
     writer = DatasetWriter(output, participant, task, layout)
+    writer.check_layout()
     existing = writer.existing_runs()
     plan = {
-        "model": name, "weights_sha256": weights_hash(lm), "site": site.to_dict(),
+        "model": name, "weights_sha256": None, "site": site.to_dict(),
         "task": task, "run_tokens": int(run_tokens), "n_tokens": len(stream), "extension": ext,
         "bos": bool(bos),
         "tokens_sha256": hashlib.sha256(stream.ids.tobytes()).hexdigest(),
@@ -179,25 +180,31 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
             f"{output} already holds runs of sub-{participant} task-{task}: pass --resume to finish "
             "them, --overwrite to redo them, or choose another --output")
     if existing and resume and writer.plan_path.is_file():
+        plan["weights_sha256"] = weights_hash(lm)
         old = json.loads(writer.plan_path.read_text())
         diff = sorted(k for k in plan if old.get(k) != plan[k])
         if diff:
             raise UsageError(f"cannot resume: the finished runs were made with other settings "
                              f"({', '.join(diff)}): use the same options, or --overwrite")
 
+    def prepare():
+        """Dataset files besides the runs (first job of the writer thread)."""
+        if plan["weights_sha256"] is None:  # ~0.5 s for 135M parameters: overlaps run 1
+            plan["weights_sha256"] = weights_hash(lm)
+        writer.init_dataset()
+        writer.write_layout()
+        write_json(writer.plan_path, plan)
+        writer.add_participant({
+            "model": name, "architecture": site.architecture, "n_layers": site.n_layers,
+            "neurons_per_layer": site.width if site.kind == "mlp" else resolve_site(lm, "mlp").width,
+            "n_parameters": sum(p.numel() for p in lm.parameters()),
+            "weights_sha256": plan["weights_sha256"],
+        })
+
     # Input is valid: from here on, write.
     writer.clean_temporaries()
     if overwrite:
         writer.remove_existing()
-    writer.init_dataset()
-    writer.write_layout()
-    write_json(writer.plan_path, plan)
-    writer.add_participant({
-        "model": name, "architecture": site.architecture, "n_layers": site.n_layers,
-        "neurons_per_layer": site.width if site.kind == "mlp" else resolve_site(lm, "mlp").width,
-        "n_parameters": sum(p.numel() for p in lm.parameters()),
-        "weights_sha256": plan["weights_sha256"],
-    })
 
     result = ScanResult(Path(output), participant, task, layout, n_tokens=len(stream))
     token_text = tokenizer.batch_decode([[int(i)] for i in stream.ids])
@@ -215,16 +222,22 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
     device_t = next(lm.parameters()).device
     bar = tqdm(total=len(stream), unit="tok", unit_scale=True, disable=not progress,
                desc=f"sub-{participant} task-{task}")
-    # One writer thread saves run r (NIfTI, checksum) while the model reads run r + 1;
-    # at most one run waits to be written, so memory stays at two runs whatever the corpus.
+    # One writer thread saves run r (NIfTI, checksum) while the model reads run r + 1
+    # into the other of two buffers: memory stays at two runs whatever the corpus, and
+    # reusing the buffers spares the page faults of fresh 100 MB allocations.
+    longest = max(stop - start for start, stop in runs)
+    buffers, slot = [None, None], 0
     with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm2nifti-write") as pool:
-        pending = None
+        pending = pool.submit(prepare)
         for r, (start, stop) in enumerate(runs, 1):
             if resume and writer.run_done(r, ext):
                 result.skipped.append(r)
                 bar.update(stop - start)
                 continue
-            buf = layout.empty_buffer(stop - start)
+            if buffers[slot] is None:
+                buffers[slot] = layout.empty_buffer(longest)
+            buf = buffers[slot][: stop - start]  # its previous write was waited for below
+            slot ^= 1
             ids = torch.as_tensor(stream.ids[start:stop]).reshape(1, -1).to(device_t)
             with torch.inference_mode(), Recorder(lm, site, buffer=buf):
                 lm(input_ids=ids, use_cache=False)
@@ -234,13 +247,11 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
             events = events_tsv(token_text[start:stop], stream.ids[start:stop],
                                 [doc_ids[d] for d in stream.document[start:stop]],
                                 stream.position[start:stop], tr=TR)
-            if pending is not None:
-                pending.result()
+            pending.result()
             pending = pool.submit(writer.write_run, r, layout.buffer_to_img(buf, tr=TR),
                                   sidecar, events, ext)
             pending.add_done_callback(lambda f, n=stop - start: f.exception() or bar.update(n))
-        if pending is not None:
-            pending.result()
+        pending.result()
     result.runs = [writer.bold_path(r, ext) for r in range(1, len(runs) + 1)]
     return result
 

@@ -164,3 +164,12 @@ def test_bfloat16_model_is_stored_as_float32(tmp_path, tokenizer, text_file):
     X, _ = load_run(res.runs[0])
     np.testing.assert_array_equal(X, record(model, resolve_site(model), ids))
     assert np.abs(X).max() > 0
+
+
+def test_other_layers_for_same_participant_are_refused_before_writing(tmp_path, tokenizer, text_file):
+    out = tmp_path / "d"
+    _scan(out, tiny_llama(), tokenizer, text_file, layers="0")
+    before = sorted(p for p in out.rglob("*"))
+    with pytest.raises(UsageError, match="already has a mlp layout"):
+        _scan(out, tiny_llama(), tokenizer, text_file, layers="1", task="other")
+    assert sorted(p for p in out.rglob("*")) == before
