@@ -220,6 +220,9 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
         "SoftwareVersions": "; ".join(f"{k} {v}" for k, v in _versions().items()),
     }
     device_t = next(lm.parameters()).device
+    # The transformer without its language-model head: the neurons are all inside it,
+    # and the head's vocabulary projection is a fifth of a small model's forward cost.
+    body = getattr(lm, "base_model", lm)
     bar = tqdm(total=len(stream), unit="tok", unit_scale=True, disable=not progress,
                desc=f"sub-{participant} task-{task}")
     # One writer thread saves run r (NIfTI, checksum) while the model reads run r + 1
@@ -240,7 +243,7 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
             slot ^= 1
             ids = torch.as_tensor(stream.ids[start:stop]).reshape(1, -1).to(device_t)
             with torch.inference_mode(), Recorder(lm, site, buffer=buf):
-                lm(input_ids=ids, use_cache=False)
+                body(input_ids=ids, use_cache=False)
             sidecar = dict(common, Run=r, TokenRange=[int(start), int(stop)],
                            Documents=sorted({doc_ids[d] for d in stream.document[start:stop]},
                                             key=doc_ids.index))
