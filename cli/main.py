@@ -21,7 +21,9 @@ class _Group(click.Group):
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(2)
         except KeyboardInterrupt:
-            click.echo("Interrupted: finished runs are kept; re-run with --resume to go on.", err=True)
+            hint = (": finished runs are kept; re-run with --resume to go on"
+                    if ctx.invoked_subcommand == "convert" else "")
+            click.echo(f"Interrupted{hint}.", err=True)
             ctx.exit(130)
 
 
