@@ -67,7 +67,7 @@ def _default_task(text):
     return task_label(Path(text).stem)
 
 
-def _context_window(model, tokenizer):
+def _context_window(model):
     n = getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", None)
     return int(n) if n else None
 
@@ -160,7 +160,7 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
     site = resolve_site(lm, neurons, layers)
     layout = NeuronLayout(site)
     stream = tokenize_documents(documents, tokenizer, max_tokens=max_tokens, bos=bos)
-    context = _context_window(lm, tokenizer)
+    context = _context_window(lm)
     if run_tokens is None:
         run_tokens = min(DEFAULT_RUN_TOKENS, context or DEFAULT_RUN_TOKENS)
     runs = make_runs(len(stream), run_tokens, context)
