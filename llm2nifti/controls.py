@@ -55,25 +55,24 @@ def neuron_stats(dataset, participant=None, task=None, site="mlp"):
     if not runs:
         raise UsageError(f"no runs in {ds.root} for participant={participant}, task={task}, site={site}")
     ds.layout(participant, site)  # refuses mixed layouts
-    total = s1 = s2 = peak = where = neurons = None
-    offset = 0
+    total = 0
+    s1 = s2 = peak = where = neurons = None
     for run in runs:
         X, neurons = load_run(run)
         X64 = X.astype(np.float64)
         a = np.abs(X)
         t = a.argmax(0)
         p = a[t, np.arange(a.shape[1])]
-        if total is None:
-            total, s1, s2 = 0, X64.sum(0), (X64 ** 2).sum(0)
-            peak, where = p, t + offset
+        if s1 is None:
+            s1, s2 = X64.sum(0), (X64 ** 2).sum(0)
+            peak, where = p, t
         else:
             s1 += X64.sum(0)
             s2 += (X64 ** 2).sum(0)
             better = p > peak
             peak = np.where(better, p, peak)
-            where = np.where(better, t + offset, where)
+            where = np.where(better, t + total, where)
         total += X.shape[0]
-        offset += X.shape[0]
     mean = s1 / total
     var = np.maximum(s2 / total - mean ** 2, 0.0) * total / max(total - 1, 1)
     return pd.DataFrame({"layer": neurons["layer"].to_numpy(), "neuron": neurons["neuron"].to_numpy(),

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .decomposition import zscore_maps
 from .errors import UsageError
 from .neuronset import NeuronSet
 
@@ -50,12 +51,6 @@ def load_maps(img, layout):
     return np.atleast_2d(np.asarray(X, dtype=np.float64))
 
 
-def _zscore(maps):
-    from .decomposition import zscore_maps
-
-    return zscore_maps(maps).astype(np.float64)
-
-
 def maps_to_neurons(img, layout, threshold=3.6, two_sided=True, top_k=None, names=None):
     """Threshold z-scored maps into networks of exact neurons.
 
@@ -89,7 +84,7 @@ def maps_to_neurons(img, layout, threshold=3.6, two_sided=True, top_k=None, name
         else load_maps(img, layout)
     if maps.shape[1] != layout.n_neurons:
         raise UsageError(f"maps have {maps.shape[1]} neurons, the layout {layout.n_neurons}")
-    Z = _zscore(maps)
+    Z = zscore_maps(maps).astype(np.float64)
     names = network_names(len(Z)) if names is None else [str(n) for n in names]
     if len(names) != len(Z):
         raise UsageError(f"{len(names)} names for {len(Z)} maps")
