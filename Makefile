@@ -37,7 +37,7 @@ bench: $(STAMP) demo
 # convert -> decompose -> networks -> evaluate -> prune on the default model; writes
 # docs/results.md (about 40 minutes on 2 CPU cores; ~1 GB in the cache folder).
 reproduce: $(STAMP)
-	$(PY) -m llm2nifti.reproduce --fresh
+	$(PY) -m llm2nifti.intervention.reproduce --fresh
 
 clean:
 	rm -rf demo .pytest_cache

@@ -30,7 +30,7 @@ import time
 def child_scan(out, tokens, run_tokens, threads):
     """Run in a fresh process: scan and report peak RSS (ru_maxrss, KiB on Linux)."""
     from llm2nifti.models import load_model, set_threads
-    from llm2nifti.scan import scan
+    from llm2nifti.acquisition.convert import scan
 
     set_threads(threads)
     loaded = load_model()
@@ -45,8 +45,8 @@ def timed_pair(tokens, run_tokens, threads, repeats):
     import torch
 
     from llm2nifti.models import load_model, set_threads
-    from llm2nifti.scan import scan
-    from llm2nifti.stimuli import load_documents, make_runs, tokenize_documents
+    from llm2nifti.acquisition.convert import scan
+    from llm2nifti.acquisition.stimuli import load_documents, make_runs, tokenize_documents
 
     set_threads(threads)
     model, tok = load_model()

@@ -36,7 +36,7 @@ def worker(args):
 
     torch.set_num_threads(args.threads)
     from bids_llm.dataset import Dataset
-    from llm2nifti.decomposition import Decomposition, select_runs
+    from llm2nifti.analysis.decomposition import Decomposition, select_runs
 
     runs, layout = select_runs(Dataset(args.dataset), participant=args.participant,
                                task=args.task, run=args.runs)

@@ -55,7 +55,7 @@ def convert(output, model, text, neurons, layers, run_tokens, max_tokens, task, 
 
     Each token is one volume (TR = 1 s), each MLP neuron one voxel (layer = z slice).
     """
-    from llm2nifti.scan import scan
+    from llm2nifti.acquisition.convert import scan
 
     res = scan(output, model, text, neurons=neurons, layers=layers, run_tokens=run_tokens,
                max_tokens=max_tokens, task=task, label=label, device=device, dtype=dtype,

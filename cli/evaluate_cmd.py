@@ -76,7 +76,7 @@ def evaluate(networks, dataset, output, model, participant, network_names, heldo
     Controls have the same count per layer: uniform random and spread-matched random sets (one
     per seed), the highest-spread neurons, and the key set without massive-activation neurons.
     """
-    from llm2nifti.experiment import evaluate as run_evaluate
+    from llm2nifti.intervention.experiment import evaluate as run_evaluate
 
     none = ("", "none")
     res = run_evaluate(
@@ -124,7 +124,7 @@ def prune(networks, output, model, network_names, remove, heldout, n_docs, max_d
     Reports parameters, file size, forward speed and perplexity of the unpruned, the masked
     (unpruned, other neurons zeroed) and the pruned model.
     """
-    from llm2nifti.prune import prune as run_prune
+    from llm2nifti.intervention.prune import prune as run_prune
 
     res = run_prune(networks, output, model=model, networks_names=_names(network_names),
                     remove=remove, heldout=heldout, n_docs=n_docs, max_doc_tokens=max_doc_tokens,

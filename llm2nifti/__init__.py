@@ -4,33 +4,30 @@ Neurons are voxels, tokens are volumes: :func:`scan` records a model reading
 text into a BIDS-like dataset of 4D NIfTI runs that nilearn reads unchanged;
 components found there map back to exact neurons through :class:`NeuronLayout`.
 
+The package follows the data path: the objects everything uses live here
+(sites, layout, neuron sets, models, errors); the stages are
+:mod:`llm2nifti.acquisition`, :mod:`llm2nifti.analysis`,
+:mod:`llm2nifti.intervention` and :mod:`llm2nifti.report`.
 Submodules are imported on first use, so ``import llm2nifti`` stays light.
 """
 
+from ._lazy import lazy_exports
 from ._version import __version__
 
-_LAZY = {
-    "scan": ".scan", "ScanResult": ".scan",
+_EXPORTS = {
     "NeuronLayout": ".layout", "Site": ".sites", "resolve_site": ".sites",
-    "Recorder": ".recording", "record": ".recording",
-    "load_model": ".models", "load_documents": ".stimuli",
-    "UsageError": ".errors",
-    "intervene": ".intervention", "Intervention": ".intervention",
-    "Evaluator": ".evaluation", "pang_lee_task": ".evaluation", "neuron_stats": ".controls",
-    "evaluate": ".experiment", "prune": ".prune", "prune_model": ".prune",
-    "decompose": ".decomposition", "Decomposition": ".decomposition",
-    "maps_to_neurons": ".networks", "NeuronSet": ".neuronset", "iou_matrix": ".recurrence",
+    "load_model": ".models", "UsageError": ".errors", "NeuronSet": ".neuronset",
+    "scan": ".acquisition.convert", "ScanResult": ".acquisition.convert",
+    "Recorder": ".acquisition.recording", "record": ".acquisition.recording",
+    "load_documents": ".acquisition.stimuli",
+    "decompose": ".analysis.decomposition", "Decomposition": ".analysis.decomposition",
+    "maps_to_neurons": ".analysis.networks", "iou_matrix": ".analysis.recurrence",
+    "intervene": ".intervention.hooks", "Intervention": ".intervention.hooks",
+    "Evaluator": ".intervention.evaluation", "pang_lee_task": ".intervention.evaluation",
+    "neuron_stats": ".intervention.controls", "evaluate": ".intervention.experiment",
+    "prune": ".intervention.prune", "prune_model": ".intervention.prune",
+    "Dataset": "bids_llm.dataset", "load_run": "bids_llm.dataset",
 }
-_LAZY_BIDS = {"Dataset": "bids_llm.dataset", "load_run": "bids_llm.dataset"}
 
-__all__ = ["__version__", *_LAZY, *_LAZY_BIDS]
-
-
-def __getattr__(name):
-    import importlib
-
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
-    if name in _LAZY_BIDS:
-        return getattr(importlib.import_module(_LAZY_BIDS[name]), name)
-    raise AttributeError(f"module 'llm2nifti' has no attribute {name!r}")
+__all__ = ["__version__", *_EXPORTS]
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -78,7 +78,7 @@ def text_file(tmp_path):
 @pytest.fixture
 def tiny_scan(tmp_path, tokenizer, text_file):
     """A scan of a tiny Llama over a small text: (ScanResult, model)."""
-    from llm2nifti.scan import scan
+    from llm2nifti.acquisition.convert import scan
 
     model = tiny_llama()
     res = scan(tmp_path / "ds", "tinyllama", text_file, run_tokens=100, progress=False,

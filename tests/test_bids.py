@@ -12,7 +12,7 @@ import pytest
 
 from bids_llm.dataset import Dataset
 from bids_llm.naming import bids_name, inside, parse_name
-from llm2nifti.scan import scan
+from llm2nifti.acquisition.convert import scan
 
 from conftest import tiny_gpt2, tiny_llama
 

@@ -53,7 +53,7 @@ def test_evaluate_writes_results_and_figures(tiny_scan, tiny_model_dir, networks
     assert settings["n_key_neurons"] == 5 and settings["overlap_with_scan"] == {"heldout": [], "task": []}
     for name in ("interventions.png", "curve.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    from llm2nifti.reproduce import answers, results_markdown
+    from llm2nifti.intervention.reproduce import answers, results_markdown
 
     lines = answers(summary)
     assert lines[0].startswith("**Does inhibiting the network neurons hurt more than inhibiting random")

@@ -16,10 +16,10 @@ import torch
 from planted import PARTICIPANT, make_planted, recovered_exactly
 from scipy.optimize import linear_sum_assignment
 
-from llm2nifti.decomposition import Decomposition, decompose, explained_variance, zscore_maps
+from llm2nifti.analysis.decomposition import Decomposition, decompose, explained_variance, zscore_maps
 from llm2nifti.errors import UsageError
-from llm2nifti.fastica import canica, fastica_restarts, run_pca, zscore_
-from llm2nifti.networks import maps_to_neurons
+from llm2nifti.analysis.fastica import canica, fastica_restarts, run_pca, zscore_
+from llm2nifti.analysis.networks import maps_to_neurons
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +195,7 @@ def test_run_pca_is_nilearns_per_run_reduction():
 
 
 def test_moment_and_direct_fastica_steps_agree(monkeypatch):
-    import llm2nifti.fastica as F
+    import llm2nifti.analysis.fastica as F
 
     rng = np.random.default_rng(2)
     comps = torch.as_tensor(rng.standard_normal((5, 5)) @ rng.laplace(size=(5, 3000)) ** 3)

@@ -9,7 +9,7 @@ from bids_llm.dataset import Dataset, load_run
 from bids_llm.events import read_events
 from llm2nifti.cli.main import main
 from llm2nifti.models import load_model
-from llm2nifti.recording import record
+from llm2nifti.acquisition.recording import record
 from llm2nifti.sites import resolve_site
 
 

@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 import torch
 
-from llm2nifti import controls as C
+from llm2nifti.intervention import controls as C
 from llm2nifti.errors import UsageError
-from llm2nifti.evaluation import (ChoiceTask, Evaluator, bootstrap_ci, check_overlap,
+from llm2nifti.intervention.evaluation import (ChoiceTask, Evaluator, bootstrap_ci, check_overlap,
                                   pang_lee_task)
-from llm2nifti.experiment import plan_conditions, run_conditions, summarize, verdicts
+from llm2nifti.intervention.experiment import plan_conditions, run_conditions, summarize, verdicts
 from llm2nifti.neuronset import NeuronSet
-from llm2nifti.stimuli import Document
+from llm2nifti.acquisition.stimuli import Document
 
 DOCS = [Document("a", "A short text about rivers and boats."),
         Document("b", "Another, rather longer text about the weather in the mountains today."),
@@ -72,7 +72,7 @@ def test_pang_lee_task_is_balanced_and_subsets_stratified():
 def test_bigbench_task_file(tmp_path):
     import json
 
-    from llm2nifti.evaluation import bigbench_task
+    from llm2nifti.intervention.evaluation import bigbench_task
 
     path = tmp_path / "task.json"
     path.write_text(json.dumps({"name": "toy", "examples": [
@@ -189,7 +189,7 @@ def test_weights_of_another_model_are_flagged(tiny_scan, caplog):
     from bids_llm.dataset import Dataset
 
     from conftest import tiny_llama
-    from llm2nifti.experiment import _check_weights
+    from llm2nifti.intervention.experiment import _check_weights
 
     res, model = tiny_scan
     ds = Dataset(res.root)

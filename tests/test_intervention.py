@@ -12,7 +12,7 @@ from conftest import tiny_gpt2, tiny_llama
 from llm2nifti.errors import UsageError
 from llm2nifti.intervention import attach, intervene
 from llm2nifti.neuronset import NeuronSet
-from llm2nifti.recording import record
+from llm2nifti.acquisition.recording import record
 from llm2nifti.sites import resolve_site
 
 MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}

@@ -10,8 +10,8 @@ import bids_llm.dataset as bds
 from bids_llm.dataset import Dataset, load_run
 from bids_llm.events import read_events
 from llm2nifti.errors import UsageError
-from llm2nifti.recording import record
-from llm2nifti.scan import scan
+from llm2nifti.acquisition.recording import record
+from llm2nifti.acquisition.convert import scan
 from llm2nifti.sites import resolve_site
 
 from conftest import tiny_gpt2, tiny_llama

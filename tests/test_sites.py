@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from llm2nifti.errors import UsageError
-from llm2nifti.recording import Recorder, record
+from llm2nifti.acquisition.recording import Recorder, record
 from llm2nifti.sites import parse_layers, resolve_site
 
 

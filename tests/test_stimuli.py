@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from llm2nifti.errors import UsageError
-from llm2nifti.stimuli import load_documents, make_runs, tokenize_documents
+from llm2nifti.acquisition.stimuli import load_documents, make_runs, tokenize_documents
 
 
 def test_builtin_lee_corpus_has_300_news_articles():

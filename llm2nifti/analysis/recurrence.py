@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["iou_matrix", "match_networks", "recurrence", "RecurrenceResult",
            "plot_recurrence", "plot_layers"]
@@ -125,12 +125,12 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
     templates : path, optional
         A components image to use as templates (default: decompose all selected runs).
     method, backend, n_components, n_init, random_state, device, n_jobs :
-        Decomposition settings (see :class:`llm2nifti.decomposition.Decomposition`);
+        Decomposition settings (see :class:`llm2nifti.analysis.decomposition.Decomposition`);
         a run with fewer tokens than ``n_components`` gets as many components as tokens.
     n_seeds : int
         Extra group decompositions with seeds ``random_state + 1 ...``.
     threshold, two_sided, top_k :
-        Neuron selection (see :func:`llm2nifti.networks.maps_to_neurons`).
+        Neuron selection (see :func:`llm2nifti.analysis.networks.maps_to_neurons`).
     iou_threshold : float
         A matched IoU above it counts as recurring.
     output : path, optional
@@ -148,12 +148,12 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
     from bids_llm.io import write_json, write_text
     from bids_llm.naming import bids_name, inside
 
-    from . import _version
+    from .. import _version
     from .decomposition import Decomposition, select_runs
     from .networks import load_maps, summarize
 
     if threads is not None:
-        from .models import set_threads
+        from ..models import set_threads
 
         set_threads(threads)
     if not 0 <= iou_threshold < 1:

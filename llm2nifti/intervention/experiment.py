@@ -3,7 +3,7 @@
 :func:`plan_conditions` lists the conditions (baseline; inhibit or retain the
 key set and its controls; amplify; a curve of performance against the share
 of neurons kept), :func:`run_conditions` scores each with an
-:class:`~llm2nifti.evaluation.Evaluator`, :func:`summarize` aggregates over
+:class:`~llm2nifti.intervention.evaluation.Evaluator`, :func:`summarize` aggregates over
 seeds and :func:`verdicts` says in plain words how the networks compare with
 the controls. :func:`evaluate` does all of it for a ``networks.tsv`` and the
 scan it came from, and writes ``results.tsv``, ``summary.tsv``, the figures
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from . import controls as C
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["Condition", "plan_conditions", "run_conditions", "summarize", "verdicts",
            "evaluate", "EvaluationResult", "CONTROLS"]
@@ -76,7 +76,7 @@ def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit",
     nset : NeuronSet
         The networks; the key set is their union.
     stats : pandas.DataFrame
-        Per-neuron statistics (:func:`llm2nifti.controls.neuron_stats`).
+        Per-neuron statistics (:func:`llm2nifti.intervention.controls.neuron_stats`).
     width : int
         Neurons per layer.
     seeds : sequence of int
@@ -97,9 +97,9 @@ def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit",
         More curve points: other network tables (e.g. the same maps at lower
         thresholds), each retained as a whole and labelled ``retain key @<label>``.
     massive_factor : float
-        See :func:`llm2nifti.controls.massive_neurons`.
+        See :func:`llm2nifti.intervention.controls.massive_neurons`.
     spread_bins : int
-        See :func:`llm2nifti.controls.spread_matched`.
+        See :func:`llm2nifti.intervention.controls.spread_matched`.
 
     Returns
     -------
@@ -182,7 +182,7 @@ def run_conditions(evaluator, conditions, key, n_neurons, site=None, n_resamples
     """
     from tqdm.auto import tqdm
 
-    from .intervention import intervene
+    from .hooks import intervene
 
     rows = []
     for cond in tqdm(conditions, desc="conditions", disable=not progress):
@@ -335,7 +335,7 @@ def _check_layout(layout, site):
 
 def _check_weights(ds, layout, model, participant):
     """Warn when the evaluated model's weights are not the scanned model's."""
-    from .models import weights_hash
+    from ..models import weights_hash
 
     rows = ds.participants()
     if participant is not None:
@@ -375,7 +375,7 @@ def evaluate(networks, dataset, output, *, model=None, participant=None, network
     network_names : list of str, optional
         Networks to use (default: all).
     heldout : str, path or None
-        Held-out text for perplexity (:func:`llm2nifti.stimuli.load_documents`).
+        Held-out text for perplexity (:func:`llm2nifti.acquisition.stimuli.load_documents`).
     task : {"pang-lee"} or None
         Labelled task for accuracy.
     bigbench : path, optional
@@ -410,11 +410,11 @@ def evaluate(networks, dataset, output, *, model=None, participant=None, network
     from bids_llm.io import write_json, write_text
 
     from .evaluation import Evaluator, bigbench_task, check_overlap, pang_lee_task
-    from .figures import plot_curve, plot_interventions
-    from .models import load_model, set_threads
-    from .neuronset import NeuronSet
-    from .sites import resolve_site
-    from .stimuli import load_documents
+    from ..report import plot_curve, plot_interventions
+    from ..models import load_model, set_threads
+    from ..neuronset import NeuronSet
+    from ..sites import resolve_site
+    from ..acquisition import load_documents
 
     t_start = time.perf_counter()
     if int(seeds) < 1:

@@ -12,7 +12,7 @@ then writes the results page with its table, verdicts and figures. Sizes are
 reduced so that the whole run fits in well under an hour on two CPU cores;
 every size is an option and is written into the page.
 
-Usage: ``python -m llm2nifti.reproduce [--work DIR] [--docs docs] [--fresh]``; the
+Usage: ``python -m llm2nifti.intervention.reproduce [--work DIR] [--docs docs] [--fresh]``; the
 working folder defaults to ``<cache>/reproduce`` (see :func:`llm2nifti.models.cache_dir`),
 finished scan and decomposition steps there are reused unless ``--fresh``.
 """
@@ -135,7 +135,7 @@ def _page(settings, steps, summary, verdict_lines, prune_report, figures, total)
     lines = [
         "# Results: do interventions on functional networks behave as published?",
         "",
-        "Written by `make reproduce` (`python -m llm2nifti.reproduce`); numbers are as they came "
+        "Written by `make reproduce` (`python -m llm2nifti.intervention.reproduce`); numbers are as they came "
         "out of this run, nothing is edited by hand.",
         "",
         "## Settings (reduced to fit in under an hour on 2 CPU cores)",
@@ -210,7 +210,7 @@ def _page(settings, steps, summary, verdict_lines, prune_report, figures, total)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m llm2nifti.reproduce", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m llm2nifti.intervention.reproduce", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=None,
                    help="Working folder for the large files [default: <cache>/reproduce, outside the repository].")
@@ -225,7 +225,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     from bids_llm.io import write_text
 
-    from .models import cache_dir
+    from ..models import cache_dir
 
     work = Path(a.work) if a.work else cache_dir() / "reproduce"
     docs = Path(a.docs)

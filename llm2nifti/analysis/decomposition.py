@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["Decomposition", "decompose", "DecomposeResult", "zscore_maps",
-           "explained_variance", "nilearn_estimator", "METHODS", "BACKENDS"]
+           "explained_variance", "nilearn_estimator", "METHODS", "BACKENDS", "select_runs"]
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ class Decomposition(BaseEstimator):
     random_state : int
         Fixed value, identical output.
     backend : {"nilearn", "fast"}
-        ``"fast"``: the same CanICA algorithm in torch (:mod:`llm2nifti.fastica`).
+        ``"fast"``: the same CanICA algorithm in torch (:mod:`llm2nifti.analysis.fastica`).
     n_jobs : int
         nilearn's parallel jobs.
     device : str
@@ -319,10 +319,10 @@ def decompose(dataset, *, participant=None, task=None, run=None, site="mlp", met
     from bids_llm.io import save_img, write_json
     from bids_llm.naming import bids_name, label
 
-    from . import _version
+    from .. import _version
 
     if threads is not None:
-        from .models import set_threads
+        from ..models import set_threads
 
         set_threads(threads)
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)

@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UsageError
-from .intervention import as_per_layer
-from .sites import mlp_projections, resolve_site
+from ..errors import UsageError
+from .hooks import as_per_layer
+from ..sites import mlp_projections, resolve_site
 
 __all__ = ["prune_model", "prune", "PruneReport", "count_parameters", "forward_speed"]
 
@@ -194,10 +194,10 @@ def prune(networks, output, *, model=None, networks_names=None, remove=False, he
     from bids_llm.io import write_json
 
     from .evaluation import Evaluator
-    from .intervention import intervene
-    from .models import load_model, set_threads
-    from .neuronset import NeuronSet
-    from .stimuli import load_documents
+    from .hooks import intervene
+    from ..models import load_model, set_threads
+    from ..neuronset import NeuronSet
+    from ..acquisition import load_documents
 
     output = Path(output)
     if output.exists() and not overwrite:

@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 
 from .decomposition import zscore_maps
-from .errors import UsageError
-from .neuronset import NeuronSet
+from ..errors import UsageError
+from ..neuronset import NeuronSet
 
 __all__ = ["maps_to_neurons", "network_names", "summarize", "key_neurons", "networks",
            "NetworksResult", "load_maps"]
@@ -227,7 +227,7 @@ def networks(components, dataset, *, participant=None, site="mlp", threshold=3.6
     from bids_llm.io import write_json, write_text
     from bids_llm.naming import inside
 
-    from . import _version
+    from .. import _version
 
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     if participant is None:

@@ -24,9 +24,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .errors import UsageError
-from .neuronset import NeuronSet
-from .sites import Site, resolve_site
+from ..errors import UsageError
+from ..neuronset import NeuronSet
+from ..sites import Site, resolve_site
 
 __all__ = ["Intervention", "intervene", "attach", "as_per_layer", "MODES"]
 

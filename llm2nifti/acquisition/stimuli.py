@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import UsageError
+from ..errors import UsageError
 
-__all__ = ["Document", "Token", "load_documents", "tokenize_documents", "make_runs",
-           "MAX_RUN_TOKENS", "builtin_corpus_path", "BUILTIN_CORPORA", "task_label"]
+__all__ = ["Document", "TokenStream", "load_documents", "tokenize_documents", "make_runs",
+           "MAX_RUN_TOKENS", "builtin_corpus_path", "BUILTIN_CORPORA", "task_label", "separator_token"]
 
 MAX_RUN_TOKENS = 32767  # NIfTI-1 dims are int16
 _TEXT_SUFFIXES = {".txt", ".cor", ".text", ".md"}

@@ -26,7 +26,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .errors import UsageError
+from ..errors import UsageError
 
 __all__ = ["neuron_stats", "random_like", "spread_matched", "top_spread", "massive_neurons",
            "without", "overlap", "count", "nested_networks"]

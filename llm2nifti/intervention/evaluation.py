@@ -11,7 +11,7 @@ bootstrap over items:
   sentiment sentences, and BIG-bench multiple-choice JSON files).
 
 :class:`Evaluator` scores a model under any :class:`~llm2nifti.intervention.Intervention`;
-:mod:`llm2nifti.controls` builds the neuron sets to compare.
+:mod:`llm2nifti.intervention.controls` builds the neuron sets to compare.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .errors import UsageError
-from .stimuli import load_documents, separator_token
+from ..errors import UsageError
+from ..acquisition import load_documents, separator_token
 
 __all__ = ["ChoiceTask", "pang_lee_task", "bigbench_task", "Evaluator", "Scores",
            "bootstrap_ci", "check_overlap", "scan_documents"]
@@ -65,7 +65,7 @@ class ChoiceTask:
 
     def documents(self):
         """The items as documents, for :func:`check_overlap`."""
-        from .stimuli import Document
+        from ..acquisition import Document
 
         if self.sources:
             return list(self.sources)

@@ -18,12 +18,12 @@ from bids_llm.dataset import DatasetWriter, is_dataset
 from bids_llm.events import events_tsv
 from bids_llm.io import write_json
 
-from . import _version
-from .errors import UsageError
-from .layout import NeuronLayout
-from .models import DEFAULT_MODEL, load_model, model_label, set_threads, weights_hash
+from .. import _version
+from ..errors import UsageError
+from ..layout import NeuronLayout
+from ..models import DEFAULT_MODEL, load_model, model_label, set_threads, weights_hash
 from .recording import Recorder
-from .sites import resolve_site
+from ..sites import resolve_site
 from .stimuli import BUILTIN_CORPORA, load_documents, make_runs, task_label, tokenize_documents
 
 __all__ = ["scan", "ScanResult"]
@@ -106,7 +106,7 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
     model : str or path, optional
         The embedded default (SmolLM2-135M-Instruct), a Hugging Face id or a folder.
     text : str or path, optional
-        Stimuli (see :func:`llm2nifti.stimuli.load_documents`); default: the Lee news corpus.
+        Stimuli (see :func:`llm2nifti.acquisition.stimuli.load_documents`); default: the Lee news corpus.
     neurons : {"mlp", "residual"}
     layers : str or sequence of int, optional
         Layer subset, e.g. ``"0-11"``; default all.
@@ -132,7 +132,7 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
     id_column, text_column : str
         Columns of a ``.jsonl``/``.tsv`` stimulus table.
     bos : bool
-        Open each document with the BOS token (see :mod:`llm2nifti.stimuli`).
+        Open each document with the BOS token (see :mod:`llm2nifti.acquisition.stimuli`).
     threads : int, optional
         torch CPU threads (default: available cores).
     progress : bool

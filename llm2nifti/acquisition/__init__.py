@@ -1,0 +1,19 @@
+"""Acquisition: a model reads text while hooks record its neurons.
+
+Takes a model and stimuli (text files, tables, built-in corpora); gives a BIDS dataset of 4D
+NIfTI runs (tokens x neurons folded by :class:`~llm2nifti.layout.NeuronLayout`) with events.
+"""
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    "scan": ".convert", "ScanResult": ".convert",
+    "Recorder": ".recording", "record": ".recording", "hook_tensor": ".recording",
+    **{name: ".stimuli" for name in (
+        "Document", "TokenStream", "load_documents", "tokenize_documents", "make_runs",
+        "MAX_RUN_TOKENS", "builtin_corpus_path", "BUILTIN_CORPORA", "task_label",
+        "separator_token")},
+}
+
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

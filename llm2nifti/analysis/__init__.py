@@ -1,0 +1,21 @@
+"""Analysis: what the neurons do together, found with the methods of fMRI.
+
+Takes the runs of a dataset; gives components images (CanICA, DictLearning), networks as exact
+neuron sets (``networks.tsv``) and their recurrence across runs and seeds.
+"""
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {
+    **{name: ".decomposition" for name in (
+        "Decomposition", "decompose", "DecomposeResult", "zscore_maps", "explained_variance",
+        "nilearn_estimator", "METHODS", "BACKENDS", "select_runs")},
+    **{name: ".networks" for name in (
+        "maps_to_neurons", "network_names", "key_neurons", "networks", "NetworksResult",
+        "load_maps")},
+    **{name: ".recurrence" for name in (
+        "iou_matrix", "match_networks", "recurrence", "RecurrenceResult")},
+}
+
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -1,0 +1,12 @@
+"""Report: what a person looks at.
+
+Takes the tables the other stages write (evaluation summaries, recurrence, networks); gives
+figures (PNG).
+"""
+
+from .._lazy import lazy_exports
+
+_EXPORTS = {"plot_interventions": ".figures", "plot_curve": ".figures"}
+
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
