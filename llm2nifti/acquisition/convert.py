@@ -26,7 +26,7 @@ from .recording import Recorder
 from ..sites import resolve_site
 from .stimuli import BUILTIN_CORPORA, load_documents, make_runs, task_label, tokenize_documents
 
-__all__ = ["scan", "ScanResult"]
+__all__ = ["scan", "ScanResult", "ScanSettings", "plan_scan", "record_runs"]
 
 log = logging.getLogger(__name__)
 TR = 1.0
@@ -91,22 +91,25 @@ def _check_output(output, resume, overwrite):
         raise UsageError(f"output folder {out} is not empty and is not a dataset: choose a new or empty folder")
 
 
-def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_tokens=None,
-         max_tokens=None, task=None, label=None, device="cpu", dtype="auto", compress=False,
-         resume=False, overwrite=False, trust_remote_code=False, encoding=None, bos=True,
-         threads=None, progress=True, cache=None, loaded=None, id_column="id",
-         text_column="text"):
-    """Record ``model`` reading ``text`` and write a BIDS-like dataset of 4D NIfTI runs.
+@dataclass(frozen=True)
+class ScanSettings:
+    """What is scanned, where, how it is cut into runs and how it is written.
+
+    Build it with :meth:`build`, which validates the arguments once; the
+    command line and :func:`scan` both do.
 
     Parameters
     ----------
-    output : path
+    output : Path
         Dataset folder: new, empty, or an existing dataset (a new model or task
         is added to it).
-    model : str or path, optional
+    model : str
         The embedded default (SmolLM2-135M-Instruct), a Hugging Face id or a folder.
     text : str or path, optional
-        Stimuli (see :func:`llm2nifti.acquisition.stimuli.load_documents`); default: the Lee news corpus.
+        Stimuli (see :func:`llm2nifti.acquisition.stimuli.load_documents`); default: the Lee
+        news corpus.
+    participant, task : str
+        BIDS labels (defaults: from the model's name and the text).
     neurons : {"mlp", "residual"}
     layers : str or sequence of int, optional
         Layer subset, e.g. ``"0-11"``; default all.
@@ -115,125 +118,237 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
         window. Default: 1024, or the context window if it is shorter.
     max_tokens : int, optional
         Cap on the total number of tokens.
-    task, label : str, optional
-        BIDS task and participant labels (defaults: from the text and the model name).
-    device, dtype : str
-        Where and in which precision the model runs; activations are stored as float32.
-    compress : bool
-        Write ``.nii.gz`` instead of ``.nii`` (slower; not memory-mappable).
-    resume : bool
-        Keep finished runs of an interrupted scan with the same settings, do the rest.
-    overwrite : bool
-        Delete this participant's runs of this task and site first.
-    trust_remote_code : bool
-        Let transformers run the model's own code (off by default).
     encoding : str, optional
         Encoding of text files.
     id_column, text_column : str
         Columns of a ``.jsonl``/``.tsv`` stimulus table.
     bos : bool
         Open each document with the BOS token (see :mod:`llm2nifti.acquisition.stimuli`).
+    device, dtype : str
+        Where and in which precision the model runs; activations are stored as float32.
+    trust_remote_code : bool
+        Let transformers run the model's own code (off by default).
     threads : int, optional
         torch CPU threads (default: available cores).
-    progress : bool
-        Show a progress bar over tokens.
     cache : path, optional
         Cache of the converted default model.
+    compress : bool
+        Write ``.nii.gz`` instead of ``.nii`` (slower; not memory-mappable).
+    resume : bool
+        Keep finished runs of an interrupted scan with the same settings, do the rest.
+    overwrite : bool
+        Delete this participant's runs of this task and site first.
+    progress : bool
+        Show a progress bar over tokens.
+    """
+
+    output: Path
+    model: str
+    text: object
+    participant: str
+    task: str
+    neurons: str = "mlp"
+    layers: object = None
+    run_tokens: int | None = None
+    max_tokens: int | None = None
+    encoding: str | None = None
+    id_column: str = "id"
+    text_column: str = "text"
+    bos: bool = True
+    device: str = "cpu"
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    threads: int | None = None
+    cache: object = None
+    compress: bool = False
+    resume: bool = False
+    overwrite: bool = False
+    progress: bool = True
+
+    @classmethod
+    def build(cls, output, model=None, text=None, *, label=None, task=None, **options):
+        """Validated settings from :func:`scan`'s arguments (``label``: the participant)."""
+        _check_output(output, options.get("resume", False), options.get("overwrite", False))
+        name = DEFAULT_MODEL if model is None else str(model)
+        participant = model_label(name) if label is None else _label(label, "--label")
+        task = _default_task(text) if task is None else _label(task, "--task")
+        return cls(Path(output), name, text, participant, task, **options)
+
+    @property
+    def extension(self):
+        return ".nii.gz" if self.compress else ".nii"
+
+
+@dataclass
+class _Plan:
+    """A scan ready to run: the loaded model, its site and layout, the tokens cut into runs."""
+
+    settings: ScanSettings
+    lm: object
+    tokenizer: object
+    site: object
+    layout: NeuronLayout
+    stream: object
+    runs: list
+    run_tokens: int
+    writer: DatasetWriter
+    record: dict  # the settings --resume compares, saved in code/llm2nifti/
+
+
+def scan(output, model=None, text=None, *, loaded=None, **options):
+    """Record ``model`` reading ``text`` and write a BIDS-like dataset of 4D NIfTI runs.
+
+    Parameters
+    ----------
+    output : path
+        Dataset folder: new, empty, or an existing dataset.
+    model : str or path, optional
+        The embedded default (SmolLM2-135M-Instruct), a Hugging Face id or a folder.
+    text : str or path, optional
+        Stimuli; default: the Lee news corpus.
     loaded : (model, tokenizer), optional
         An already loaded model and tokenizer (``model`` then only names it).
+    **options
+        ``label`` (participant), ``task``, and the other fields of
+        :class:`ScanSettings`: ``neurons``, ``layers``, ``run_tokens``,
+        ``max_tokens``, ``encoding``, ``id_column``, ``text_column``, ``bos``,
+        ``device``, ``dtype``, ``trust_remote_code``, ``threads``, ``cache``,
+        ``compress``, ``resume``, ``overwrite``, ``progress``.
 
     Returns
     -------
     ScanResult
     """
-    _check_output(output, resume, overwrite)
-    if threads is not None or device == "cpu":
-        set_threads(threads)
-    name = DEFAULT_MODEL if model is None else str(model)
-    participant = model_label(name) if label is None else _label(label, "--label")
-    task = _default_task(text) if task is None else _label(task, "--task")
+    settings = ScanSettings.build(output, model, text, **options)
+    plan = plan_scan(settings, loaded)
+    # Input is valid: from here on, write.
+    plan.writer.clean_temporaries()
+    if settings.overwrite:
+        plan.writer.remove_existing()
+    result = ScanResult(settings.output, settings.participant, settings.task, plan.layout,
+                        n_tokens=len(plan.stream))
+    record_runs(plan, result)
+    ext = settings.extension
+    result.runs = [plan.writer.bold_path(r, ext) for r in range(1, len(plan.runs) + 1)]
+    return result
 
-    documents = load_documents(text, encoding=encoding, id_column=id_column,
-                               text_column=text_column)
+
+def plan_scan(settings, loaded=None):
+    """Load the text and the model, cut the tokens into runs, check ``--resume``; write nothing."""
+    s = settings
+    if s.threads is not None or s.device == "cpu":
+        set_threads(s.threads)
+    documents = load_documents(s.text, encoding=s.encoding, id_column=s.id_column,
+                               text_column=s.text_column)
     lm, tokenizer = loaded if loaded is not None else load_model(
-        name, device=device, dtype=dtype, trust_remote_code=trust_remote_code, cache=cache)
-    site = resolve_site(lm, neurons, layers)
+        s.model, device=s.device, dtype=s.dtype, trust_remote_code=s.trust_remote_code,
+        cache=s.cache)
+    site = resolve_site(lm, s.neurons, s.layers)
     layout = NeuronLayout(site)
-    stream = tokenize_documents(documents, tokenizer, max_tokens=max_tokens, bos=bos)
+    stream = tokenize_documents(documents, tokenizer, max_tokens=s.max_tokens, bos=s.bos)
     context = _context_window(lm)
+    run_tokens = s.run_tokens
     if run_tokens is None:
         run_tokens = min(DEFAULT_RUN_TOKENS, context or DEFAULT_RUN_TOKENS)
     runs = make_runs(len(stream), run_tokens, context)
-    ext = ".nii.gz" if compress else ".nii"
 
-    writer = DatasetWriter(output, participant, task, layout)
+    writer = DatasetWriter(s.output, s.participant, s.task, layout)
     writer.check_layout()
-    existing = writer.existing_runs()
-    plan = {
-        "model": name, "weights_sha256": None, "site": site.to_dict(),
-        "task": task, "run_tokens": int(run_tokens), "n_tokens": len(stream), "extension": ext,
-        "bos": bool(bos),
+    record = {
+        "model": s.model, "weights_sha256": None, "site": site.to_dict(),
+        "task": s.task, "run_tokens": int(run_tokens), "n_tokens": len(stream),
+        "extension": s.extension, "bos": bool(s.bos),
         "tokens_sha256": hashlib.sha256(stream.ids.tobytes()).hexdigest(),
     }
-    if existing and not (resume or overwrite):
+    plan = _Plan(s, lm, tokenizer, site, layout, stream, runs, int(run_tokens), writer, record)
+    _check_existing(plan)
+    return plan
+
+
+def _check_existing(plan):
+    """Refuse to mix with finished runs, unless resuming with the same settings."""
+    s, writer, record = plan.settings, plan.writer, plan.record
+    existing = writer.existing_runs()
+    if existing and not (s.resume or s.overwrite):
         raise UsageError(
-            f"{output} already holds runs of sub-{participant} task-{task}: pass --resume to finish "
-            "them, --overwrite to redo them, or choose another --output")
-    if existing and resume and writer.plan_path.is_file():
-        plan["weights_sha256"] = weights_hash(lm)
+            f"{s.output} already holds runs of sub-{s.participant} task-{s.task}: pass --resume "
+            "to finish them, --overwrite to redo them, or choose another --output")
+    if existing and s.resume and writer.plan_path.is_file():
+        record["weights_sha256"] = weights_hash(plan.lm)
         old = json.loads(writer.plan_path.read_text())
-        diff = sorted(k for k in plan if old.get(k) != plan[k])
+        diff = sorted(k for k in record if old.get(k) != record[k])
         if diff:
             raise UsageError(f"cannot resume: the finished runs were made with other settings "
                              f"({', '.join(diff)}): use the same options, or --overwrite")
 
-    def prepare():
-        """Dataset files besides the runs (first job of the writer thread)."""
-        if plan["weights_sha256"] is None:  # ~0.5 s for 135M parameters: overlaps run 1
-            plan["weights_sha256"] = weights_hash(lm)
-        writer.init_dataset()
-        writer.write_layout()
-        write_json(writer.plan_path, plan)
-        writer.add_participant({
-            "model": name, "architecture": site.architecture, "n_layers": site.n_layers,
-            "neurons_per_layer": site.width if site.kind == "mlp" else resolve_site(lm, "mlp").width,
-            "n_parameters": sum(p.numel() for p in lm.parameters()),
-            "weights_sha256": plan["weights_sha256"],
-        })
 
-    # Input is valid: from here on, write.
-    writer.clean_temporaries()
-    if overwrite:
-        writer.remove_existing()
+def _write_dataset_files(plan):
+    """Dataset files besides the runs (first job of the writer thread)."""
+    lm, site, writer, record = plan.lm, plan.site, plan.writer, plan.record
+    if record["weights_sha256"] is None:  # ~0.5 s for 135M parameters: overlaps run 1
+        record["weights_sha256"] = weights_hash(lm)
+    writer.init_dataset()
+    writer.write_layout()
+    write_json(writer.plan_path, record)
+    writer.add_participant({
+        "model": plan.settings.model, "architecture": site.architecture, "n_layers": site.n_layers,
+        "neurons_per_layer": site.width if site.kind == "mlp" else resolve_site(lm, "mlp").width,
+        "n_parameters": sum(p.numel() for p in lm.parameters()),
+        "weights_sha256": record["weights_sha256"],
+    })
 
-    result = ScanResult(Path(output), participant, task, layout, n_tokens=len(stream))
-    token_text = tokenizer.batch_decode([[int(i)] for i in stream.ids])
-    doc_ids = [d.id for d in stream.documents]
-    common = {
-        "TaskName": task, "RepetitionTime": TR,
-        "TaskDescription": f"The language model {name} reads text; one volume per token.",
-        "Model": name, "Architecture": site.architecture, "NeuronSite": site.kind,
+
+def _common_sidecar(plan):
+    """Sidecar fields shared by every run of the scan."""
+    s, site, lm = plan.settings, plan.site, plan.lm
+    return {
+        "TaskName": s.task, "RepetitionTime": TR,
+        "TaskDescription": f"The language model {s.model} reads text; one volume per token.",
+        "Model": s.model, "Architecture": site.architecture, "NeuronSite": site.kind,
         "HookedModules": site.module_template, "Layers": list(site.layers),
-        "NeuronLayout": layout.to_dict(), "Tokenizer": type(tokenizer).__name__,
+        "NeuronLayout": plan.layout.to_dict(), "Tokenizer": type(plan.tokenizer).__name__,
         "ModelDtype": str(next(lm.parameters()).dtype).replace("torch.", ""),
-        "DataDtype": "float32", "BOS": bool(bos), "RunTokens": int(run_tokens),
+        "DataDtype": "float32", "BOS": bool(s.bos), "RunTokens": plan.run_tokens,
         "SoftwareVersions": "; ".join(f"{k} {v}" for k, v in _versions().items()),
     }
-    device_t = next(lm.parameters()).device
+
+
+def _run_files(plan, common, token_text, doc_ids, r, start, stop):
+    """Sidecar and events text of run ``r`` (tokens ``start:stop``)."""
+    stream = plan.stream
+    sidecar = dict(common, Run=r, TokenRange=[int(start), int(stop)],
+                   Documents=sorted({doc_ids[d] for d in stream.document[start:stop]},
+                                    key=doc_ids.index))
+    events = events_tsv(token_text[start:stop], stream.ids[start:stop],
+                        [doc_ids[d] for d in stream.document[start:stop]],
+                        stream.position[start:stop], tr=TR)
+    return sidecar, events
+
+
+def record_runs(plan, result):
+    """Read each run in one forward pass; a writer thread saves run r while run r + 1 is read.
+
+    Memory stays at two run buffers whatever the corpus (reusing them spares
+    the page faults of fresh 100 MB allocations). Runs found finished on disk
+    under ``resume`` are skipped and listed in ``result.skipped``.
+    """
+    s, stream, layout, writer = plan.settings, plan.stream, plan.layout, plan.writer
+    ext = s.extension
+    common = _common_sidecar(plan)
+    token_text = plan.tokenizer.batch_decode([[int(i)] for i in stream.ids])
+    doc_ids = [d.id for d in stream.documents]
+    device_t = next(plan.lm.parameters()).device
     # The transformer without its language-model head: the neurons are all inside it,
     # and the head's vocabulary projection is a fifth of a small model's forward cost.
-    body = getattr(lm, "base_model", lm)
-    bar = tqdm(total=len(stream), unit="tok", unit_scale=True, disable=not progress,
-               desc=f"sub-{participant} task-{task}")
-    # One writer thread saves run r (NIfTI, checksum) while the model reads run r + 1
-    # into the other of two buffers: memory stays at two runs whatever the corpus, and
-    # reusing the buffers spares the page faults of fresh 100 MB allocations.
-    longest = max(stop - start for start, stop in runs)
+    body = getattr(plan.lm, "base_model", plan.lm)
+    bar = tqdm(total=len(stream), unit="tok", unit_scale=True, disable=not s.progress,
+               desc=f"sub-{s.participant} task-{s.task}")
+    longest = max(stop - start for start, stop in plan.runs)
     buffers, slot = [None, None], 0
     with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm2nifti-write") as pool:
-        pending = pool.submit(prepare)
-        for r, (start, stop) in enumerate(runs, 1):
-            if resume and writer.run_done(r, ext):
+        pending = pool.submit(_write_dataset_files, plan)
+        for r, (start, stop) in enumerate(plan.runs, 1):
+            if s.resume and writer.run_done(r, ext):
                 result.skipped.append(r)
                 bar.update(stop - start)
                 continue
@@ -242,21 +357,14 @@ def scan(output, model=None, text=None, *, neurons="mlp", layers=None, run_token
             buf = buffers[slot][: stop - start]  # its previous write was waited for below
             slot ^= 1
             ids = torch.as_tensor(stream.ids[start:stop]).reshape(1, -1).to(device_t)
-            with torch.inference_mode(), Recorder(lm, site, buffer=buf):
+            with torch.inference_mode(), Recorder(plan.lm, plan.site, buffer=buf):
                 body(input_ids=ids, use_cache=False)
-            sidecar = dict(common, Run=r, TokenRange=[int(start), int(stop)],
-                           Documents=sorted({doc_ids[d] for d in stream.document[start:stop]},
-                                            key=doc_ids.index))
-            events = events_tsv(token_text[start:stop], stream.ids[start:stop],
-                                [doc_ids[d] for d in stream.document[start:stop]],
-                                stream.position[start:stop], tr=TR)
+            sidecar, events = _run_files(plan, common, token_text, doc_ids, r, start, stop)
             pending.result()
             pending = pool.submit(writer.write_run, r, layout.buffer_to_img(buf, tr=TR),
                                   sidecar, events, ext)
             pending.add_done_callback(lambda f, n=stop - start: f.exception() or bar.update(n))
         pending.result()
-    result.runs = [writer.bold_path(r, ext) for r in range(1, len(runs) + 1)]
-    return result
 
 
 def _label(value, what):
