@@ -21,6 +21,8 @@ Modes
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -29,9 +31,6 @@ from ..neuronset import NeuronSet
 from ..sites import Site, resolve_site
 
 __all__ = ["Intervention", "intervene", "attach", "as_per_layer", "MODES"]
-
-MODES = ("inhibit", "amplify", "retain")
-
 
 def as_per_layer(neurons):
     """``{layer: sorted unique int64 indices}`` from any accepted neuron description.
@@ -64,6 +63,99 @@ def _replace_output(output, new):
     if isinstance(output, list):
         return [new] + list(output[1:])
     return new
+
+
+# ------------------------------------------------------------------ modes
+# A mode says which neurons of a layer its hook changes and how. Adding a mode
+# is one more entry in _MODES.
+def _selected(selected, site):
+    return dict(selected)
+
+
+def _others(selected, site):
+    everything = np.arange(site.width, dtype=np.int64)
+    return {l: np.setdiff1d(everything, selected.get(l, ()), assume_unique=True)
+            for l in site.layers}
+
+
+def _fill(x, idx, value, scale):
+    return x.index_fill(-1, idx, value)
+
+
+def _affine(x, idx, value, scale):
+    y = x.clone()
+    y[..., idx] = x.index_select(-1, idx) * scale + value
+    return y
+
+
+def _check_set(value, scale):
+    if scale is not None:
+        raise UsageError("scale only applies to mode='amplify'")
+
+
+def _check_amplify(value, scale):
+    if value is None and scale is None:
+        raise UsageError("amplify needs value= (a constant added) or scale= (a factor)")
+
+
+@dataclass(frozen=True)
+class _Mode:
+    targets: object    # (selected per layer, site) -> per-layer indices the hook changes
+    transform: object  # (x, idx, value, scale) -> a new tensor
+    check: object      # (value, scale) -> None, or raise UsageError
+
+
+_MODES = {
+    "inhibit": _Mode(_selected, _fill, _check_set),
+    "amplify": _Mode(_selected, _affine, _check_amplify),
+    "retain": _Mode(_others, _fill, _check_set),
+}
+MODES = tuple(_MODES)
+
+
+# ------------------------------------------------------------------ hook kinds
+# How a transform reaches the module's tensor: its first input (pre) or output (post).
+def _pre_hook(apply):
+    def hook(mod, args, kwargs):
+        if args:
+            return (apply(args[0]),) + tuple(args[1:]), kwargs
+        key = next(iter(kwargs))
+        return args, dict(kwargs, **{key: apply(kwargs[key])})
+    return hook
+
+
+def _post_hook(apply):
+    def hook(mod, args, output):
+        first = output[0] if isinstance(output, (tuple, list)) else output
+        return _replace_output(output, apply(first))
+    return hook
+
+
+def _register(module, site, apply):
+    if site.hook == "pre":
+        return module.register_forward_pre_hook(_pre_hook(apply), with_kwargs=True)
+    return module.register_forward_hook(_post_hook(apply))
+
+
+def _resolve(model, site, neurons):
+    """The :class:`Site` an intervention acts on."""
+    if site is None or isinstance(site, str):
+        kind = site or (neurons.site if isinstance(neurons, NeuronSet) else "mlp")
+        return resolve_site(model, kind)
+    if not isinstance(site, Site):
+        raise UsageError("site must be a Site, 'mlp' or 'residual'")
+    return site
+
+
+def _check_neurons(selected, site):
+    outside = sorted(set(selected) - set(site.layers))
+    if outside:
+        raise UsageError(f"neurons in layer(s) {outside}, which the site does not cover "
+                         f"(layers {site.layers[0]}-{site.layers[-1]})")
+    for layer, idx in selected.items():
+        if idx.min() < 0 or idx.max() >= site.width:
+            raise UsageError(f"neuron index out of range in layer {layer}: "
+                             f"this site has {site.width} neurons per layer")
 
 
 class Intervention:
@@ -108,12 +200,9 @@ class Intervention:
     """
 
     def __init__(self, model, neurons, mode="inhibit", value=None, scale=None, site=None):
-        if mode not in MODES:
+        if mode not in _MODES:
             raise UsageError(f"unknown intervention mode {mode!r}: choose one of {', '.join(MODES)}")
-        if mode != "amplify" and scale is not None:
-            raise UsageError("scale only applies to mode='amplify'")
-        if mode == "amplify" and value is None and scale is None:
-            raise UsageError("amplify needs value= (a constant added) or scale= (a factor)")
+        _MODES[mode].check(value, scale)
         self.model = model
         self.neurons = neurons
         self.mode = mode
@@ -123,38 +212,20 @@ class Intervention:
         self._handles = []
         self._prepare()
 
-    # ----------------------------------------------------------------- setup
     def _prepare(self):
-        site = self.site
-        if site is None or isinstance(site, str):
-            kind = site or (self.neurons.site if isinstance(self.neurons, NeuronSet) else "mlp")
-            site = resolve_site(self.model, kind)
-        elif not isinstance(site, Site):
-            raise UsageError("site must be a Site, 'mlp' or 'residual'")
+        site = _resolve(self.model, self.site, self.neurons)
         selected = as_per_layer(self.neurons)
-        outside = sorted(set(selected) - set(site.layers))
-        if outside:
-            raise UsageError(f"neurons in layer(s) {outside}, which the site does not cover "
-                             f"(layers {site.layers[0]}-{site.layers[-1]})")
-        for layer, idx in selected.items():
-            if idx.min() < 0 or idx.max() >= site.width:
-                raise UsageError(f"neuron index out of range in layer {layer}: "
-                                 f"this site has {site.width} neurons per layer")
-        if self.mode == "retain":
-            everything = np.arange(site.width, dtype=np.int64)
-            targets = {l: np.setdiff1d(everything, selected.get(l, ()), assume_unique=True)
-                       for l in site.layers}
-        else:
-            targets = dict(selected)
+        _check_neurons(selected, site)
+        targets = _MODES[self.mode].targets(selected, site)
         self.site_ = site
         self.targets_ = {l: t for l, t in targets.items() if t.size}
         self.n_selected_ = int(sum(len(v) for v in selected.values()))
 
-    # ----------------------------------------------------------------- hooks
     def _transform(self, layer):
+        """The function a hook applies to ``layer``'s neuron tensor."""
         idx_cpu = torch.as_tensor(self.targets_[layer], dtype=torch.long)
         cache = {}
-        mode = self.mode
+        transform = _MODES[self.mode].transform
         value = 0.0 if self.value is None else float(self.value)
         scale = 1.0 if self.scale is None else float(self.scale)
 
@@ -162,11 +233,7 @@ class Intervention:
             idx = cache.get(x.device)
             if idx is None:
                 idx = cache[x.device] = idx_cpu.to(x.device)
-            if mode in ("inhibit", "retain"):
-                return x.index_fill(-1, idx, value)
-            y = x.clone()
-            y[..., idx] = x.index_select(-1, idx) * scale + value
-            return y
+            return transform(x, idx, value, scale)
 
         return apply
 
@@ -176,22 +243,8 @@ class Intervention:
             raise RuntimeError("this intervention is already attached")
         try:
             for layer, module in self.site_.modules(self.model):
-                if layer not in self.targets_:
-                    continue
-                apply = self._transform(layer)
-                if self.site_.hook == "pre":
-                    def pre_hook(mod, args, kwargs, apply=apply):
-                        if args:
-                            return (apply(args[0]),) + tuple(args[1:]), kwargs
-                        key = next(iter(kwargs))
-                        return args, dict(kwargs, **{key: apply(kwargs[key])})
-                    h = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-                else:
-                    def post_hook(mod, args, output, apply=apply):
-                        first = output[0] if isinstance(output, (tuple, list)) else output
-                        return _replace_output(output, apply(first))
-                    h = module.register_forward_hook(post_hook)
-                self._handles.append(h)
+                if layer in self.targets_:
+                    self._handles.append(_register(module, self.site_, self._transform(layer)))
         except BaseException:
             self.remove()
             raise
