@@ -146,7 +146,7 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
 
     from bids_llm.dataset import Dataset
     from bids_llm.io import write_json, write_text
-    from bids_llm.naming import bids_name, inside
+    from bids_llm.naming import inside
 
     from .. import _version
     from .decomposition import Decomposition, select_runs
@@ -171,46 +171,28 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
         t_maps = load_maps(templates, layout)
     else:
         t_maps = fit(runs, n_components, random_state).components_
-    t_set, t_names = _networks_of(t_maps, layout, threshold, two_sided, top_k)
+    select = dict(threshold=threshold, two_sided=bool(two_sided), top_k=top_k)
+    t_set, t_names = _networks_of(t_maps, layout, **select)
     t_masks = _masks(t_set, layout, t_names)
+
+    def match(unit, kind, est):
+        nset, names = _networks_of(est, layout, **select)
+        return _match_rows(unit, kind, nset, names, t_masks, t_names, layout, iou_threshold)
 
     rows = []
     for r in runs:
         n_tok = nib.load(str(r.path), mmap=True).shape[3]
-        est = fit([r], min(n_components, n_tok), random_state)
-        nset, names = _networks_of(est, layout, threshold, two_sided, top_k)
-        rows += _match_rows(f"run-{r.run:02d}" if r.run is not None else r.path.name, "run", nset,
-                            names, t_masks, t_names, layout, iou_threshold)
+        unit = f"run-{r.run:02d}" if r.run is not None else r.path.name
+        rows += match(unit, "run", fit([r], min(n_components, n_tok), random_state))
         log.info("run %s decomposed", r.run)
     for s in range(1, n_seeds + 1):
-        nset, names = _networks_of(fit(runs, len(t_names), random_state + s), layout, threshold,
-                                   two_sided, top_k)
-        rows += _match_rows(f"seed-{random_state + s}", "seed", nset, names, t_masks, t_names,
-                            layout, iou_threshold)
+        rows += match(f"seed-{random_state + s}", "seed", fit(runs, len(t_names), random_state + s))
     table = pd.DataFrame(rows)
-
     sizes = summarize(t_set, layout, names=t_names).set_index("network")
-    summary = []
-    for t in t_names:
-        by_run = table[(table["template"] == t) & (table["kind"] == "run")]["iou"]
-        by_seed = table[(table["template"] == t) & (table["kind"] == "seed")]["iou"]
-        summary.append({
-            "template": t, "size": int(sizes.loc[t, "size"]),
-            "recurrence": round(float((by_run > iou_threshold).mean()), 6),
-            "iou_mean": round(float(by_run.mean()), 6), "iou_median": round(float(by_run.median()), 6),
-            "iou_min": round(float(by_run.min()), 6), "iou_max": round(float(by_run.max()), 6),
-            "seed_iou_mean": round(float(by_seed.mean()), 6) if len(by_seed) else "n/a",
-            "seed_recurrence": round(float((by_seed > iou_threshold).mean()), 6) if len(by_seed) else "n/a",
-        })
-    summary = pd.DataFrame(summary)
+    summary = _template_summary(table, t_names, sizes, iou_threshold)
 
     out = Path(output) if output is not None else inside(ds.root, "derivatives", "llm2nifti-recurrence")
-    tasks = "".join(sorted({r.task for r in runs}))
-    prefix = bids_name("", "", sub=runs[0].participant, task=tasks, acq=runs[0].acq,
-                       desc=method).rstrip("_")
-    paths = {key: inside(out, f"{prefix}_{name}") for key, name in (
-        ("table", "recurrence.tsv"), ("summary", "templates.tsv"), ("networks", "networks.tsv"),
-        ("sidecar", "recurrence.json"), ("heatmap", "recurrence.png"), ("layers", "layers.png"))}
+    paths = _output_paths(out, runs, method)
     write_text(paths["table"], table.to_csv(sep="\t", index=False))
     write_text(paths["summary"], summary.to_csv(sep="\t", index=False))
     t_set.to_tsv(paths["networks"])
@@ -223,13 +205,41 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
         "Dataset": str(ds.root.resolve()), "Runs": [str(Path(r.path).relative_to(ds.root)) for r in runs],
         "Templates": str(Path(templates).resolve()) if templates is not None else "decomposition of all runs",
         "Method": method, "Backend": backend, "NComponents": int(n_components), "NInit": int(n_init),
-        "RandomState": int(random_state), "NSeeds": int(n_seeds),
-        "Selection": {"threshold": threshold, "two_sided": bool(two_sided), "top_k": top_k},
+        "RandomState": int(random_state), "NSeeds": int(n_seeds), "Selection": select,
         "IoUThreshold": iou_threshold,
         "MeanRecurrence": round(float(summary["recurrence"].mean()), 6),
         "llm2nifti": _version.__version__,
     })
     return RecurrenceResult(t_set, table, summary, paths)
+
+
+def _template_summary(table, t_names, sizes, iou_threshold):
+    """One row per template: size, recurrence over runs, IoU statistics, stability over seeds."""
+    rows = []
+    for t in t_names:
+        by_run = table[(table["template"] == t) & (table["kind"] == "run")]["iou"]
+        by_seed = table[(table["template"] == t) & (table["kind"] == "seed")]["iou"]
+        rows.append({
+            "template": t, "size": int(sizes.loc[t, "size"]),
+            "recurrence": round(float((by_run > iou_threshold).mean()), 6),
+            "iou_mean": round(float(by_run.mean()), 6), "iou_median": round(float(by_run.median()), 6),
+            "iou_min": round(float(by_run.min()), 6), "iou_max": round(float(by_run.max()), 6),
+            "seed_iou_mean": round(float(by_seed.mean()), 6) if len(by_seed) else "n/a",
+            "seed_recurrence": round(float((by_seed > iou_threshold).mean()), 6) if len(by_seed) else "n/a",
+        })
+    return pd.DataFrame(rows)
+
+
+def _output_paths(out, runs, method):
+    """Files of a recurrence derivative, named after the runs' participant, tasks and site."""
+    from bids_llm.naming import bids_name, inside
+
+    tasks = "".join(sorted({r.task for r in runs}))
+    prefix = bids_name("", "", sub=runs[0].participant, task=tasks, acq=runs[0].acq,
+                       desc=method).rstrip("_")
+    return {key: inside(out, f"{prefix}_{name}") for key, name in (
+        ("table", "recurrence.tsv"), ("summary", "templates.tsv"), ("networks", "networks.tsv"),
+        ("sidecar", "recurrence.json"), ("heatmap", "recurrence.png"), ("layers", "layers.png"))}
 
 
 def _save_fig(fig, path):

@@ -391,34 +391,42 @@ class Evaluator:
         """
         out = Scores()
         if self._docs is not None:
-            nll = np.zeros(len(self._docs))
-            n = np.zeros(len(self._docs))
-            for idx, ids, mask, logits in self._forward(self._docs):
-                target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
-                loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), target,
-                                       ignore_index=-100, reduction="none")
-                nll[idx] = loss.sum(1).double().cpu().numpy()
-                n[idx] = mask[:, 1:].sum(1).cpu().numpy()
-            out.nll, out.n_tokens = nll, n
+            out.nll, out.n_tokens = self._score_heldout()
         if self._items is not None:
-            prompts, answers = self._items
-            ll = np.full((len(prompts), self.n_choices_), np.nan)
-            if self._single:
-                for idx, ids, mask, logits in self._forward(prompts, last_only=True):
-                    lp = torch.log_softmax(logits[:, 0], -1).cpu()
-                    for r, i in enumerate(idx):
-                        ll[i, : len(answers[i])] = lp[r, [a[0] for a in answers[i]]].numpy()
-            else:
-                seqs, where = [], []
-                for i, (p, cs) in enumerate(zip(prompts, answers)):
-                    for c, a in enumerate(cs):
-                        seqs.append(p + a)
-                        where.append((i, c, len(p), len(a)))
-                for idx, ids, mask, logits in self._forward(seqs):
-                    lp = torch.log_softmax(logits, -1)
-                    for r, s in enumerate(idx):
-                        i, c, start, k = where[s]
-                        pos = torch.arange(start - 1, start - 1 + k, device=lp.device)
-                        ll[i, c] = float(lp[r, pos, ids[r, start: start + k]].sum())
-            out.loglik, out.labels = ll, np.asarray(self.task.labels)
+            out.loglik, out.labels = self._score_choices(), np.asarray(self.task.labels)
         return out
+
+    def _score_heldout(self):
+        """Summed negative log-likelihood and predicted tokens of each held-out document."""
+        nll = np.zeros(len(self._docs))
+        n = np.zeros(len(self._docs))
+        for idx, ids, mask, logits in self._forward(self._docs):
+            target = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
+            loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), target,
+                                   ignore_index=-100, reduction="none")
+            nll[idx] = loss.sum(1).double().cpu().numpy()
+            n[idx] = mask[:, 1:].sum(1).cpu().numpy()
+        return nll, n
+
+    def _score_choices(self):
+        """Log-likelihood of each answer of each item, ``(n_items, n_choices)``, NaN-padded."""
+        prompts, answers = self._items
+        ll = np.full((len(prompts), self.n_choices_), np.nan)
+        if self._single:  # one token per answer: one forward pass per prompt
+            for idx, ids, mask, logits in self._forward(prompts, last_only=True):
+                lp = torch.log_softmax(logits[:, 0], -1).cpu()
+                for r, i in enumerate(idx):
+                    ll[i, : len(answers[i])] = lp[r, [a[0] for a in answers[i]]].numpy()
+            return ll
+        seqs, where = [], []
+        for i, (p, cs) in enumerate(zip(prompts, answers)):
+            for c, a in enumerate(cs):
+                seqs.append(p + a)
+                where.append((i, c, len(p), len(a)))
+        for idx, ids, mask, logits in self._forward(seqs):
+            lp = torch.log_softmax(logits, -1)
+            for r, s in enumerate(idx):
+                i, c, start, k = where[s]
+                pos = torch.arange(start - 1, start - 1 + k, device=lp.device)
+                ll[i, c] = float(lp[r, pos, ids[r, start: start + k]].sum())
+        return ll

@@ -21,8 +21,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import controls as C
+from bids_llm.dataset import Dataset
+from bids_llm.io import write_json, write_text
+
+from ..acquisition import load_documents
 from ..errors import UsageError
+from ..neuronset import NeuronSet
+from ..sites import resolve_site
+from . import controls as C
 
 __all__ = ["Condition", "plan_conditions", "run_conditions", "summarize", "verdicts",
            "evaluate", "EvaluationResult", "CONTROLS"]
@@ -406,15 +412,8 @@ def evaluate(networks, dataset, output, *, model=None, participant=None, network
     -------
     EvaluationResult
     """
-    from bids_llm.dataset import Dataset
-    from bids_llm.io import write_json, write_text
-
-    from .evaluation import Evaluator, bigbench_task, check_overlap, pang_lee_task
-    from ..report import plot_curve, plot_interventions
     from ..models import load_model, set_threads
-    from ..neuronset import NeuronSet
-    from ..sites import resolve_site
-    from ..acquisition import load_documents
+    from .evaluation import Evaluator
 
     t_start = time.perf_counter()
     if int(seeds) < 1:
@@ -425,22 +424,8 @@ def evaluate(networks, dataset, output, *, model=None, participant=None, network
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     layout = ds.layout(participant, nset.site)
     heldout_docs = load_documents(heldout)[:n_docs] if heldout is not None else None
-    if bigbench is not None:
-        choice = bigbench_task(bigbench)
-    elif task == "pang-lee":
-        choice = pang_lee_task()
-    elif task is None:
-        choice = None
-    else:
-        raise UsageError(f"unknown task {task!r}: use pang-lee, or pass a BIG-bench task.json")
-    if choice is not None:
-        choice = choice.subset(n_items)
-    policy = "warn" if allow_overlap else "error"
-    overlap_docs = {}
-    if heldout_docs is not None:
-        overlap_docs["heldout"] = check_overlap(heldout_docs, ds, participant, policy)
-    if choice is not None:
-        overlap_docs["task"] = check_overlap(choice.documents(), ds, participant, policy)
+    choice = _choice_task(task, bigbench, n_items)
+    overlap_docs = _check_texts(ds, participant, heldout_docs, choice, allow_overlap)
 
     if threads is not None or str(device) == "cpu":
         set_threads(threads)
@@ -459,19 +444,12 @@ def evaluate(networks, dataset, output, *, model=None, participant=None, network
                                  spread_bins=spread_bins)
     evaluator = Evaluator(lm, tok, heldout=heldout_docs, task=choice, max_doc_tokens=max_doc_tokens,
                           batch_size=batch_size)
-    key = nset.per_layer()
-    results = run_conditions(evaluator, conditions, key, site.n_neurons, site=site,
+    results = run_conditions(evaluator, conditions, nset.per_layer(), site.n_neurons, site=site,
                              n_resamples=n_resamples, progress=progress)
     summary = summarize(results)
     lines = verdicts(summary)
-
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    write_text(output / "results.tsv", results.to_csv(sep="\t", index=False, float_format="%.8g"))
-    write_text(output / "summary.tsv", summary.to_csv(sep="\t", index=False, float_format="%.8g"))
-    figures = [plot_interventions(summary, output / "interventions.png")]
-    if (summary["group"] == "curve").any():
-        figures.append(plot_curve(summary, output / "curve.png"))
+    figures = _write_tables(output, results, summary)
     massive = C.massive_neurons(stats, massive_factor)
     settings = {
         "networks": str(networks) if not isinstance(networks, NeuronSet) else "NeuronSet",
@@ -489,11 +467,56 @@ def evaluate(networks, dataset, output, *, model=None, participant=None, network
         "massive_factor": massive_factor,
         "massive_neurons": [[int(l), int(n)] for l, idx in massive.items() for n in idx],
         "spread_bins": spread_bins, "n_resamples": n_resamples,
-        "overlap_with_scan": overlap_docs, "scan_tokens": int(sum(
-            r.metadata()["TokenRange"][1] - r.metadata()["TokenRange"][0]
-            for r in ds.runs(participant=participant, site=nset.site))),
-        "device": str(next(lm.parameters()).device), "seconds": round(time.perf_counter() - t_start, 1),
-        "verdicts": lines,
+        "overlap_with_scan": overlap_docs, "scan_tokens": _scan_tokens(ds, participant, nset.site),
+        "device": str(next(lm.parameters()).device),
+        "seconds": round(time.perf_counter() - t_start, 1), "verdicts": lines,
     }
     write_json(output / "evaluation.json", settings)
     return EvaluationResult(output, results, summary, lines, figures, settings)
+
+
+def _choice_task(task, bigbench, n_items):
+    """The labelled task: a BIG-bench file, the built-in Pang-Lee sentences, or none."""
+    from .evaluation import bigbench_task, pang_lee_task
+
+    if bigbench is not None:
+        choice = bigbench_task(bigbench)
+    elif task == "pang-lee":
+        choice = pang_lee_task()
+    elif task is None:
+        return None
+    else:
+        raise UsageError(f"unknown task {task!r}: use pang-lee, or pass a BIG-bench task.json")
+    return choice.subset(n_items)
+
+
+def _check_texts(ds, participant, heldout_docs, choice, allow_overlap):
+    """Ids of evaluation texts the scan read, per kind; refused unless ``allow_overlap``."""
+    from .evaluation import check_overlap
+
+    policy = "warn" if allow_overlap else "error"
+    overlap = {}
+    if heldout_docs is not None:
+        overlap["heldout"] = check_overlap(heldout_docs, ds, participant, policy)
+    if choice is not None:
+        overlap["task"] = check_overlap(choice.documents(), ds, participant, policy)
+    return overlap
+
+
+def _write_tables(output, results, summary):
+    """``results.tsv``, ``summary.tsv`` and the figures; returns the figures' paths."""
+    from ..report import plot_curve, plot_interventions
+
+    output.mkdir(parents=True, exist_ok=True)
+    write_text(output / "results.tsv", results.to_csv(sep="\t", index=False, float_format="%.8g"))
+    write_text(output / "summary.tsv", summary.to_csv(sep="\t", index=False, float_format="%.8g"))
+    figures = [plot_interventions(summary, output / "interventions.png")]
+    if (summary["group"] == "curve").any():
+        figures.append(plot_curve(summary, output / "curve.png"))
+    return figures
+
+
+def _scan_tokens(ds, participant, site):
+    """Tokens in the scan's runs of ``site``."""
+    return int(sum(r.metadata()["TokenRange"][1] - r.metadata()["TokenRange"][0]
+                   for r in ds.runs(participant=participant, site=site)))

@@ -191,13 +191,9 @@ def prune(networks, output, *, model=None, networks_names=None, remove=False, he
     -------
     PruneReport
     """
-    from bids_llm.io import write_json
-
-    from .evaluation import Evaluator
-    from .hooks import intervene
+    from ..acquisition import load_documents
     from ..models import load_model, set_threads
     from ..neuronset import NeuronSet
-    from ..acquisition import load_documents
 
     output = Path(output)
     if output.exists() and not overwrite:
@@ -220,6 +216,27 @@ def prune(networks, output, *, model=None, networks_names=None, remove=False, he
     else:
         keep = chosen
     pruned, widths = prune_model(lm, keep)
+    report = {
+        "model": str(getattr(lm.config, "name_or_path", model)),
+        "networks": str(networks) if not isinstance(networks, NeuronSet) else "NeuronSet",
+        "kept": "all but the network neurons" if remove else "the network neurons",
+        "neurons_kept": int(sum(widths.values())), "neurons_total": site.n_neurons,
+        "width_before": site.width, "width_after": int(getattr(pruned.config, mlp_projections(
+            pruned, resolve_site(pruned, "mlp"), site.layers[0])[2])),
+        "kept_per_layer": {str(l): int(w) for l, w in widths.items()},
+        "inert_padding_neurons": int(sum(max(widths.values()) - w for w in widths.values())),
+    }
+    measured = _compare(lm, pruned, tok, keep, site, docs, max_doc_tokens)
+    _save(output, lm, pruned, tok, report, measured,
+          {"heldout": str(heldout), "n_docs": len(docs), "max_doc_tokens": max_doc_tokens,
+           "threads": torch.get_num_threads()})
+    return PruneReport(output, report)
+
+
+def _compare(lm, pruned, tok, keep, site, docs, max_doc_tokens):
+    """Perplexities of the unpruned, masked and pruned model, their logits' gap and speeds."""
+    from .evaluation import Evaluator
+    from .hooks import intervene
 
     ev = Evaluator(lm, tok, heldout=docs, max_doc_tokens=max_doc_tokens)
     ev_pruned = Evaluator(pruned, tok, heldout=docs, max_doc_tokens=max_doc_tokens)
@@ -233,8 +250,23 @@ def prune(networks, output, *, model=None, networks_names=None, remove=False, he
         with intervene(lm, keep, mode="retain", site=site):
             masked_logits = lm(input_ids=probe.to(dev), use_cache=False).logits.float()
         pruned_logits = pruned(input_ids=probe.to(dev), use_cache=False).logits.float()
-    max_diff = float((masked_logits - pruned_logits).abs().max())
     speed_probe = torch.as_tensor([ev._docs[0][: min(len(ev._docs[0]), 128)]] * 4)
+    return {
+        "tokens_per_second_before": forward_speed(lm, speed_probe),
+        "tokens_per_second_after": forward_speed(pruned, speed_probe),
+        "perplexity_unpruned": ppl_full, "perplexity_masked": ppl_masked,
+        "perplexity_pruned": ppl_pruned,
+        "max_abs_logit_difference_pruned_vs_masked":
+            float((masked_logits - pruned_logits).abs().max()),
+    }
+
+
+def _save(output, lm, pruned, tok, report, measured, settings):
+    """Save the pruned model and ``llm2nifti_prune.json`` under a temporary name, then rename.
+
+    ``report`` is completed in place with parameter counts, sizes, ``measured`` and ``settings``.
+    """
+    from bids_llm.io import write_json
 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=output.parent))
@@ -249,26 +281,13 @@ def prune(networks, output, *, model=None, networks_names=None, remove=False, he
         finally:
             shutil.rmtree(full_dir, ignore_errors=True)
         n_full, n_pruned = count_parameters(lm), count_parameters(pruned)
-        report = {
-            "model": str(getattr(lm.config, "name_or_path", model)),
-            "networks": str(networks) if not isinstance(networks, NeuronSet) else "NeuronSet",
-            "kept": "all but the network neurons" if remove else "the network neurons",
-            "neurons_kept": int(sum(widths.values())), "neurons_total": site.n_neurons,
-            "width_before": site.width, "width_after": int(getattr(pruned.config, mlp_projections(
-                pruned, resolve_site(pruned, "mlp"), site.layers[0])[2])),
-            "kept_per_layer": {str(l): int(w) for l, w in widths.items()},
-            "inert_padding_neurons": int(sum(max(widths.values()) - w for w in widths.values())),
+        report.update({
             "parameters_before": n_full, "parameters_after": n_pruned,
             "parameters_removed_share": 1 - n_pruned / n_full,
             "bytes_before": full_bytes, "bytes_after": pruned_bytes,
-            "tokens_per_second_before": forward_speed(lm, speed_probe),
-            "tokens_per_second_after": forward_speed(pruned, speed_probe),
-            "perplexity_unpruned": ppl_full, "perplexity_masked": ppl_masked,
-            "perplexity_pruned": ppl_pruned,
-            "max_abs_logit_difference_pruned_vs_masked": max_diff,
-            "heldout": str(heldout), "n_docs": len(docs), "max_doc_tokens": max_doc_tokens,
-            "threads": torch.get_num_threads(),
-        }
+        })
+        report.update(measured)
+        report.update(settings)
         write_json(tmp / "llm2nifti_prune.json", report)
         if output.exists():
             shutil.rmtree(output)
@@ -276,4 +295,3 @@ def prune(networks, output, *, model=None, networks_names=None, remove=False, he
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return PruneReport(output, report)
