@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 
@@ -9,22 +10,40 @@ import click
 
 from llm2nifti._version import __version__
 from llm2nifti.errors import UsageError
+from llm2nifti.interrupts import exit_status, handle_signals
+
+
+_WRITE_ERRORS = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+                 errno.EROFS: "choose a writable folder", errno.EACCES: "choose a writable folder",
+                 errno.EPERM: "choose a writable folder"}
 
 
 class _Group(click.Group):
-    """Turns bad input into a one-line error with exit status 2, and Ctrl-C into 130."""
+    """Bad input: a one-line error and exit status 2. Ctrl-C or SIGTERM: 130 or 143.
+
+    Signals are held while the commands talk to their worker threads
+    (:mod:`llm2nifti.interrupts`), so an interruption never leaves a lock held.
+    """
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with handle_signals():
+                return super().invoke(ctx)
         except UsageError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(2)
-        except KeyboardInterrupt:
+        except OSError as exc:
+            if exc.errno not in _WRITE_ERRORS:
+                raise
+            where = f" {exc.filename}" if exc.filename else ""
+            click.echo(f"Error: cannot write{where}: {exc.strerror}: {_WRITE_ERRORS[exc.errno]}, "
+                       "then run the command again (convert: with --resume)", err=True)
+            ctx.exit(2)
+        except KeyboardInterrupt as exc:
             hint = (": finished runs are kept; re-run with --resume to go on"
                     if ctx.invoked_subcommand == "convert" else "")
             click.echo(f"Interrupted{hint}.", err=True)
-            ctx.exit(130)
+            ctx.exit(exit_status(exc))
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

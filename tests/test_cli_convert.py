@@ -1,18 +1,12 @@
-"""The command line as a user meets it: outputs, exit codes, one-line errors, interruption."""
+"""The command line as a user meets it: outputs, exit codes, one-line errors.
 
-import os
-import signal
-import subprocess
-import sys
-import time
+Interruption is tested in test_interrupts.py, with signals sent at chosen points."""
 
-import pytest
 from click.testing import CliRunner
 
 from bids_llm.dataset import Dataset
 from llm2nifti.cli.main import main
 
-from conftest import TEXT
 
 
 def run(*args):
@@ -94,59 +88,3 @@ def test_existing_runs_need_resume_or_overwrite(tmp_path, tiny_model_dir, text_f
     assert run(*args, "--overwrite").exit_code == 0
     r = run(*args, "--resume", "--overwrite")
     assert r.exit_code == 2 and "exclude each other" in r.output
-
-
-def _cli(*args):
-    return [sys.executable, "-c", "from llm2nifti.cli.main import main; main()", *map(str, args)]
-
-
-def test_killed_convert_resumes_to_identical_files(tmp_path, tiny_model_dir):
-    text = tmp_path / "long.txt"
-    text.write_text(TEXT * 12)
-    common = ["--model", tiny_model_dir, "--text", text, "--run-tokens", 16, "--threads", 1, "-q"]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    ref = tmp_path / "ref"
-    subprocess.run(_cli("convert", ref, *common), check=True, env=env, capture_output=True)
-    n_runs = len(list(ref.rglob("*_bold.nii")))
-    assert n_runs > 150
-
-    out = tmp_path / "cut"
-    proc = subprocess.Popen(_cli("convert", out, *common), env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    scans = out / "sub-tinyllama" / "sub-tinyllama_scans.tsv"
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if scans.is_file() and len(scans.read_text().splitlines()) > 5:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "convert finished before it could be killed"
-    done = len(list(out.rglob("*_bold.nii")))
-    assert 0 < done < n_runs
-
-    r = subprocess.run(_cli("convert", out, *common, "--resume"), env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert "kept" in r.stdout
-    for p in ref.rglob("*"):
-        if p.is_file():
-            q = out / p.relative_to(ref)
-            assert q.is_file() and q.read_bytes() == p.read_bytes(), p
-    assert not list(out.rglob(".tmp-*"))
-
-
-def test_ctrl_c_says_how_to_resume(tmp_path, tiny_model_dir):
-    text = tmp_path / "long.txt"
-    text.write_text(TEXT * 12)
-    out = tmp_path / "ds"
-    proc = subprocess.Popen(
-        _cli("convert", out, "--model", tiny_model_dir, "--text", text, "--run-tokens", 16, "-q"),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    scans = out / "sub-tinyllama" / "sub-tinyllama_scans.tsv"
-    deadline = time.time() + 120
-    while time.time() < deadline and not scans.is_file() and proc.poll() is None:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "--resume" in err.strip().splitlines()[-1]

@@ -20,6 +20,7 @@ from bids_llm.io import write_json
 
 from .. import _version
 from ..errors import UsageError
+from ..interrupts import deferred
 from ..layout import NeuronLayout
 from ..models import DEFAULT_MODEL, load_model, model_label, set_threads, weights_hash
 from .recording import Recorder
@@ -330,7 +331,10 @@ def record_runs(plan, result):
 
     Memory stays at two run buffers whatever the corpus (reusing them spares
     the page faults of fresh 100 MB allocations). Runs found finished on disk
-    under ``resume`` are skipped and listed in ``result.skipped``.
+    under ``resume`` are skipped and listed in ``result.skipped``. Every call
+    into the writer pool runs with Ctrl-C held (:func:`~llm2nifti.interrupts.deferred`),
+    so an interruption lands in the forward pass or between runs, never inside
+    a lock the writer thread needs; the run being written is finished first.
     """
     s, stream, layout, writer = plan.settings, plan.stream, plan.layout, plan.writer
     ext = s.extension
@@ -345,8 +349,10 @@ def record_runs(plan, result):
                desc=f"sub-{s.participant} task-{s.task}")
     longest = max(stop - start for start, stop in plan.runs)
     buffers, slot = [None, None], 0
-    with bar, ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm2nifti-write") as pool:
-        pending = pool.submit(_write_dataset_files, plan)
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm2nifti-write")
+    with deferred():
+        pending, in_flight = pool.submit(_write_dataset_files, plan), 0
+    try:
         for r, (start, stop) in enumerate(plan.runs, 1):
             if s.resume and writer.run_done(r, ext):
                 result.skipped.append(r)
@@ -360,11 +366,19 @@ def record_runs(plan, result):
             with torch.inference_mode(), Recorder(plan.lm, plan.site, buffer=buf):
                 body(input_ids=ids, use_cache=False)
             sidecar, events = _run_files(plan, common, token_text, doc_ids, r, start, stop)
+            img = layout.buffer_to_img(buf, tr=TR)
+            with deferred():
+                pending.result()
+                bar.update(in_flight)
+                pending = pool.submit(writer.write_run, r, img, sidecar, events, ext)
+                in_flight = stop - start
+        with deferred():
             pending.result()
-            pending = pool.submit(writer.write_run, r, layout.buffer_to_img(buf, tr=TR),
-                                  sidecar, events, ext)
-            pending.add_done_callback(lambda f, n=stop - start: f.exception() or bar.update(n))
-        pending.result()
+            bar.update(in_flight)
+    finally:
+        with deferred():
+            pool.shutdown(wait=True)
+            bar.close()
 
 
 def _label(value, what):
