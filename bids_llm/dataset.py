@@ -18,12 +18,16 @@ sidecar (``NeuronLayout``) and in the dseg sidecar, and read back with
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+
+from filelock import FileLock, Timeout
 
 import nibabel as nib
 import numpy as np
@@ -42,6 +46,8 @@ __all__ = ["DatasetWriter", "Dataset", "Run", "BIDS_VERSION", "DEFAULT_SITE", "P
 BIDS_VERSION = "1.10.0"
 DEFAULT_SITE = "mlp"
 PIPELINE = "llm2nifti"
+# Seconds a writer waits for another process's update of a shared table (milliseconds each).
+SHARED_LOCK_TIMEOUT = 120
 PARTICIPANT_COLUMNS = ("participant_id", "model", "architecture", "n_layers",
                        "neurons_per_layer", "n_parameters", "weights_sha256")
 _PARTICIPANTS_JSON = {
@@ -78,6 +84,20 @@ def _tsv(rows, columns):
     for r in rows:
         buf.write("\t".join(str(r.get(c, "n/a")) for c in columns) + "\n")
     return buf.getvalue()
+
+
+def _writer_alive(tmp_name):
+    """True when a temporary file's name says it belongs to another running process."""
+    pid = tmp_name[len(TMP_PREFIX):].split("-", 1)[0]
+    if not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def is_dataset(root):
@@ -140,6 +160,43 @@ class DatasetWriter:
         return self.deriv_dir / f"sub-{self.participant}" / "anat" / bids_name(
             suffix, ext, sub=self.participant, desc=self.layout.site.kind)
 
+    # ----------------------------------------------------------------- locks
+    def _lock_path(self, name):
+        path = inside(self.root, "code", PIPELINE, name)  # code/ is not validated by BIDS
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @contextlib.contextmanager
+    def exclusive(self):
+        """Hold this (participant, task, site) for one writer; refuse a second at once."""
+        name = "." + bids_name("convert", ".lock", sub=self.participant, task=self.task, acq=self.acq)
+        lock = FileLock(self._lock_path(name), timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise UsageError(
+                f"another llm2nifti convert is writing sub-{self.participant} task-{self.task}"
+                f"{'' if self.acq is None else ' acq-' + self.acq} in {self.root}: wait for it to "
+                "finish (then --resume), or choose another --task, --label or output") from None
+        try:
+            yield self
+        finally:
+            lock.release()
+
+    @contextlib.contextmanager
+    def shared(self):
+        """Hold the dataset's shared tables (participants.tsv, scans.tsv, top-level files)."""
+        lock = FileLock(self._lock_path(".dataset.lock"), timeout=SHARED_LOCK_TIMEOUT)
+        try:
+            lock.acquire()
+        except Timeout:
+            raise UsageError(f"{self.root} stayed locked by another llm2nifti process for "
+                             f"{SHARED_LOCK_TIMEOUT} s: check that no convert hangs, then retry") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
     # ------------------------------------------------------------- top level
     def existing_runs(self):
         """Paths of this (participant, task, site)'s bold files already on disk."""
@@ -160,8 +217,9 @@ class DatasetWriter:
             for p in (bold, self.sidecar_path(ents["run"]), self.events_path(ents["run"])):
                 p.unlink(missing_ok=True)
         self.plan_path.unlink(missing_ok=True)
-        rows = [r for r in self.finished().values()]
-        self._write_scans([r for r in rows if not self._ours(r["filename"])])
+        with self.shared():
+            rows = [r for r in self.finished().values()]
+            self._write_scans([r for r in rows if not self._ours(r["filename"])])
 
     def _ours(self, filename):
         ents, _ = parse_name(filename)
@@ -170,6 +228,10 @@ class DatasetWriter:
     def init_dataset(self):
         """Write the top-level files if missing (a second model adds to them)."""
         self.root.mkdir(parents=True, exist_ok=True)
+        with self.shared():
+            self._init_dataset()
+
+    def _init_dataset(self):
         if not is_dataset(self.root):
             write_json(self.root / "dataset_description.json", {
                 "Name": self.name, "BIDSVersion": BIDS_VERSION, "DatasetType": "raw",
@@ -187,12 +249,13 @@ class DatasetWriter:
     def add_participant(self, row):
         """Add or replace this participant's row in ``participants.tsv``."""
         path = self.root / "participants.tsv"
-        rows = _read_tsv(path) if path.is_file() else []
         pid = f"sub-{self.participant}"
-        rows = [r for r in rows if r["participant_id"] != pid]
-        rows.append({"participant_id": pid, **row})
-        rows.sort(key=lambda r: r["participant_id"])
-        write_text(path, _tsv(rows, PARTICIPANT_COLUMNS))
+        with self.shared():
+            rows = _read_tsv(path) if path.is_file() else []
+            rows = [r for r in rows if r["participant_id"] != pid]
+            rows.append({"participant_id": pid, **row})
+            rows.sort(key=lambda r: r["participant_id"])
+            write_text(path, _tsv(rows, PARTICIPANT_COLUMNS))
 
     def check_layout(self):
         """Refuse when the participant already has a different layout for this site."""
@@ -206,6 +269,10 @@ class DatasetWriter:
 
     def write_layout(self):
         """Mask, label image and label table of the layout under ``derivatives/llm2nifti``."""
+        with self.shared():
+            self._write_layout()
+
+    def _write_layout(self):
         self.check_layout()
         dseg_json = self.anat_path("dseg", ".json")
         if dseg_json.is_file():
@@ -252,16 +319,26 @@ class DatasetWriter:
         write_text(self.events_path(run), events_text)
         write_json(self.sidecar_path(run), sidecar)
         save_img(img, bold)
-        rows = self.finished()
         rel = f"func/{bold.name}"
-        rows[rel] = {"filename": rel, "sha256": sha256_file(bold), "n_volumes": img.shape[3]}
-        self._write_scans(rows.values())
+        row = {"filename": rel, "sha256": sha256_file(bold), "n_volumes": img.shape[3]}
+        with self.shared():
+            rows = self.finished()
+            rows[rel] = row
+            self._write_scans(rows.values())
         return bold
 
     def clean_temporaries(self):
-        """Remove temporary files an interrupted run left behind."""
-        if self.root.is_dir():
+        """Remove temporary files that interrupted writers left behind.
+
+        A temporary file is named after the process writing it; those of a
+        process still running (another convert into the same dataset) are kept.
+        """
+        if not self.root.is_dir():
+            return
+        with self.shared():
             for p in self.root.rglob(f"{TMP_PREFIX}*"):
+                if _writer_alive(p.name):
+                    continue
                 if p.is_file():
                     p.unlink(missing_ok=True)
                 elif p.is_dir():

@@ -88,7 +88,8 @@ def _check_output(output, resume, overwrite):
         raise UsageError("--resume and --overwrite exclude each other: choose one")
     if out.exists() and not out.is_dir():
         raise UsageError(f"output {out} is a file: pass a folder")
-    if out.is_dir() and any(out.iterdir()) and not is_dataset(out):
+    # code/llm2nifti alone: a dataset that another convert has just begun
+    if out.is_dir() and any(out.iterdir()) and not (is_dataset(out) or (out / "code" / "llm2nifti").is_dir()):
         raise UsageError(f"output folder {out} is not empty and is not a dataset: choose a new or empty folder")
 
 
@@ -222,13 +223,15 @@ def scan(output, model=None, text=None, *, loaded=None, **options):
     """
     settings = ScanSettings.build(output, model, text, **options)
     plan = plan_scan(settings, loaded)
-    # Input is valid: from here on, write.
-    plan.writer.clean_temporaries()
-    if settings.overwrite:
-        plan.writer.remove_existing()
-    result = ScanResult(settings.output, settings.participant, settings.task, plan.layout,
-                        n_tokens=len(plan.stream))
-    record_runs(plan, result)
+    # Input is valid: from here on, write, as the only writer of this participant and task.
+    with plan.writer.exclusive():
+        _check_existing(plan)  # again: another writer may have finished in the meantime
+        plan.writer.clean_temporaries()
+        if settings.overwrite:
+            plan.writer.remove_existing()
+        result = ScanResult(settings.output, settings.participant, settings.task, plan.layout,
+                            n_tokens=len(plan.stream))
+        record_runs(plan, result)
     ext = settings.extension
     result.runs = [plan.writer.bold_path(r, ext) for r in range(1, len(plan.runs) + 1)]
     return result
@@ -275,7 +278,8 @@ def _check_existing(plan):
             f"{s.output} already holds runs of sub-{s.participant} task-{s.task}: pass --resume "
             "to finish them, --overwrite to redo them, or choose another --output")
     if existing and s.resume and writer.plan_path.is_file():
-        record["weights_sha256"] = weights_hash(plan.lm)
+        if record["weights_sha256"] is None:
+            record["weights_sha256"] = weights_hash(plan.lm)
         old = json.loads(writer.plan_path.read_text())
         diff = sorted(k for k in record if old.get(k) != record[k])
         if diff:
