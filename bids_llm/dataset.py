@@ -441,6 +441,28 @@ class Dataset:
                              "choose one participant and site (--participant, --site)")
         return layouts.pop()
 
+    def check_runs(self, runs):
+        """Refuse runs that are damaged: unreadable, truncated, or not what convert recorded.
+
+        Each run's sha256 is compared with the one ``scans.tsv`` holds (one read
+        of every file). Raises :class:`UsageError` naming the run and how to redo it.
+        """
+        redo = "redo it with `llm2nifti convert` and the same options plus --resume"
+        recorded = {}
+        for run in runs:
+            if run.participant not in recorded:
+                path = self.root / f"sub-{run.participant}" / f"sub-{run.participant}_scans.tsv"
+                recorded[run.participant] = ({r["filename"]: r for r in _read_tsv(path)}
+                                             if path.is_file() else {})
+            row = recorded[run.participant].get(f"func/{run.path.name}")
+            if row is None:
+                raise UsageError(f"{run.path.name} is not recorded as finished in "
+                                 f"sub-{run.participant}_scans.tsv: {redo}")
+            _check_size(run.path, redo)
+            if sha256_file(run.path) != row["sha256"]:
+                raise UsageError(f"{run.path.name} does not match its checksum in scans.tsv "
+                                 f"(it changed after convert wrote it): {redo}")
+
     def mask_path(self, participant, site=DEFAULT_SITE):
         return inside(self.root, "derivatives", PIPELINE, f"sub-{participant}", "anat",
                       bids_name("mask", ".nii", sub=participant, desc=site))
@@ -448,6 +470,21 @@ class Dataset:
     def label_path(self, participant, site=DEFAULT_SITE):
         return inside(self.root, "derivatives", PIPELINE, f"sub-{participant}", "anat",
                       bids_name("dseg", ".nii", sub=participant, desc=site))
+
+
+def _check_size(path, redo):
+    """An uncompressed run must hold the bytes its header announces."""
+    try:
+        img = nib.load(str(path), mmap=False)
+    except Exception as exc:  # nibabel raises several types for unreadable headers
+        raise UsageError(f"cannot read {path.name} as NIfTI ({exc}): {redo}") from None
+    if path.suffix != ".nii":
+        return
+    header = img.header
+    expected = int(header.get_data_offset()) + int(np.prod(img.shape)) * header.get_data_dtype().itemsize
+    size = path.stat().st_size
+    if size < expected:
+        raise UsageError(f"{path.name} is truncated ({size} of {expected} bytes): {redo}")
 
 
 def load_run(run, mmap=True):

@@ -9,13 +9,16 @@ __all__ = ["label", "bids_name", "inside", "parse_name", "ENTITY_ORDER"]
 
 ENTITY_ORDER = ("sub", "ses", "task", "acq", "run", "desc")
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
+MAX_LABEL = 64  # file names stay far below the 255 bytes file systems allow
 
 
 def label(value, what="label"):
-    """A BIDS label: letters and digits only. Raises ValueError otherwise."""
+    """A BIDS label: ASCII letters and digits only, at most 64. Raises ValueError otherwise."""
     value = str(value)
     if not _LABEL.match(value):
         raise ValueError(f"{what} {value!r} must be letters and digits only (BIDS label)")
+    if len(value) > MAX_LABEL:
+        raise ValueError(f"{what} of {len(value)} characters: use at most {MAX_LABEL} letters and digits")
     return value
 
 

@@ -13,9 +13,9 @@ from llm2nifti.errors import UsageError
 from llm2nifti.interrupts import exit_status, handle_signals
 
 
-_WRITE_ERRORS = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
-                 errno.EROFS: "choose a writable folder", errno.EACCES: "choose a writable folder",
-                 errno.EPERM: "choose a writable folder"}
+_DISK_ERRORS = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+                errno.EROFS: "choose a writable folder", errno.EACCES: "check the permissions",
+                errno.EPERM: "check the permissions"}
 
 
 class _Group(click.Group):
@@ -32,12 +32,18 @@ class _Group(click.Group):
         except UsageError as exc:
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(2)
-        except OSError as exc:
-            if exc.errno not in _WRITE_ERRORS:
+        except click.UsageError as exc:  # click's own: bad option values, missing arguments
+            where = f"llm2nifti {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.parent else \
+                "llm2nifti --help"
+            message = exc.format_message().replace("\n", " ").rstrip(".")
+            click.echo(f"Error: {message}: see `{where}`", err=True)
+            ctx.exit(2)
+        except OSError as exc:  # a full, read-only or forbidden folder: no bug, no traceback
+            if exc.errno not in _DISK_ERRORS:
                 raise
-            where = f" {exc.filename}" if exc.filename else ""
-            click.echo(f"Error: cannot write{where}: {exc.strerror}: {_WRITE_ERRORS[exc.errno]}, "
-                       "then run the command again (convert: with --resume)", err=True)
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"Error: {exc.strerror}{where}: {_DISK_ERRORS[exc.errno]}, then run the "
+                       "command again (convert: with --resume)", err=True)
             ctx.exit(2)
         except KeyboardInterrupt as exc:
             hint = (": finished runs are kept; re-run with --resume to go on"

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import logging
 import os
+import pickle
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 
 from .errors import UsageError
 
@@ -104,6 +108,30 @@ def _source(model, cache):
     return name, name
 
 
+def _check_folder(name, source, trust_remote_code):
+    """Refuse a local folder that cannot be loaded safely, naming what is missing."""
+    folder = Path(source)
+    if not folder.is_dir():
+        return
+    config = folder / "config.json"
+    if not config.is_file():
+        raise UsageError(f"model folder {name} has no config.json: pass the folder that "
+                         "save_pretrained wrote, or a Hugging Face id")
+    try:
+        spec = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"cannot read {config} ({exc}): restore the model folder") from None
+    if spec.get("auto_map") and not trust_remote_code:
+        raise UsageError(f"model {name} comes with its own Python code (auto_map in config.json): "
+                         "pass --trust-remote-code only if you trust it")
+
+
+def _pickle_error(name):
+    return UsageError(
+        f"model {name} holds pickled weights (pytorch_model.bin) that torch.load(weights_only=True) "
+        "refuses, and they are never unpickled otherwise: convert a trusted copy to safetensors")
+
+
 def _load_error(name, exc):
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return UsageError(f"cannot load model {name!r} ({first}): pass a local folder with config.json "
@@ -124,7 +152,11 @@ def _resolve_dtype(dtype):
 def _resolve_device(device):
     if device in (None, "auto"):
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
+    try:
+        kind = torch.device(str(device)).type
+    except RuntimeError:
+        raise UsageError(f"unknown device {device!r}: use cpu, cuda, cuda:N or auto") from None
+    if kind == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda asked, but torch sees no GPU: use --device cpu")
     return str(device)
 
@@ -155,13 +187,22 @@ def load_model(model=None, device="cpu", dtype="auto", trust_remote_code=False, 
 
     name, source = _source(model, cache)
     device = _resolve_device(device)
+    dtype = _resolve_dtype(dtype)
+    _check_folder(name, source, trust_remote_code)
     try:
-        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        lm = AutoModelForCausalLM.from_pretrained(
-            source, dtype=_resolve_dtype(dtype), trust_remote_code=trust_remote_code)
+        # Warnings are shown once the model has loaded: a load that fails says why in one line.
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            lm = AutoModelForCausalLM.from_pretrained(source, dtype=dtype,
+                                                      trust_remote_code=trust_remote_code)
+        for w in caught:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     except UsageError:
         raise
-    except (OSError, ValueError, KeyError) as exc:
+    except pickle.UnpicklingError:
+        raise _pickle_error(name) from None
+    except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise _load_error(name, exc) from None
     lm.to(device)
     lm.eval()
@@ -179,6 +220,7 @@ def load_skeleton(model=None, trust_remote_code=False, cache=None):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     name, source = _source(model, cache)
+    _check_folder(name, source, trust_remote_code)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
@@ -192,8 +234,8 @@ def load_skeleton(model=None, trust_remote_code=False, cache=None):
 def model_label(name):
     """BIDS participant label (alphanumeric) for a model name or path."""
     base = str(name).rstrip("/\\").replace("\\", "/").split("/")[-1]
-    label = "".join(ch for ch in base if ch.isalnum())
-    if not label:
+    label = "".join(ch for ch in base if ch.isascii() and ch.isalnum())
+    if not label or len(label) > 64:
         raise UsageError(f"cannot derive a participant label from model name {name!r}: pass --label")
     return label
 

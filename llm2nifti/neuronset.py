@@ -38,8 +38,16 @@ class NeuronSet:
             raise UsageError(f"neuron table lacks column(s) {missing}: expected network, layer, neuron")
         table = table.copy()
         table["network"] = table["network"].astype(str)
-        table["layer"] = table["layer"].astype(int)
-        table["neuron"] = table["neuron"].astype(int)
+        for col in ("layer", "neuron"):
+            values = pd.to_numeric(table[col], errors="coerce")
+            bad = values.isna() | (values != values.round())
+            if bad.any():
+                raise UsageError(f"neuron table: {col} {table[col][bad].iloc[0]!r} is not an integer: "
+                                 "layers and neurons are 0-based integer indices")
+            if (values < 0).any():
+                raise UsageError(f"neuron table: negative {col} {int(values.min())}: layers and "
+                                 "neurons are 0-based indices")
+            table[col] = values.astype(np.int64)
         if site is None and "site" in table.columns and len(table):
             sites = table["site"].unique()
             if len(sites) > 1:
@@ -63,13 +71,31 @@ class NeuronSet:
         return cls(pd.DataFrame({"network": name, "layer": layer, "neuron": neuron}),
                    site=layout.site.kind)
 
+    def check_site(self, site):
+        """Refuse layers or neuron indices that ``site`` (a :class:`~llm2nifti.sites.Site`) lacks."""
+        t = self.table
+        outside = sorted(set(t["layer"]) - set(site.layers))
+        if outside:
+            raise UsageError(f"the neuron table names layer(s) {outside[:5]}, which the model's "
+                             f"{site.kind} site lacks (layers {site.layers[0]}-{site.layers[-1]}): "
+                             "use the table made from a scan of this model")
+        if len(t) and int(t["neuron"].max()) >= site.width:
+            raise UsageError(f"the neuron table names neuron {int(t['neuron'].max())}, but the "
+                             f"model's {site.kind} site has {site.width} per layer: use the table "
+                             "made from a scan of this model")
+        return self
+
     @classmethod
     def from_tsv(cls, path, networks=None):
         """Read a ``networks.tsv`` (or any TSV with network, layer, neuron columns)."""
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"neuron table {path} not found: pass the networks.tsv `llm2nifti networks` wrote")
-        table = pd.read_csv(path, sep="\t", dtype={"network": str})
+        try:
+            table = pd.read_csv(path, sep="\t", dtype={"network": str})
+        except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
+            raise UsageError(f"cannot read neuron table {path} as TSV ({exc}): pass the "
+                             "networks.tsv `llm2nifti networks` wrote") from None
         out = cls(table)
         return out.select(networks) if networks is not None else out
 

@@ -50,7 +50,7 @@ def _bad_inputs(tmp_path, model_dir, text_file):
     m = ["--model", model_dir]
     return [
         (["--model", tmp_path / "no-such-model"], "not found"),
-        (["--model", no_weights], "cannot load model"),
+        (["--model", no_weights], "has no config.json"),
         (["--model", opt], "unsupported architecture 'opt'"),
         (m + ["--text", empty], "holds no text"),
         (m + ["--text", binary], "looks binary"),

@@ -391,4 +391,4 @@ def _label(value, what):
     try:
         return bids_label(value, what)
     except ValueError as exc:
-        raise UsageError(f"{exc}: use letters and digits only") from None
+        raise UsageError(str(exc)) from None

@@ -260,8 +260,11 @@ class DecomposeResult:
     explained_variance_total: float
 
 
-def select_runs(dataset, participant=None, task=None, run=None, site="mlp"):
-    """Runs and layout of one participant and site chosen by BIDS entities."""
+def select_runs(dataset, participant=None, task=None, run=None, site="mlp", verify=True):
+    """Runs and layout of one participant and site chosen by BIDS entities.
+
+    With ``verify``, damaged runs are refused (see :meth:`bids_llm.dataset.Dataset.check_runs`).
+    """
     runs = dataset.runs(participant=participant, task=task, run=run, site=site)
     if not runs:
         raise UsageError(f"no runs in {dataset.root} match participant={participant}, task={task}, "
@@ -269,6 +272,8 @@ def select_runs(dataset, participant=None, task=None, run=None, site="mlp"):
     subs = sorted({r.participant for r in runs})
     if len(subs) > 1:
         raise UsageError(f"the runs belong to several participants {subs}: choose one with --participant")
+    if verify:
+        dataset.check_runs(runs)
     return runs, dataset.layout(subs[0], site)
 
 

@@ -19,7 +19,7 @@ from .decomposition import zscore_maps
 from ..errors import UsageError
 from ..neuronset import NeuronSet
 
-__all__ = ["maps_to_neurons", "network_names", "summarize", "key_neurons", "networks",
+__all__ = ["maps_to_neurons", "check_maps", "network_names", "summarize", "key_neurons", "networks",
            "NetworksResult", "load_maps"]
 
 
@@ -39,16 +39,43 @@ def load_maps(img, layout):
     if isinstance(img, (str, Path)):
         path = Path(img)
         if not path.is_file():
-            raise UsageError(f"components image {path} not found")
+            raise UsageError(f"components image {path} not found: pass the _bold.nii that "
+                             "`llm2nifti decompose` wrote")
         try:
             img = nib.load(str(path))
         except Exception as exc:  # nibabel raises several types for unreadable files
-            raise UsageError(f"cannot read {path} as a NIfTI image: {exc}") from None
+            raise UsageError(f"cannot read {path} as a NIfTI image ({exc}): pass a .nii or .nii.gz "
+                             "components image") from None
     layout.check_img(img)
-    if len(img.shape) not in (3, 4):
-        raise UsageError(f"components image has shape {img.shape}: expected 3D or 4D")
-    X = layout.unfold(img)
-    return np.atleast_2d(np.asarray(X, dtype=np.float64))
+    if len(img.shape) != 4:
+        raise UsageError(f"components image has shape {img.shape}: expected 4D, one volume per map "
+                         "(for a single map, add a fourth axis of length 1)")
+    try:
+        X = np.atleast_2d(np.asarray(layout.unfold(img), dtype=np.float64))
+    except (OSError, EOFError, ValueError) as exc:  # data shorter than the header says
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"cannot read the components image's data ({reason}): the file is "
+                         "damaged; write it again (llm2nifti decompose)") from None
+    return check_maps(X)
+
+
+def check_maps(maps, names=None):
+    """Refuse maps that cannot be z-scored: NaN or Inf values, or constant maps.
+
+    Returns the maps unchanged.
+    """
+    names = network_names(len(maps)) if names is None else list(names)
+    bad = ~np.isfinite(maps)
+    if bad.any():
+        which = [names[i] for i in np.flatnonzero(bad.any(axis=1))]
+        raise UsageError(f"map(s) {', '.join(which[:5])} hold NaN or Inf values "
+                         f"({int(bad.sum())} neurons): fix the components image, or decompose again")
+    flat = maps.max(axis=1) == maps.min(axis=1)
+    if flat.any():
+        which = [names[i] for i in np.flatnonzero(flat)]
+        raise UsageError(f"map(s) {', '.join(which[:5])} are constant (e.g. all zero) and select no "
+                         "neuron: drop them from the components image, or decompose again")
+    return maps
 
 
 def maps_to_neurons(img, layout, threshold=3.6, two_sided=True, top_k=None, names=None):
@@ -80,8 +107,11 @@ def maps_to_neurons(img, layout, threshold=3.6, two_sided=True, top_k=None, name
         raise UsageError("give a threshold, a top-k, or both")
     if top_k is not None and int(top_k) < 1:
         raise UsageError("top-k must be at least 1")
-    maps = np.atleast_2d(np.asarray(img, dtype=np.float64)) if isinstance(img, np.ndarray) \
-        else load_maps(img, layout)
+    if threshold is not None and not float(threshold) > 0:
+        raise UsageError(f"threshold {threshold} keeps every neuron: give a positive z threshold "
+                         "(the paper's 3.6 two-sided, or 1.96 one-sided)")
+    maps = check_maps(np.atleast_2d(np.asarray(img, dtype=np.float64))) \
+        if isinstance(img, np.ndarray) else load_maps(img, layout)
     if maps.shape[1] != layout.n_neurons:
         raise UsageError(f"maps have {maps.shape[1]} neurons, the layout {layout.n_neurons}")
     Z = zscore_maps(maps).astype(np.float64)

@@ -122,10 +122,20 @@ def bigbench_task(path):
     try:
         spec = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"cannot read BIG-bench task {path} ({exc})") from None
-    examples = [e for e in spec.get("examples", []) if isinstance(e.get("target_scores"), dict)]
+        raise UsageError(f"cannot read BIG-bench task {path} ({exc}): pass a task.json in the "
+                         "BIG-bench format") from None
+    examples = spec.get("examples", []) if isinstance(spec, dict) else None
+    if not isinstance(examples, list) or not all(isinstance(e, dict) for e in examples):
+        raise UsageError(f"{path}: 'examples' must be a list of objects (BIG-bench task format)")
+    examples = [e for e in examples if isinstance(e.get("target_scores"), dict)]
     if not examples:
         raise UsageError(f"{path} has no multiple-choice examples (examples with target_scores)")
+    for i, e in enumerate(examples):
+        scores = e["target_scores"]
+        if not isinstance(e.get("input"), str) or len(scores) < 2 or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in scores.values()):
+            raise UsageError(f"{path}: example {i} needs an 'input' string and target_scores "
+                             "mapping two or more answers to numbers")
     prefix = spec.get("task_prefix", "")
     q_prefix = spec.get("example_input_prefix", "\nQ: ")
     a_prefix = spec.get("example_output_prefix", "\nA:")

@@ -423,6 +423,7 @@ def evaluate(networks, dataset, output, *, model=None, participant=None, network
         nset = nset.select(network_names)
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     layout = ds.layout(participant, nset.site)
+    nset.check_site(layout.site)
     heldout_docs = load_documents(heldout)[:n_docs] if heldout is not None else None
     choice = _choice_task(task, bigbench, n_items)
     overlap_docs = _check_texts(ds, participant, heldout_docs, choice, allow_overlap)

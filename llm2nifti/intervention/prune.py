@@ -209,7 +209,7 @@ def prune(networks, output, *, model=None, networks_names=None, remove=False, he
     lm, tok = loaded if loaded is not None else load_model(model, device=device, dtype=dtype,
                                                             cache=cache)
     site = resolve_site(lm, "mlp")
-    chosen = nset.per_layer()
+    chosen = nset.check_site(site).per_layer()
     if remove:
         every = np.arange(site.width)
         keep = {l: np.setdiff1d(every, chosen.get(l, ())) for l in site.layers}
