@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .main import main
+from .main import main, model_options
 
 _NEURONS = click.Choice(["mlp", "residual"])
 
@@ -22,8 +22,7 @@ def _model_options(f):
 
 @main.command()
 @click.argument("output", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--model", "-m", default=None,
-              help="Hugging Face id or local folder [default: the embedded SmolLM2-135M-Instruct].")
+@model_options("The model to scan")
 @click.option("--text", "-t", default=None,
               help="Text file, folder of .txt files, .jsonl/.tsv table, or a built-in corpus "
                    "(lee, lee-test, pang-lee) [default: lee, 300 news articles].")
@@ -45,10 +44,10 @@ def _model_options(f):
 @click.option("--overwrite", is_flag=True, help="Redo this model's runs of this task in OUTPUT.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: available cores].")
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Cache of the converted default model [default: $LLM2NIFTI_CACHE or $XDG_CACHE_HOME/llm2nifti].")
+              help="Cache of converted GGUF models [default: $LLM2NIFTI_CACHE or $XDG_CACHE_HOME/llm2nifti].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_model_options
-def convert(output, model, text, neurons, layers, run_tokens, max_tokens, task, label, encoding,
+def convert(output, model, gguf_file, text, neurons, layers, run_tokens, max_tokens, task, label, encoding,
             id_column, text_column, no_bos, compress, resume, overwrite, threads, cache_dir, quiet,
             device, dtype, trust_remote_code):
     """Record a model reading text; write 4D NIfTI runs into the BIDS-like dataset OUTPUT.
@@ -62,7 +61,7 @@ def convert(output, model, text, neurons, layers, run_tokens, max_tokens, task, 
                compress=compress, resume=resume, overwrite=overwrite,
                trust_remote_code=trust_remote_code, encoding=encoding, bos=not no_bos,
                threads=threads, progress=not quiet, cache=cache_dir,
-               id_column=id_column, text_column=text_column)
+               id_column=id_column, text_column=text_column, gguf_file=gguf_file)
     mask = res.root / "derivatives" / "llm2nifti" / f"sub-{res.participant}" / "anat" / \
         f"sub-{res.participant}_desc-{res.layout.site.kind}_mask.nii"
     done = len(res.runs) - len(res.skipped)
@@ -76,17 +75,19 @@ def convert(output, model, text, neurons, layers, run_tokens, max_tokens, task, 
 
 @main.command()
 @click.argument("model", required=False)
+@click.option("--gguf-file", default=None, help="Which GGUF file of a MODEL folder holding several.")
 @click.option("--trust-remote-code", is_flag=True,
               help="Let transformers run the model's own code (off: only for models you trust).")
-def sites(model, trust_remote_code):
+def sites(model, gguf_file, trust_remote_code):
     """List the neuron sites of MODEL (default: the embedded model) and their neuron counts.
 
+    MODEL is a Hugging Face folder, a .gguf file, ollama:NAME[:TAG] or a cached Hugging Face id.
     Reads the model's configuration only: no weights are loaded.
     """
     from llm2nifti.models import load_skeleton
     from llm2nifti.sites import SITE_KINDS, resolve_site
 
-    lm = load_skeleton(model, trust_remote_code=trust_remote_code)
+    lm = load_skeleton(model, trust_remote_code=trust_remote_code, gguf_file=gguf_file)
     click.echo(f"{lm.config.name_or_path} ({lm.config.model_type})")
     click.echo("site\thook\tmodule\tlayers\twidth\tneurons")
     for kind in SITE_KINDS:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .main import main
+from .main import main, model_options
 
 
 def _floats(value):
@@ -32,8 +32,7 @@ def _names(value):
               help="The scan the networks were found on (layout, neuron spread, documents to avoid).")
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for results.tsv, summary.tsv, evaluation.json and the figures.")
-@click.option("--model", "-m", default=None,
-              help="The scanned model [default: the embedded SmolLM2-135M-Instruct].")
+@model_options("The scanned model")
 @click.option("--participant", default=None, help="Participant of DATASET [default: its only one].")
 @click.option("--networks", "network_names", default=None, help="Networks to use, e.g. 0,3 [default: all].")
 @click.option("--heldout", default="lee-test", show_default=True,
@@ -67,7 +66,7 @@ def _names(value):
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
               show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def evaluate(networks, dataset, output, model, participant, network_names, heldout, task, bigbench,
+def evaluate(networks, dataset, output, model, gguf_file, participant, network_names, heldout, task, bigbench,
              n_docs, n_items, max_doc_tokens, seeds, amplify, no_amplify_controls, curve, curve_networks,
              curve_seeds,
              massive_factor, allow_overlap, batch_size, n_resamples, threads, device, dtype, quiet):
@@ -80,7 +79,7 @@ def evaluate(networks, dataset, output, model, participant, network_names, heldo
 
     none = ("", "none")
     res = run_evaluate(
-        networks, dataset, output, model=model, participant=participant,
+        networks, dataset, output, model=model, gguf_file=gguf_file, participant=participant,
         network_names=_names(network_names),
         heldout=None if heldout.lower() in none else heldout,
         task=None if task.lower() in none else task, bigbench=bigbench, n_docs=n_docs,
@@ -104,8 +103,7 @@ def evaluate(networks, dataset, output, model, participant, network_names, heldo
 @click.argument("networks", type=click.Path(path_type=Path))
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="New folder for the pruned model.")
-@click.option("--model", "-m", default=None,
-              help="Model to prune [default: the embedded SmolLM2-135M-Instruct].")
+@model_options("The model to prune")
 @click.option("--networks", "network_names", default=None, help="Networks to use [default: all].")
 @click.option("--remove", is_flag=True,
               help="Remove the network neurons and keep the rest [default: keep only the network neurons].")
@@ -117,7 +115,7 @@ def evaluate(networks, dataset, output, model, participant, network_names, heldo
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
               show_default=True)
-def prune(networks, output, model, network_names, remove, heldout, n_docs, max_doc_tokens,
+def prune(networks, output, model, gguf_file, network_names, remove, heldout, n_docs, max_doc_tokens,
           overwrite, threads, device, dtype):
     """Save a smaller model without the MLP neurons outside NETWORKS (or, with --remove, inside).
 
@@ -126,7 +124,7 @@ def prune(networks, output, model, network_names, remove, heldout, n_docs, max_d
     """
     from llm2nifti.intervention.prune import prune as run_prune
 
-    res = run_prune(networks, output, model=model, networks_names=_names(network_names),
+    res = run_prune(networks, output, model=model, gguf_file=gguf_file, networks_names=_names(network_names),
                     remove=remove, heldout=heldout, n_docs=n_docs, max_doc_tokens=max_doc_tokens,
                     overwrite=overwrite, device=device, dtype=dtype, threads=threads)
     r = res.report

@@ -80,6 +80,21 @@ def main(verbose):
         pass
 
 
+MODEL_FORMS = ("a Hugging Face folder, a .gguf file (or a folder of them), ollama:NAME[:TAG], "
+               "or a Hugging Face id in the local cache")
+
+
+def model_options(what):
+    """``--model`` and ``--gguf-file``, the same on every command that loads a model."""
+    def decorate(f):
+        f = click.option("--gguf-file", default=None,
+                         help="Which GGUF file of a --model folder holding several.")(f)
+        f = click.option("--model", "-m", default=None,
+                         help=f"{what}: {MODEL_FORMS} [default: the embedded SmolLM2-135M-Instruct].")(f)
+        return f
+    return decorate
+
+
 # Commands attach themselves to `main` on import.
 from . import convert  # noqa: E402,F401
 from . import decompose_cmd  # noqa: E402,F401

@@ -82,6 +82,11 @@ def _versions():
             "numpy": np.__version__, "python": platform.python_version()}
 
 
+def _source_info(lm):
+    """Where the weights came from (:mod:`llm2nifti.sources`), or that they were given in memory."""
+    return getattr(lm, "llm2nifti_source_", None) or {"Format": "in-memory model"}
+
+
 def _check_output(output, resume, overwrite):
     out = Path(output)
     if resume and overwrite:
@@ -106,7 +111,10 @@ class ScanSettings:
         Dataset folder: new, empty, or an existing dataset (a new model or task
         is added to it).
     model : str
-        The embedded default (SmolLM2-135M-Instruct), a Hugging Face id or a folder.
+        The embedded default (SmolLM2-135M-Instruct), or any form :mod:`llm2nifti.sources`
+        accepts: a folder, a ``.gguf`` file, ``ollama:NAME[:TAG]``, a cached Hugging Face id.
+    gguf_file : str, optional
+        Which GGUF file of a ``model`` folder holding several.
     text : str or path, optional
         Stimuli (see :func:`llm2nifti.acquisition.stimuli.load_documents`); default: the Lee
         news corpus.
@@ -166,6 +174,7 @@ class ScanSettings:
     resume: bool = False
     overwrite: bool = False
     progress: bool = True
+    gguf_file: str | None = None
 
     @classmethod
     def build(cls, output, model=None, text=None, *, label=None, task=None, **options):
@@ -215,7 +224,7 @@ def scan(output, model=None, text=None, *, loaded=None, **options):
         :class:`ScanSettings`: ``neurons``, ``layers``, ``run_tokens``,
         ``max_tokens``, ``encoding``, ``id_column``, ``text_column``, ``bos``,
         ``device``, ``dtype``, ``trust_remote_code``, ``threads``, ``cache``,
-        ``compress``, ``resume``, ``overwrite``, ``progress``.
+        ``compress``, ``resume``, ``overwrite``, ``progress``, ``gguf_file``.
 
     Returns
     -------
@@ -246,7 +255,7 @@ def plan_scan(settings, loaded=None):
                                text_column=s.text_column)
     lm, tokenizer = loaded if loaded is not None else load_model(
         s.model, device=s.device, dtype=s.dtype, trust_remote_code=s.trust_remote_code,
-        cache=s.cache)
+        cache=s.cache, gguf_file=s.gguf_file)
     site = resolve_site(lm, s.neurons, s.layers)
     layout = NeuronLayout(site)
     stream = tokenize_documents(documents, tokenizer, max_tokens=s.max_tokens, bos=s.bos)
@@ -263,6 +272,7 @@ def plan_scan(settings, loaded=None):
         "task": s.task, "run_tokens": int(run_tokens), "n_tokens": len(stream),
         "extension": s.extension, "bos": bool(s.bos),
         "tokens_sha256": hashlib.sha256(stream.ids.tobytes()).hexdigest(),
+        "source": _source_info(lm),
     }
     plan = _Plan(s, lm, tokenizer, site, layout, stream, runs, int(run_tokens), writer, record)
     _check_existing(plan)
@@ -281,7 +291,9 @@ def _check_existing(plan):
         if record["weights_sha256"] is None:
             record["weights_sha256"] = weights_hash(plan.lm)
         old = json.loads(writer.plan_path.read_text())
-        diff = sorted(k for k in record if old.get(k) != record[k])
+        # Not compared: keys a record of an older version lacks, and the source's file name
+        # (the weights' hash, compared, says whether the weights are the same).
+        diff = sorted(k for k in record if k in old and k != "source" and old[k] != record[k])
         if diff:
             raise UsageError(f"cannot resume: the finished runs were made with other settings "
                              f"({', '.join(diff)}): use the same options, or --overwrite")
@@ -314,6 +326,7 @@ def _common_sidecar(plan):
         "NeuronLayout": plan.layout.to_dict(), "Tokenizer": type(plan.tokenizer).__name__,
         "ModelDtype": str(next(lm.parameters()).dtype).replace("torch.", ""),
         "DataDtype": "float32", "BOS": bool(s.bos), "RunTokens": plan.run_tokens,
+        "ModelSource": _source_info(lm),
         "SoftwareVersions": "; ".join(f"{k} {v}" for k, v in _versions().items()),
     }
 

@@ -356,7 +356,7 @@ def _check_weights(ds, layout, model, participant):
     return True
 
 
-def evaluate(networks, dataset, output, *, model=None, participant=None, network_names=None,
+def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participant=None, network_names=None,
              heldout="lee-test", task="pang-lee", bigbench=None, n_docs=None, n_items=None,
              max_doc_tokens=128, seeds=5, controls=CONTROLS, amplify=(0.5,), amplify_controls=True,
              curve=(), curve_seeds=None, curve_networks=(), massive_factor=100.0, spread_bins=20,
@@ -375,7 +375,10 @@ def evaluate(networks, dataset, output, *, model=None, participant=None, network
     output : path
         Folder for ``results.tsv``, ``summary.tsv``, ``evaluation.json`` and figures.
     model : str, optional
-        The scanned model (default: the embedded SmolLM2-135M-Instruct).
+        The scanned model (default: the embedded SmolLM2-135M-Instruct); any form
+        :mod:`llm2nifti.sources` accepts.
+    gguf_file : str, optional
+        Which GGUF file of a ``model`` folder holding several.
     participant : str, optional
         Participant of ``dataset`` (needed when it holds several).
     network_names : list of str, optional
@@ -431,7 +434,7 @@ def evaluate(networks, dataset, output, *, model=None, participant=None, network
     if threads is not None or str(device) == "cpu":
         set_threads(threads)
     lm, tok = loaded if loaded is not None else load_model(model, device=device, dtype=dtype,
-                                                            cache=cache)
+                                                            cache=cache, gguf_file=gguf_file)
     site = resolve_site(lm, nset.site, layout.site.layers)
     _check_layout(layout, site)
     _check_weights(ds, layout, lm, participant)

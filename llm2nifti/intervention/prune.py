@@ -160,7 +160,7 @@ class PruneReport:
     report: dict
 
 
-def prune(networks, output, *, model=None, networks_names=None, remove=False, heldout="lee-test",
+def prune(networks, output, *, model=None, gguf_file=None, networks_names=None, remove=False, heldout="lee-test",
           n_docs=20, max_doc_tokens=128, overwrite=False, device="cpu", dtype="auto",
           threads=None, loaded=None, cache=None):
     """Remove MLP neurons from a model and save the smaller model.
@@ -173,7 +173,10 @@ def prune(networks, output, *, model=None, networks_names=None, remove=False, he
         New folder for the pruned model (written under a temporary name, then
         renamed); refused if it exists unless ``overwrite``.
     model : str, optional
-        Model to prune (default: the embedded SmolLM2-135M-Instruct).
+        Model to prune (default: the embedded SmolLM2-135M-Instruct); any form
+        :mod:`llm2nifti.sources` accepts.
+    gguf_file : str, optional
+        Which GGUF file of a ``model`` folder holding several.
     networks_names : list of str, optional
         Only these networks.
     remove : bool
@@ -207,7 +210,7 @@ def prune(networks, output, *, model=None, networks_names=None, remove=False, he
     if threads is not None or str(device) == "cpu":
         set_threads(threads)
     lm, tok = loaded if loaded is not None else load_model(model, device=device, dtype=dtype,
-                                                            cache=cache)
+                                                            cache=cache, gguf_file=gguf_file)
     site = resolve_site(lm, "mlp")
     chosen = nset.check_site(site).per_layer()
     if remove:
