@@ -35,6 +35,7 @@ import numpy as np
 from llm2nifti._version import __version__
 from llm2nifti.errors import UsageError
 from llm2nifti.layout import NeuronLayout
+from llm2nifti.sites import SITE_KINDS
 
 from .derivatives import derivative_dir
 from .events import read_events
@@ -69,8 +70,16 @@ EVENTS_JSON = {
 }
 
 
+def site_label(site_kind):
+    """BIDS label of a site kind (labels are alphanumeric: ``mlp-out`` -> ``mlpout``)."""
+    return site_kind.replace("-", "")
+
+
+_SITE_OF_LABEL = {site_label(k): k for k in SITE_KINDS}
+
+
 def acq_for(site_kind):
-    return None if site_kind == DEFAULT_SITE else site_kind
+    return None if site_kind == DEFAULT_SITE else site_label(site_kind)
 
 
 def _read_tsv(path):
@@ -158,7 +167,7 @@ class DatasetWriter:
 
     def anat_path(self, suffix, ext):
         return self.deriv_dir / f"sub-{self.participant}" / "anat" / bids_name(
-            suffix, ext, sub=self.participant, desc=self.layout.site.kind)
+            suffix, ext, sub=self.participant, desc=site_label(self.layout.site.kind))
 
     # ----------------------------------------------------------------- locks
     def _lock_path(self, name):
@@ -280,10 +289,11 @@ class DatasetWriter:
         save_img(self.layout.mask_img(), self.anat_path("mask", ".nii"))
         save_img(self.layout.label_img(), self.anat_path("dseg", ".nii"))
         layer, neuron = self.layout.neurons()
-        rows = [{"index": g + 1, "name": f"L{l}N{n}", "site": self.layout.site.kind,
-                 "layer": l, "neuron": n} for g, (l, n) in enumerate(zip(layer, neuron))]
-        write_text(self.anat_path("dseg", ".tsv"),
-                   _tsv(rows, ("index", "name", "site", "layer", "neuron")))
+        site = self.layout.site
+        rows = [{"index": g + 1, "name": f"L{l}N{n}", "site": site.kind, "layer": l, "neuron": n,
+                 "head": site.head(n)} for g, (l, n) in enumerate(zip(layer, neuron))]
+        columns = ("index", "name", "site", "layer", "neuron") + (("head",) if site.head_dim else ())
+        write_text(self.anat_path("dseg", ".tsv"), _tsv(rows, columns))
         write_json(dseg_json, {"Description": "Neuron labels: label = 1 + layer-major neuron index",
                                "NeuronLayout": self.layout.to_dict()})
 
@@ -384,7 +394,7 @@ class Run:
 
     @property
     def site_kind(self):
-        return self.acq or DEFAULT_SITE
+        return _SITE_OF_LABEL.get(self.acq, self.acq) if self.acq else DEFAULT_SITE
 
     def metadata(self):
         return json.loads(self.sidecar.read_text())
@@ -465,11 +475,11 @@ class Dataset:
 
     def mask_path(self, participant, site=DEFAULT_SITE):
         return inside(self.root, "derivatives", PIPELINE, f"sub-{participant}", "anat",
-                      bids_name("mask", ".nii", sub=participant, desc=site))
+                      bids_name("mask", ".nii", sub=participant, desc=site_label(site)))
 
     def label_path(self, participant, site=DEFAULT_SITE):
         return inside(self.root, "derivatives", PIPELINE, f"sub-{participant}", "anat",
-                      bids_name("dseg", ".nii", sub=participant, desc=site))
+                      bids_name("dseg", ".nii", sub=participant, desc=site_label(site)))
 
 
 def _check_size(path, redo):

@@ -8,7 +8,7 @@ import click
 
 from .main import main, model_options
 
-_NEURONS = click.Choice(["mlp", "residual"])
+_NEURONS = click.Choice(["mlp", "mlp-out", "attn", "residual"])
 
 
 def _model_options(f):
@@ -27,7 +27,9 @@ def _model_options(f):
               help="Text file, folder of .txt files, .jsonl/.tsv table, or a built-in corpus "
                    "(lee, lee-test, pang-lee) [default: lee, 300 news articles].")
 @click.option("--neurons", type=_NEURONS, default="mlp", show_default=True,
-              help="mlp: MLP hidden neurons; residual: each block's output.")
+              help="mlp: MLP hidden neurons; mlp-out: the MLP's output (the paper's units); attn: "
+                   "the heads' outputs (input of the attention output projection); residual: each "
+                   "block's output.")
 @click.option("--layers", default=None, help="Layer subset, e.g. 0-11 or 5,7 [default: all].")
 @click.option("--run-tokens", type=int, default=None,
               help="Tokens (volumes) per run; one forward pass each; at most 32767 and the context "

@@ -16,23 +16,27 @@ from .errors import UsageError
 __all__ = ["Site", "SITE_KINDS", "SUPPORTED_ARCHITECTURES", "resolve_site", "parse_layers",
            "mlp_projections"]
 
-SITE_KINDS = ("mlp", "residual")
+SITE_KINDS = ("mlp", "mlp-out", "attn", "residual")
 
-# model_type -> (path of the layer list, mlp sub-module, hook kind, width attribute)
-# "pre": the neuron is the *input* of the module (forward pre-hook);
-# "post": the neuron is the *output* of the module (forward hook).
-_GATED = ("model.layers", "mlp.down_proj", "pre", "intermediate_size")
+# Per architecture: the layer list, and per site kind (module under the layer, hook kind,
+# width). "pre": the units are the module's *input* (forward pre-hook); "post": its *output*.
+# Width: a config attribute, "hidden" (the hidden size) or "heads" (heads x head dim).
+#   mlp      the MLP's hidden neurons (input of down_proj; output of the activation in GPT-2)
+#   mlp-out  the MLP's output (output of down_proj / c_proj / dense_4h_to_h): hidden-size units
+#   attn     the attention heads' concatenated outputs (input of the output projection)
+#   residual each block's output
+_GATED = {"layers": "model.layers",
+          "mlp": ("mlp.down_proj", "pre", "intermediate_size"),
+          "mlp-out": ("mlp.down_proj", "post", "hidden"),
+          "attn": ("self_attn.o_proj", "pre", "heads")}
 _ARCHITECTURES = {
-    "gpt2": ("transformer.h", "mlp.act", "post", "n_inner"),
-    "gpt_neox": ("gpt_neox.layers", "mlp.act", "post", "intermediate_size"),
-    "llama": _GATED,
-    "mistral": _GATED,
-    "qwen2": _GATED,
-    "qwen3": _GATED,
-    "smollm3": _GATED,
-    "gemma": _GATED,
-    "gemma2": _GATED,
-    "gemma3_text": _GATED,
+    "gpt2": {"layers": "transformer.h", "mlp": ("mlp.act", "post", "n_inner"),
+             "mlp-out": ("mlp.c_proj", "post", "hidden"), "attn": ("attn.c_proj", "pre", "heads")},
+    "gpt_neox": {"layers": "gpt_neox.layers", "mlp": ("mlp.act", "post", "intermediate_size"),
+                 "mlp-out": ("mlp.dense_4h_to_h", "post", "hidden"),
+                 "attn": ("attention.dense", "pre", "heads")},
+    **{arch: _GATED for arch in ("llama", "mistral", "qwen2", "qwen3", "smollm3", "gemma",
+                                 "gemma2", "gemma3_text")},
 }
 SUPPORTED_ARCHITECTURES = tuple(sorted(_ARCHITECTURES))
 
@@ -102,10 +106,12 @@ class Site:
 
     Parameters
     ----------
-    kind : {"mlp", "residual"}
+    kind : {"mlp", "mlp-out", "attn", "residual"}
         ``"mlp"``: the MLP's hidden neurons (input of ``down_proj`` in gated MLPs,
-        output of ``mlp.act`` in GPT-2 and GPT-NeoX); ``"residual"``: each block's
-        output (the residual stream).
+        output of ``mlp.act`` in GPT-2 and GPT-NeoX); ``"mlp-out"``: the MLP's output
+        (output of ``down_proj``, the units the paper's authors used); ``"attn"``: the
+        heads' concatenated outputs (input of the attention output projection);
+        ``"residual"``: each block's output (the residual stream).
     architecture : str
         The model's ``config.model_type``.
     module_template : str
@@ -118,6 +124,8 @@ class Site:
         Number of layers in the model.
     layers : tuple of int
         The layers this site covers (a subset of ``range(n_layers)``).
+    head_dim : int
+        ``attn`` sites: units per head (unit ``n`` belongs to head ``n // head_dim``); else 0.
     """
 
     kind: str
@@ -127,6 +135,7 @@ class Site:
     width: int
     n_layers: int
     layers: tuple = field(default=())
+    head_dim: int = 0
 
     def __post_init__(self):
         if not self.layers:
@@ -149,17 +158,25 @@ class Site:
     def with_layers(self, layers):
         """A copy of the site restricted to ``layers`` (any :func:`parse_layers` spec)."""
         return Site(self.kind, self.architecture, self.module_template, self.hook,
-                    self.width, self.n_layers, parse_layers(layers, self.n_layers))
+                    self.width, self.n_layers, parse_layers(layers, self.n_layers), self.head_dim)
+
+    def head(self, neuron):
+        """Attention head of each unit of an ``attn`` site (None for other sites)."""
+        return None if not self.head_dim else neuron // self.head_dim
 
     def to_dict(self):
-        return {"kind": self.kind, "architecture": self.architecture,
-                "module_template": self.module_template, "hook": self.hook,
-                "width": self.width, "n_layers": self.n_layers, "layers": list(self.layers)}
+        d = {"kind": self.kind, "architecture": self.architecture,
+             "module_template": self.module_template, "hook": self.hook,
+             "width": self.width, "n_layers": self.n_layers, "layers": list(self.layers)}
+        if self.head_dim:
+            d["head_dim"] = self.head_dim
+        return d
 
     @classmethod
     def from_dict(cls, d):
         return cls(d["kind"], d["architecture"], d["module_template"], d["hook"],
-                   int(d["width"]), int(d["n_layers"]), tuple(int(x) for x in d["layers"]))
+                   int(d["width"]), int(d["n_layers"]), tuple(int(x) for x in d["layers"]),
+                   int(d.get("head_dim", 0)))
 
 
 def _text_config(config):
@@ -186,8 +203,8 @@ def resolve_site(model, kind="mlp", layers=None):
     ----------
     model : transformers.PreTrainedModel
         A causal language model (or its base model).
-    kind : {"mlp", "residual"}
-        Which neurons (see :class:`Site`).
+    kind : {"mlp", "mlp-out", "attn", "residual"}
+        Which units (see :data:`SITE_KINDS` and the table above).
     layers : str, sequence of int or None
         Layer selection (see :func:`parse_layers`); None means all.
 
@@ -204,20 +221,25 @@ def resolve_site(model, kind="mlp", layers=None):
             f"unsupported architecture {arch!r}: llm2nifti knows "
             f"{', '.join(SUPPORTED_ARCHITECTURES)}"
         )
-    layers_path, mlp_module, hook, width_attr = _ARCHITECTURES[arch]
-    layers_path = _root_prefix(model, layers_path)
+    spec = _ARCHITECTURES[arch]
+    layers_path = _root_prefix(model, spec["layers"])
     n_layers = len(_get(model, layers_path))
-    if kind == "mlp":
-        width = getattr(config, width_attr, None)
-        if width is None:  # GPT-2 leaves n_inner unset: 4 * hidden
-            width = 4 * config.hidden_size
-        template = f"{layers_path}.{{layer}}.{mlp_module}"
+    head_dim = 0
+    if kind == "residual":
+        template, hook, width = f"{layers_path}.{{layer}}", "post", config.hidden_size
     else:
-        width = config.hidden_size
-        template = f"{layers_path}.{{layer}}"
-        hook = "post"
-    return Site(kind, arch, template, hook, int(width), n_layers,
-                parse_layers(layers, n_layers))
+        module, hook, width_attr = spec[kind]
+        template = f"{layers_path}.{{layer}}.{module}"
+        if width_attr == "hidden":
+            width = config.hidden_size
+        elif width_attr == "heads":
+            heads = config.num_attention_heads
+            head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+            width = heads * head_dim
+        else:
+            width = getattr(config, width_attr, None) or 4 * config.hidden_size  # GPT-2: n_inner unset
+    return Site(kind, arch, template, hook, int(width), n_layers, parse_layers(layers, n_layers),
+                int(head_dim))
 
 
 def mlp_projections(model, site, layer):
@@ -245,4 +267,4 @@ def mlp_projections(model, site, layer):
     layer_path = site.module_template.split("{layer}")[0] + str(layer)
     block = _get(model, layer_path)
     return ([_get(block, w) for w in writers], [_get(block, r) for r in readers],
-            _ARCHITECTURES[site.architecture][3])
+            _ARCHITECTURES[site.architecture]["mlp"][2])

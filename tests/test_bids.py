@@ -26,7 +26,9 @@ def validator():
 def test_official_validator_reports_no_errors(tmp_path, tokenizer, text_file):
     out = tmp_path / "ds"
     for name, model, site in [("tinyllama", tiny_llama(), "mlp"), ("tinygpt2", tiny_gpt2(), "mlp"),
-                              ("tinyllama", tiny_llama(), "residual")]:
+                              ("tinyllama", tiny_llama(), "residual"),
+                              ("tinyllama", tiny_llama(), "mlp-out"),
+                              ("tinyllama", tiny_llama(), "attn")]:
         scan(out, name, text_file, neurons=site, run_tokens=128, loaded=(model, tokenizer),
              progress=False, threads=1)
     r = subprocess.run([validator(), "-r", str(out), "--format", "json"], capture_output=True,

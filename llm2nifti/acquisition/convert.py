@@ -120,7 +120,8 @@ class ScanSettings:
         news corpus.
     participant, task : str
         BIDS labels (defaults: from the model's name and the text).
-    neurons : {"mlp", "residual"}
+    neurons : {"mlp", "mlp-out", "attn", "residual"}
+        Which units (see :class:`llm2nifti.sites.Site`).
     layers : str or sequence of int, optional
         Layer subset, e.g. ``"0-11"``; default all.
     run_tokens : int, optional

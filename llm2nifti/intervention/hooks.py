@@ -28,7 +28,7 @@ import torch
 
 from ..errors import UsageError
 from ..neuronset import NeuronSet
-from ..sites import Site, resolve_site
+from ..sites import SITE_KINDS, Site, resolve_site
 
 __all__ = ["Intervention", "intervene", "attach", "as_per_layer", "MODES"]
 
@@ -143,7 +143,7 @@ def _resolve(model, site, neurons):
         kind = site or (neurons.site if isinstance(neurons, NeuronSet) else "mlp")
         return resolve_site(model, kind)
     if not isinstance(site, Site):
-        raise UsageError("site must be a Site, 'mlp' or 'residual'")
+        raise UsageError(f"site must be a Site or one of {', '.join(SITE_KINDS)}")
     return site
 
 
@@ -178,7 +178,7 @@ class Intervention:
     scale : float, optional
         ``amplify`` only: the factor the selected neurons are multiplied by
         (default 1).
-    site : Site or {"mlp", "residual"}, optional
+    site : Site or {"mlp", "mlp-out", "attn", "residual"}, optional
         Where the neurons live. Default: the model's site of the neuron set's
         kind (``"mlp"``), over all layers. For ``retain``, the layers of the
         site are the ones whose other neurons are zeroed.

@@ -205,7 +205,9 @@ def prune(networks, output, *, model=None, gguf_file=None, networks_names=None, 
     if networks_names:
         nset = nset.select(networks_names)
     if nset.site != "mlp":
-        raise UsageError(f"only MLP neurons can be pruned, the table holds {nset.site!r} neurons")
+        raise UsageError(f"only MLP hidden neurons (--neurons mlp) can be pruned, the table holds "
+                         f"{nset.site!r} units, which no weight slice removes on its own: evaluate "
+                         "them with `llm2nifti evaluate` instead")
     docs = load_documents(heldout)[:n_docs]
     if threads is not None or str(device) == "cpu":
         set_threads(threads)
