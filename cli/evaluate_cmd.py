@@ -49,6 +49,9 @@ def _names(value):
 @click.option("--amplify", default="0.5", show_default=True,
               help="Constants added to the network neurons, comma-separated; 'none' to skip.")
 @click.option("--no-amplify-controls", is_flag=True, help="Do not amplify random sets as controls.")
+@click.option("--ablation", default="zero", show_default=True,
+              help="What inhibit and retain put in place of a unit: zero, mean (its mean over the "
+                   "scan's tokens), or zero,mean for both; controls use the same kind.")
 @click.option("--curve", default="", help="Numbers of networks kept for the retain curve, e.g. 1,5,10.")
 @click.option("--curve-networks", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Another networks.tsv of the same scan (e.g. a lower threshold) kept as one more "
@@ -67,7 +70,8 @@ def _names(value):
               show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def evaluate(networks, dataset, output, model, gguf_file, participant, network_names, heldout, task, bigbench,
-             n_docs, n_items, max_doc_tokens, seeds, amplify, no_amplify_controls, curve, curve_networks,
+             n_docs, n_items, max_doc_tokens, seeds, amplify, no_amplify_controls, ablation, curve,
+             curve_networks,
              curve_seeds,
              massive_factor, allow_overlap, batch_size, n_resamples, threads, device, dtype, quiet):
     """Inhibit, retain and amplify the neurons of NETWORKS (a networks.tsv) against controls.
@@ -86,7 +90,8 @@ def evaluate(networks, dataset, output, model, gguf_file, participant, network_n
         n_items=n_items, max_doc_tokens=max_doc_tokens, seeds=seeds, amplify=_floats(amplify),
         amplify_controls=not no_amplify_controls, curve=_ints(curve), curve_networks=curve_networks,
         curve_seeds=None if curve_seeds is None else list(range(curve_seeds)),
-        massive_factor=massive_factor, allow_overlap=allow_overlap, device=device, dtype=dtype,
+        massive_factor=massive_factor, allow_overlap=allow_overlap, ablations=_names(ablation) or [],
+        device=device, dtype=dtype,
         threads=threads, batch_size=batch_size, n_resamples=n_resamples, progress=not quiet)
     s = res.settings
     click.echo(f"{s['n_key_neurons']} key neurons ({100 * s['key_share']:.1f}%) in {s['n_networks']} "

@@ -253,6 +253,8 @@ CASES = [
     ("evaluate-non-integer-neuron", _evaluate(lambda w: w.table("str.tsv", ["FN00\tmlp\t0\tabc\t4"])),
      "integer"),
     ("evaluate-seeds-zero", _evaluate(lambda w: w.networks, "--seeds", "0"), "--seeds"),
+    ("evaluate-unknown-ablation", _evaluate(lambda w: w.networks, "--ablation", "median"),
+     "unknown ablation"),
     ("evaluate-bigbench-not-json", _evaluate(lambda w: w.networks, "--bigbench",
                                              lambda w: _bigbench(w, "bb1", "{not json")), "BIG-bench"),
     ("evaluate-bigbench-no-examples", _evaluate(lambda w: w.networks, "--bigbench",

@@ -89,3 +89,25 @@ def test_prune_command(tiny_model_dir, networks_tsv, heldout, tmp_path):
     r2 = CliRunner().invoke(main, ["prune", str(networks_tsv), "--output", str(out), "--model",
                                    str(tiny_model_dir), "--heldout", str(heldout)])
     assert r2.exit_code == 2 and "exists" in r2.output
+
+
+def test_evaluate_zero_and_mean_ablation(tiny_scan, tiny_model_dir, networks_tsv, heldout, tmp_path):
+    res, _ = tiny_scan
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(main, [
+        "evaluate", str(networks_tsv), "--dataset", str(res.root), "--output", str(out),
+        "--model", str(tiny_model_dir), "--heldout", str(heldout), "--task", "none",
+        "--max-doc-tokens", "24", "--seeds", "2", "--bootstrap", "100", "--amplify", "none",
+        "--ablation", "zero,mean", "--threads", "1", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "perplexity, inhibit-mean: do the network neurons hurt more than random?" in r.output
+    results = pd.read_csv(out / "results.tsv", sep="\t")
+    main_rows = results[results.group == "main"]
+    assert set(main_rows.ablation) == {"zero", "mean"}
+    for ablation, prefix in (("zero", "inhibit"), ("mean", "inhibit-mean")):
+        rows = main_rows[main_rows.ablation == ablation]
+        assert set(rows.condition) >= {f"{prefix} key", f"{prefix} random", f"retain{prefix[7:]} key"}
+    zero = results[results.condition == "inhibit key"].value.iloc[0]
+    mean = results[results.condition == "inhibit-mean key"].value.iloc[0]
+    assert zero != mean  # the two kinds put different values in place of the units
+    assert json.loads((out / "evaluation.json").read_text())["ablations"] == ["zero", "mean"]

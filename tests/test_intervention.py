@@ -178,3 +178,46 @@ def test_half_precision_model(llama):
             got = model(ids).logits
     assert got.dtype == torch.bfloat16
     torch.testing.assert_close(got, expected, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("arch", sorted(MODELS))
+def test_mean_ablation_puts_each_unit_at_its_mean(arch):
+    """Mean-ablated units read back as their means; the rest of the layer is untouched."""
+    model = MODELS[arch]()
+    ids = _ids()
+    site = resolve_site(model)
+    X = record(model, site, ids.reshape(1, -1))
+    means = X.mean(0)  # layer-major over the site's layers
+    selected = {0: [1, 5, 17]}
+    with intervene(model, selected, mode="inhibit", ablation="mean", means=means):
+        Y = record(model, site, ids.reshape(1, -1))
+    cols = [1, 5, 17]
+    np.testing.assert_allclose(Y[:, cols], np.broadcast_to(means[cols], (Y.shape[0], 3)), rtol=1e-6)
+    others = np.setdiff1d(np.arange(site.width), cols)
+    np.testing.assert_allclose(Y[:, others], X[:, others], rtol=1e-5, atol=1e-6)  # layer 0 rest
+    assert not np.allclose(Y[:, site.width:], X[:, site.width:])  # layer 1 sees the change
+
+
+def test_mean_retain_keeps_selected_and_sets_the_rest_to_their_means(llama):
+    ids = _ids()
+    site = resolve_site(llama)
+    X = record(llama, site, ids.reshape(1, -1))
+    means = {l: X[:, k * site.width:(k + 1) * site.width].mean(0) for k, l in enumerate(site.layers)}
+    with intervene(llama, {1: [3, 4]}, mode="retain", ablation="mean", means=means):
+        Y = record(llama, site, ids.reshape(1, -1))
+    layer0 = Y[:, :site.width]
+    np.testing.assert_allclose(layer0, np.broadcast_to(means[0], layer0.shape), rtol=1e-6)
+    kept = Y[:, site.width + 3: site.width + 5]
+    assert not np.allclose(kept, np.broadcast_to(means[1][3:5], kept.shape))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(ablation="median"), "unknown ablation"),
+    (dict(ablation="mean"), "needs means"),
+    (dict(ablation="mean", means=np.zeros(7)), "means hold 7 values"),
+    (dict(ablation="mean", means=np.zeros(256), value=1.0), "leave value"),
+    (dict(mode="amplify", value=1.0, ablation="mean", means=np.zeros(256)), "inhibit and retain"),
+])
+def test_bad_ablation_is_a_usage_error(llama, kwargs, match):
+    with pytest.raises(UsageError, match=match):
+        intervene(llama, SELECTED, **kwargs)

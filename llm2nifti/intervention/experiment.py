@@ -36,7 +36,7 @@ __all__ = ["Condition", "plan_conditions", "run_conditions", "summarize", "verdi
 log = logging.getLogger(__name__)
 
 CONTROLS = ("random", "spread-matched", "top-spread", "key-minus-massive")
-RESULT_COLUMNS = ["condition", "group", "mode", "selection", "strength", "n_networks", "seed",
+RESULT_COLUMNS = ["condition", "group", "mode", "ablation", "selection", "strength", "n_networks", "seed",
                   "n_neurons", "share", "overlap_key", "metric", "value", "ci_low", "ci_high",
                   "n_items"]
 
@@ -59,6 +59,8 @@ class Condition:
         Passed to the intervention.
     n_networks : int, optional
         Networks in the key set (curve points).
+    ablation : {"zero", "mean"}
+        What inhibit and retain put in place of a unit (see :mod:`llm2nifti.intervention.hooks`).
     """
 
     name: str
@@ -70,11 +72,12 @@ class Condition:
     value: float | None = None
     scale: float | None = None
     n_networks: int | None = None
+    ablation: str = "zero"
 
 
 def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit", "retain"),
                     controls=CONTROLS, amplify=(), amplify_controls=True, curve=(), curve_seeds=None,
-                    curve_sets=(), massive_factor=100.0, spread_bins=20):
+                    curve_sets=(), massive_factor=100.0, spread_bins=20, ablations=("zero",)):
     """The conditions of an evaluation.
 
     Parameters
@@ -106,6 +109,9 @@ def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit",
         See :func:`llm2nifti.intervention.controls.massive_neurons`.
     spread_bins : int
         See :func:`llm2nifti.intervention.controls.spread_matched`.
+    ablations : sequence of {"zero", "mean"}
+        Each inhibit and retain condition (controls and curve included) is run with each
+        kind; mean-ablation conditions are named ``inhibit-mean ...``, ``retain-mean ...``.
 
     Returns
     -------
@@ -127,13 +133,18 @@ def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit",
     if "key-minus-massive" in controls:
         massive = C.massive_neurons(stats, massive_factor)
         sets["key-minus-massive"] = [(None, C.without(key, massive))]
+    bad = sorted(set(ablations) - {"zero", "mean"})
+    if bad or not ablations:
+        raise UsageError(f"unknown ablation(s) {bad}: choose zero, mean or both")
     out = [Condition("baseline", "baseline", None, "none")]
-    for mode in modes:
+    for ablation, mode in ((a, m) for a in ablations for m in modes):
+        label = _label(mode, ablation)
         for selection, members in sets.items():
             if mode == "retain" and selection == "key-minus-massive":
                 continue  # retaining: the massive neurons would be zeroed, a different question
             for seed, neurons in members:
-                out.append(Condition(f"{mode} {selection}", "main", mode, selection, neurons, seed))
+                out.append(Condition(f"{label} {selection}", "main", mode, selection, neurons, seed,
+                                     ablation=ablation))
     for value in amplify:
         out.append(Condition(f"amplify key +{value:g}", "amplify", "amplify", "key", key, None, value))
         if amplify_controls:
@@ -144,12 +155,19 @@ def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit",
     points = [(str(m), m, kept) for m, kept in C.nested_networks(nset, sorted(set(curve)))
               if not (m == n_all and "retain" in modes)]  # all networks: the same as "retain key"
     points += [(str(label), len(other.names), other.per_layer()) for label, other in curve_sets]
-    for label, m, kept in points:
-        out.append(Condition(f"retain key @{label}", "curve", "retain", "key", kept, None, n_networks=m))
+    for ablation, (label, m, kept) in ((a, p) for a in ablations for p in points):
+        retain = _label("retain", ablation)
+        out.append(Condition(f"{retain} key @{label}", "curve", "retain", "key", kept, None,
+                             n_networks=m, ablation=ablation))
         for s in (seeds if curve_seeds is None else curve_seeds):
-            out.append(Condition(f"retain random @{label}", "curve", "retain", "random",
-                                 C.random_like(kept, width, s), s, n_networks=m))
+            out.append(Condition(f"{retain} random @{label}", "curve", "retain", "random",
+                                 C.random_like(kept, width, s), s, n_networks=m, ablation=ablation))
     return out
+
+
+def _label(mode, ablation):
+    """Condition prefix: ``inhibit`` (zero-ablation) or ``inhibit-mean``."""
+    return mode if ablation == "zero" else f"{mode}-{ablation}"
 
 
 def _curve_label(path):
@@ -165,7 +183,7 @@ def _curve_label(path):
 
 
 def run_conditions(evaluator, conditions, key, n_neurons, site=None, n_resamples=2000,
-                   progress=False):
+                   progress=False, means=None):
     """Score every condition.
 
     Parameters
@@ -180,6 +198,8 @@ def run_conditions(evaluator, conditions, key, n_neurons, site=None, n_resamples
     n_resamples : int
         Bootstrap resamples of each confidence interval.
     progress : bool
+    means : array, optional
+        Each unit's mean over the scan (layer-major), for mean-ablation conditions.
 
     Returns
     -------
@@ -196,11 +216,14 @@ def run_conditions(evaluator, conditions, key, n_neurons, site=None, n_resamples
         if cond.mode is None:
             scores = evaluator.score()
         else:
+            mean = cond.ablation == "mean" and cond.mode != "amplify"
             with intervene(evaluator.model, cond.neurons, mode=cond.mode, value=cond.value,
-                           scale=cond.scale, site=site):
+                           scale=cond.scale, site=site, ablation="mean" if mean else "zero",
+                           means=means if mean else None):
                 scores = evaluator.score()
         n = C.count(cond.neurons)
         base = {"condition": cond.name, "group": cond.group, "mode": cond.mode or "none",
+                "ablation": cond.ablation if cond.mode in ("inhibit", "retain") else "none",
                 "selection": cond.selection,
                 "strength": cond.value if cond.value is not None else (cond.scale or np.nan),
                 "n_networks": cond.n_networks if cond.n_networks is not None else np.nan,
@@ -218,12 +241,12 @@ def run_conditions(evaluator, conditions, key, n_neurons, site=None, n_resamples
 def summarize(results):
     """Aggregate seeds: one row per condition and metric.
 
-    Columns: condition, group, mode, selection, strength, n_networks, metric,
+    Columns: condition, group, mode, ablation, selection, strength, n_networks, metric,
     n_sets, n_neurons, share, overlap_key, mean, sd (over seeds; 0 for one
     set), min, max, ci_low, ci_high (bootstrap over items for one set; for
     several seeds, the lowest and highest bound of any seed).
     """
-    keys = ["condition", "group", "mode", "selection", "strength", "n_networks", "metric"]
+    keys = ["condition", "group", "mode", "ablation", "selection", "strength", "n_networks", "metric"]
     g = results.groupby(keys, sort=False, dropna=False)
     out = g.agg(n_sets=("value", "size"), n_neurons=("n_neurons", "mean"), share=("share", "mean"),
                 overlap_key=("overlap_key", "mean"), mean=("value", "mean"),
@@ -275,7 +298,8 @@ def verdicts(summary):
         if base is not None:
             lines.append(f"{metric}: baseline {base['mean']:.4g} "
                          f"(95% CI {base['ci_low']:.4g}-{base['ci_high']:.4g}).")
-        for mode, want, verb in (("inhibit", -1, "hurt more"), ("retain", +1, "preserve more")):
+        for mode, want, verb in (("inhibit", -1, "hurt more"), ("retain", +1, "preserve more"),
+                                 ("inhibit-mean", -1, "hurt more"), ("retain-mean", +1, "preserve more")):
             key = _get(summary, f"{mode} key", metric)
             if key is None:
                 continue
@@ -360,7 +384,7 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
              heldout="lee-test", task="pang-lee", bigbench=None, n_docs=None, n_items=None,
              max_doc_tokens=128, seeds=5, controls=CONTROLS, amplify=(0.5,), amplify_controls=True,
              curve=(), curve_seeds=None, curve_networks=(), massive_factor=100.0, spread_bins=20,
-             allow_overlap=False,
+             allow_overlap=False, ablations=("zero",),
              device="cpu", dtype="auto", threads=None, batch_size=8, n_resamples=2000,
              progress=True, loaded=None, cache=None):
     """Evaluate the networks of ``networks.tsv`` against controls; write tables and figures.
@@ -402,6 +426,9 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
         key sets are retained as more points of the curve.
     allow_overlap : bool
         Warn instead of refusing when evaluation text was in the scan.
+    ablations : sequence of {"zero", "mean"}
+        Inhibit and retain by zeroing units, by setting them to their mean over the
+        scan's tokens, or both (controls use the same kind as the set they control).
     device, dtype, threads, cache :
         Model loading (see :func:`llm2nifti.models.load_model`).
     batch_size : int
@@ -445,11 +472,12 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
                                  curve_seeds=curve_seeds, massive_factor=massive_factor,
                                  curve_sets=[(_curve_label(p), NeuronSet.from_tsv(p))
                                              for p in curve_networks],
-                                 spread_bins=spread_bins)
+                                 spread_bins=spread_bins, ablations=tuple(ablations))
     evaluator = Evaluator(lm, tok, heldout=heldout_docs, task=choice, max_doc_tokens=max_doc_tokens,
                           batch_size=batch_size)
     results = run_conditions(evaluator, conditions, nset.per_layer(), site.n_neurons, site=site,
-                             n_resamples=n_resamples, progress=progress)
+                             n_resamples=n_resamples, progress=progress,
+                             means=stats["mean"].to_numpy())
     summary = summarize(results)
     lines = verdicts(summary)
     output = Path(output)
@@ -466,7 +494,8 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
         "max_doc_tokens": max_doc_tokens,
         "task": None if choice is None else choice.name,
         "n_items": None if choice is None else len(choice),
-        "seeds": seed_list, "controls": list(controls), "amplify": list(amplify),
+        "seeds": seed_list, "controls": list(controls), "ablations": list(ablations),
+        "amplify": list(amplify),
         "curve": list(curve), "curve_networks": [str(p) for p in curve_networks],
         "massive_factor": massive_factor,
         "massive_neurons": [[int(l), int(n)] for l, idx in massive.items() for n in idx],

@@ -17,6 +17,15 @@ Modes
     Keep the selected neurons and set every *other* neuron of the site's
     layers to ``value`` (default 0). Layers without a selected neuron are
     zeroed entirely; a layer whose neurons are all kept gets no hook.
+
+Ablation kinds (inhibit and retain)
+-----------------------------------
+``zero``
+    Affected units become 0 (or ``value``): zero-ablation, the paper's.
+``mean``
+    Affected units become their mean over the scan's tokens: mean-ablation,
+    which interpretability work usually prefers (the layer's downstream input
+    stays near its usual offset instead of jumping to zero).
 """
 
 from __future__ import annotations
@@ -30,7 +39,7 @@ from ..errors import UsageError
 from ..neuronset import NeuronSet
 from ..sites import SITE_KINDS, Site, resolve_site
 
-__all__ = ["Intervention", "intervene", "attach", "as_per_layer", "MODES"]
+__all__ = ["Intervention", "intervene", "attach", "as_per_layer", "MODES", "ABLATIONS"]
 
 def as_per_layer(neurons):
     """``{layer: sorted unique int64 indices}`` from any accepted neuron description.
@@ -79,6 +88,10 @@ def _others(selected, site):
 
 
 def _fill(x, idx, value, scale):
+    if torch.is_tensor(value):  # one value per unit (mean-ablation)
+        y = x.clone()
+        y[..., idx] = value.to(device=x.device, dtype=x.dtype)
+        return y
     return x.index_fill(-1, idx, value)
 
 
@@ -111,6 +124,7 @@ _MODES = {
     "retain": _Mode(_others, _fill, _check_set),
 }
 MODES = tuple(_MODES)
+ABLATIONS = ("zero", "mean")  # what inhibit and retain put in place of a unit
 
 
 # ------------------------------------------------------------------ hook kinds
@@ -158,6 +172,37 @@ def _check_neurons(selected, site):
                              f"this site has {site.width} neurons per layer")
 
 
+def _check_ablation(mode, ablation, value, means):
+    if ablation not in ABLATIONS:
+        raise UsageError(f"unknown ablation {ablation!r}: choose one of {', '.join(ABLATIONS)}")
+    if ablation == "mean":
+        if mode == "amplify":
+            raise UsageError("amplify adds to or scales units; ablation='mean' applies to inhibit "
+                             "and retain")
+        if means is None:
+            raise UsageError("ablation='mean' needs means= (each unit's mean over the scan: "
+                             "llm2nifti.neuron_stats(dataset)['mean'])")
+        if value is not None:
+            raise UsageError("ablation='mean' sets units to their means: leave value= unset")
+
+
+def _per_layer_means(means, site):
+    """``{layer: (width,) array}`` from a dict, or from layer-major values of the site's layers."""
+    if isinstance(means, dict):
+        out = {int(l): np.asarray(v, dtype=np.float64).ravel() for l, v in means.items()}
+    else:
+        flat = np.asarray(means, dtype=np.float64).ravel()
+        if flat.size != len(site.layers) * site.width:
+            raise UsageError(f"means hold {flat.size} values; the site's {len(site.layers)} "
+                             f"layers x {site.width} units need {len(site.layers) * site.width}")
+        out = {l: flat[k * site.width:(k + 1) * site.width] for k, l in enumerate(site.layers)}
+    bad = [l for l in site.layers if l not in out or out[l].size != site.width]
+    if bad:
+        raise UsageError(f"means lack layer(s) {bad[:5]} or have the wrong width: pass the "
+                         "neuron_stats of a scan of this site")
+    return out
+
+
 class Intervention:
     """Forward hooks that inhibit, amplify or retain neurons of a site.
 
@@ -182,6 +227,12 @@ class Intervention:
         Where the neurons live. Default: the model's site of the neuron set's
         kind (``"mlp"``), over all layers. For ``retain``, the layers of the
         site are the ones whose other neurons are zeroed.
+    ablation : {"zero", "mean"}
+        ``inhibit``/``retain``: what replaces an affected unit: 0 (or ``value``),
+        or its mean over the scan's tokens (``means``).
+    means : dict of int -> array, or array, optional
+        Each unit's mean, for ``ablation="mean"``: per layer, or layer-major over
+        the site's layers (the ``mean`` column of :func:`~llm2nifti.neuron_stats`).
 
     Attributes
     ----------
@@ -199,16 +250,20 @@ class Intervention:
     ...     out = model(input_ids)
     """
 
-    def __init__(self, model, neurons, mode="inhibit", value=None, scale=None, site=None):
+    def __init__(self, model, neurons, mode="inhibit", value=None, scale=None, site=None,
+                 ablation="zero", means=None):
         if mode not in _MODES:
             raise UsageError(f"unknown intervention mode {mode!r}: choose one of {', '.join(MODES)}")
         _MODES[mode].check(value, scale)
+        _check_ablation(mode, ablation, value, means)
         self.model = model
         self.neurons = neurons
         self.mode = mode
         self.value = value
         self.scale = scale
         self.site = site
+        self.ablation = ablation
+        self.means = means
         self._handles = []
         self._prepare()
 
@@ -220,6 +275,7 @@ class Intervention:
         self.site_ = site
         self.targets_ = {l: t for l, t in targets.items() if t.size}
         self.n_selected_ = int(sum(len(v) for v in selected.values()))
+        self.means_ = None if self.ablation == "zero" else _per_layer_means(self.means, site)
 
     def _transform(self, layer):
         """The function a hook applies to ``layer``'s neuron tensor."""
@@ -228,6 +284,8 @@ class Intervention:
         transform = _MODES[self.mode].transform
         value = 0.0 if self.value is None else float(self.value)
         scale = 1.0 if self.scale is None else float(self.scale)
+        if self.means_ is not None:  # mean-ablation: each unit takes its mean over the scan
+            value = torch.as_tensor(self.means_[layer][self.targets_[layer]], dtype=torch.float32)
 
         def apply(x):
             idx = cache.get(x.device)
@@ -268,13 +326,15 @@ class Intervention:
         return False
 
     def __repr__(self):
-        extra = "" if self.value is None else f", value={self.value}"
+        extra = "" if self.ablation == "zero" else f", ablation={self.ablation!r}"
+        extra += "" if self.value is None else f", value={self.value}"
         extra += "" if self.scale is None else f", scale={self.scale}"
         return (f"Intervention(mode={self.mode!r}, {self.n_selected_} neurons, "
                 f"site={self.site_.kind!r}{extra}, attached={self.attached})")
 
 
-def intervene(model, neurons, mode="inhibit", value=None, scale=None, site=None):
+def intervene(model, neurons, mode="inhibit", value=None, scale=None, site=None, ablation="zero",
+              means=None):
     """Context manager that inhibits, amplifies or retains ``neurons`` of ``model``.
 
     Parameters are those of :class:`Intervention`.
@@ -291,10 +351,12 @@ def intervene(model, neurons, mode="inhibit", value=None, scale=None, site=None)
     >>> with intervene(model, key, mode="inhibit"):  # doctest: +SKIP
     ...     loss = model(ids, labels=ids).loss
     """
-    return Intervention(model, neurons, mode=mode, value=value, scale=scale, site=site)
+    return Intervention(model, neurons, mode=mode, value=value, scale=scale, site=site,
+                        ablation=ablation, means=means)
 
 
-def attach(model, neurons, mode="inhibit", value=None, scale=None, site=None):
+def attach(model, neurons, mode="inhibit", value=None, scale=None, site=None, ablation="zero",
+           means=None):
     """Like :func:`intervene`, but the hooks stay attached until ``.remove()``.
 
     Returns
@@ -302,4 +364,5 @@ def attach(model, neurons, mode="inhibit", value=None, scale=None, site=None):
     Intervention
         Already attached.
     """
-    return Intervention(model, neurons, mode=mode, value=value, scale=scale, site=site).attach()
+    return Intervention(model, neurons, mode=mode, value=value, scale=scale, site=site,
+                        ablation=ablation, means=means).attach()
