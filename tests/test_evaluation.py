@@ -197,3 +197,22 @@ def test_weights_of_another_model_are_flagged(tiny_scan, caplog):
     with caplog.at_level("WARNING"):
         assert not _check_weights(ds, res.layout, tiny_llama(seed=1), None)
     assert "differ" in caplog.text
+
+
+def test_random_minus_massive_never_draws_massive_units():
+    from llm2nifti.intervention.controls import random_like
+
+    key = {0: np.arange(10), 1: np.arange(3)}
+    massive = {0: np.array([2, 7]), 1: np.arange(6)}  # layer 1: only 2 units left of 8
+    for seed in range(20):
+        got = random_like(key, {0: 20, 1: 8}, seed, exclude=massive)
+        assert len(got[0]) == 10 and not set(got[0]) & {2, 7}
+        assert list(got[1]) == [6, 7]
+
+
+def test_verdicts_name_the_massive_units():
+    from llm2nifti.intervention.experiment import massive_line
+
+    line = massive_line({11: np.array([3, 40]), 28: np.array([5])})
+    assert line.startswith("Massive-activation units (3): L11N3, L11N40, L28N5.")
+    assert "none" in massive_line({})

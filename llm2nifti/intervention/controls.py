@@ -15,7 +15,13 @@ controls for (the key set of the networks):
     decomposition at all;
 ``key-minus-massive``
     the key set without the "massive activation" neurons, whose largest
-    absolute activation exceeds ``factor`` times the median over neurons.
+    absolute activation exceeds ``factor`` times the median over neurons;
+``random-minus-massive``
+    uniform random neurons drawn from all but the massive ones (one set per
+    seed). Where a few units carry massive activations (the ``mlp-out`` and
+    ``residual`` sites), a random set that hits one of them destroys the model
+    and one that misses them barely matters, so ``random`` spans orders of
+    magnitude; this control shows which side the key set is on.
 
 Random sets are drawn from all neurons, the key neurons included; how much
 each overlaps the key set is reported by :func:`overlap`.
@@ -90,7 +96,7 @@ def count(per_layer):
     return int(sum(len(v) for v in per_layer.values()))
 
 
-def random_like(key, widths, seed=0):
+def random_like(key, widths, seed=0, exclude=None):
     """Uniform random neurons, as many per layer as ``key`` has.
 
     Parameters
@@ -99,12 +105,19 @@ def random_like(key, widths, seed=0):
     widths : int or dict of int -> int
         Neurons per layer.
     seed : int
+    exclude : dict of int -> ndarray, optional
+        Neurons never drawn (e.g. :func:`massive_neurons`); a layer keeps as many
+        neurons as it can when fewer are left than ``key`` has there.
     """
     rng = np.random.default_rng(seed)
     out = {}
     for layer in sorted(key):
-        w = widths if np.isscalar(widths) else widths[layer]
-        out[layer] = np.sort(rng.choice(int(w), size=len(key[layer]), replace=False))
+        w = int(widths if np.isscalar(widths) else widths[layer])
+        if exclude is None:
+            out[layer] = np.sort(rng.choice(w, size=len(key[layer]), replace=False))
+            continue
+        pool = np.setdiff1d(np.arange(w), (exclude or {}).get(layer, ()))
+        out[layer] = np.sort(rng.choice(pool, size=min(len(key[layer]), pool.size), replace=False))
     return out
 
 

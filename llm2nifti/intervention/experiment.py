@@ -35,7 +35,7 @@ __all__ = ["Condition", "plan_conditions", "run_conditions", "summarize", "verdi
 
 log = logging.getLogger(__name__)
 
-CONTROLS = ("random", "spread-matched", "top-spread", "key-minus-massive")
+CONTROLS = ("random", "spread-matched", "top-spread", "key-minus-massive", "random-minus-massive")
 RESULT_COLUMNS = ["condition", "group", "mode", "ablation", "selection", "strength", "n_networks", "seed",
                   "n_neurons", "share", "overlap_key", "metric", "value", "ci_low", "ci_high",
                   "n_items"]
@@ -130,9 +130,12 @@ def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit",
         sets["spread-matched"] = [(s, C.spread_matched(key, stats, s, spread_bins)) for s in seeds]
     if "top-spread" in controls:
         sets["top-spread"] = [(None, C.top_spread(key, stats))]
+    massive = C.massive_neurons(stats, massive_factor)
     if "key-minus-massive" in controls:
-        massive = C.massive_neurons(stats, massive_factor)
         sets["key-minus-massive"] = [(None, C.without(key, massive))]
+    if "random-minus-massive" in controls:
+        sets["random-minus-massive"] = [(s, C.random_like(key, width, s, exclude=massive))
+                                        for s in seeds]
     bad = sorted(set(ablations) - {"zero", "mean"})
     if bad or not ablations:
         raise UsageError(f"unknown ablation(s) {bad}: choose zero, mean or both")
@@ -140,7 +143,7 @@ def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit",
     for ablation, mode in ((a, m) for a in ablations for m in modes):
         label = _label(mode, ablation)
         for selection, members in sets.items():
-            if mode == "retain" and selection == "key-minus-massive":
+            if mode == "retain" and selection.endswith("-minus-massive"):
                 continue  # retaining: the massive neurons would be zeroed, a different question
             for seed, neurons in members:
                 out.append(Condition(f"{label} {selection}", "main", mode, selection, neurons, seed,
@@ -283,6 +286,17 @@ def _beats(key, other, sign):
         return 0
     olo, ohi = sorted((other["ci_low"] * sign, other["ci_high"] * sign))
     return 1 if klo > ohi else -1 if khi < olo else 0
+
+
+def massive_line(massive):
+    """One sentence naming the massive-activation units (``L<layer>N<unit>``)."""
+    names = [f"L{l}N{n}" for l, idx in sorted(massive.items()) for n in idx]
+    if not names:
+        return "Massive-activation units: none (no unit peaks above the threshold)."
+    return (f"Massive-activation units ({len(names)}): {', '.join(names[:20])}"
+            + (", ..." if len(names) > 20 else "") + ". Random sets that hit one of them can "
+            "differ from those that miss them by orders of magnitude: compare with "
+            "random-minus-massive.")
 
 
 def verdicts(summary):
@@ -479,10 +493,10 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
                              n_resamples=n_resamples, progress=progress,
                              means=stats["mean"].to_numpy())
     summary = summarize(results)
-    lines = verdicts(summary)
+    massive = C.massive_neurons(stats, massive_factor)
+    lines = verdicts(summary) + [massive_line(massive)]
     output = Path(output)
     figures = _write_tables(output, results, summary)
-    massive = C.massive_neurons(stats, massive_factor)
     settings = {
         "networks": str(networks) if not isinstance(networks, NeuronSet) else "NeuronSet",
         "dataset": str(ds.root), "participant": participant,
