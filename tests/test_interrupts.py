@@ -130,3 +130,30 @@ def test_interrupted_convert_exits_cleanly_and_resumes_identical(tmp_path, tiny_
     assert r.returncode == 0, r.stderr
     assert "kept" in r.stdout
     _same_files(ref, out)
+
+
+def test_python_scan_holds_signals_around_the_writer(tmp_path, tokenizer, text_file, monkeypatch):
+    """scan() called from Python (no CLI) is as safe: a SIGINT inside the writer pool's lock."""
+    import concurrent.futures
+
+    from llm2nifti.acquisition.convert import scan
+    from conftest import tiny_llama
+
+    submit = concurrent.futures.ThreadPoolExecutor.submit
+    fired = []
+
+    def submit_and_interrupt(pool, *a, **k):
+        future = submit(pool, *a, **k)
+        if pool._thread_name_prefix.startswith("llm2nifti-write") and len(fired) == 1:
+            os.kill(os.getpid(), signal.SIGINT)  # held: the submit has returned by now
+        fired.append(1)
+        return future
+
+    monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "submit", submit_and_interrupt)
+    before = signal.getsignal(signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        scan(tmp_path / "ds", "tinyllama", text_file, run_tokens=40, progress=False,
+             loaded=(tiny_llama(), tokenizer), threads=1)
+    assert signal.getsignal(signal.SIGINT) is before
+    assert 0 < len(list((tmp_path / "ds").rglob("*_bold.nii"))) < 6
+    assert not list((tmp_path / "ds").rglob(".tmp-*"))

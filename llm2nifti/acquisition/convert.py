@@ -20,7 +20,7 @@ from bids_llm.io import write_json
 
 from .. import _version
 from ..errors import UsageError
-from ..interrupts import deferred
+from ..interrupts import deferred, handle_signals
 from ..layout import NeuronLayout
 from ..models import DEFAULT_MODEL, load_model, model_label, set_threads, weights_hash
 from .recording import Recorder
@@ -234,7 +234,8 @@ def scan(output, model=None, text=None, *, loaded=None, **options):
     settings = ScanSettings.build(output, model, text, **options)
     plan = plan_scan(settings, loaded)
     # Input is valid: from here on, write, as the only writer of this participant and task.
-    with plan.writer.exclusive():
+    # Signals are handled here too, so that a Python caller (a notebook) is as safe as the CLI.
+    with handle_signals(), plan.writer.exclusive():
         _check_existing(plan)  # again: another writer may have finished in the meantime
         plan.writer.clean_temporaries()
         if settings.overwrite:
