@@ -49,6 +49,7 @@ DEFAULT_SITE = "mlp"
 PIPELINE = "llm2nifti"
 # Seconds a writer waits for another process's update of a shared table (milliseconds each).
 SHARED_LOCK_TIMEOUT = 120
+UNIT_STATS = ("mean", "std", "peak", "peak_token")
 PARTICIPANT_COLUMNS = ("participant_id", "model", "architecture", "n_layers",
                        "neurons_per_layer", "n_parameters", "weights_sha256")
 _PARTICIPANTS_JSON = {
@@ -168,6 +169,28 @@ class DatasetWriter:
     def anat_path(self, suffix, ext):
         return self.deriv_dir / f"sub-{self.participant}" / "anat" / bids_name(
             suffix, ext, sub=self.participant, desc=site_label(self.layout.site.kind))
+
+    @property
+    def unit_stats_path(self):
+        """Each unit's mean, std, peak over this task's tokens (a derivative, float64)."""
+        return self.deriv_dir / f"sub-{self.participant}" / "func" / bids_name(
+            "bold", ".nii", sub=self.participant, task=self.task, acq=self.acq, desc="unitstats")
+
+    def write_unit_stats(self, volumes, n_tokens, runs):
+        """Write ``(4, n_neurons)`` layer-major statistics (mean, std, peak, peak token)."""
+        layout = self.layout
+        buf = layout.empty_buffer(len(volumes), dtype=np.float64)
+        buf[:, :, :layout.width] = np.asarray(volumes).reshape(len(volumes), len(layout.layers),
+                                                               layout.width)
+        save_img(layout.buffer_to_img(buf, tr=1.0), self.unit_stats_path)
+        write_json(self.unit_stats_path.with_suffix(".json"), {
+            "TaskName": self.task, "RepetitionTime": 1.0, "SkullStripped": False,
+            "Description": "Each unit over every token of this task's runs: volume 0 mean, 1 standard "
+                           "deviation (ddof=1), 2 peak |activation|, 3 token of the peak (index over "
+                           "the runs in order); written by llm2nifti convert",
+            "Volumes": list(UNIT_STATS), "NTokens": int(n_tokens),
+            "Runs": [f"sub-{self.participant}/func/{Path(r).name}" for r in runs],
+        })
 
     # ----------------------------------------------------------------- locks
     def _lock_path(self, name):
@@ -472,6 +495,27 @@ class Dataset:
             if sha256_file(run.path) != row["sha256"]:
                 raise UsageError(f"{run.path.name} does not match its checksum in scans.tsv "
                                  f"(it changed after convert wrote it): {redo}")
+
+    def unit_stats(self, participant, task, site=DEFAULT_SITE):
+        """``{mean, std, peak, peak_token}`` arrays (layer-major) written by convert, or None.
+
+        None when the derivative is missing (a dataset of an older version) or does not
+        cover the task's runs as they are now.
+        """
+        acq = None if site == DEFAULT_SITE else site_label(site)
+        path = inside(self.root, "derivatives", PIPELINE, f"sub-{participant}", "func",
+                      bids_name("bold", ".nii", sub=participant, task=task, acq=acq, desc="unitstats"))
+        sidecar = path.with_suffix(".json")
+        runs = self.runs(participant=participant, task=task, site=site)
+        if not (path.is_file() and sidecar.is_file() and runs):
+            return None
+        meta = json.loads(sidecar.read_text())
+        tokens = sum(int(r.metadata()["TokenRange"][1] - r.metadata()["TokenRange"][0]) for r in runs)
+        if meta.get("NTokens") != tokens:
+            return None
+        layout = self.layout(participant, site)
+        values = layout.unfold(nib.load(str(path)))
+        return dict(zip(meta.get("Volumes", UNIT_STATS), values))
 
     def mask_path(self, participant, site=DEFAULT_SITE):
         return inside(self.root, "derivatives", PIPELINE, f"sub-{participant}", "anat",

@@ -38,7 +38,7 @@ def _one_line_error(r, fragment):
 
 
 def _bold(out):
-    return [np.asarray(nib.load(str(p)).dataobj) for p in sorted(out.rglob("*_bold.nii"))]
+    return [np.asarray(nib.load(str(p)).dataobj) for p in sorted(out.glob("sub-*/func/*_bold.nii"))]
 
 
 def _sidecar(out):

@@ -24,6 +24,7 @@ from ..interrupts import deferred, handle_signals
 from ..layout import NeuronLayout
 from ..models import DEFAULT_MODEL, load_model, model_label, set_threads, weights_hash
 from .recording import Recorder
+from .unitstats import RunningStats
 from ..sites import resolve_site
 from .stimuli import BUILTIN_CORPORA, load_documents, make_runs, task_label, tokenize_documents
 
@@ -368,6 +369,7 @@ def record_runs(plan, result):
                desc=f"sub-{s.participant} task-{s.task}")
     longest = max(stop - start for start, stop in plan.runs)
     buffers, slot = [None, None], 0
+    stats = RunningStats(layout.n_neurons)
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm2nifti-write")
     with deferred():
         pending, in_flight = pool.submit(_write_dataset_files, plan), 0
@@ -376,6 +378,9 @@ def record_runs(plan, result):
             if s.resume and writer.run_done(r, ext):
                 result.skipped.append(r)
                 bar.update(stop - start)
+                with deferred():  # its statistics are read back from disk, in order
+                    pending.result()
+                    pending = pool.submit(_add_saved_run, stats, writer.bold_path(r, ext))
                 continue
             if buffers[slot] is None:
                 buffers[slot] = layout.empty_buffer(longest)
@@ -389,15 +394,32 @@ def record_runs(plan, result):
             with deferred():
                 pending.result()
                 bar.update(in_flight)
-                pending = pool.submit(writer.write_run, r, img, sidecar, events, ext)
+                pending = pool.submit(_write_run, writer, stats, layout, buf, r, img, sidecar,
+                                      events, ext)
                 in_flight = stop - start
         with deferred():
             pending.result()
             bar.update(in_flight)
+            pending = pool.submit(writer.write_unit_stats, stats.volumes(), stats.n_tokens,
+                                  [writer.bold_path(r, ext) for r in range(1, len(plan.runs) + 1)])
+            pending.result()
     finally:
         with deferred():
             pool.shutdown(wait=True)
             bar.close()
+
+
+def _write_run(writer, stats, layout, buf, r, img, sidecar, events, ext):
+    """Writer-thread job: add the run to the unit statistics, then save it."""
+    stats.update(buf[:, :, :layout.width])
+    return writer.write_run(r, img, sidecar, events, ext)
+
+
+def _add_saved_run(stats, path):
+    """Writer-thread job: add a run kept from an earlier convert (``--resume``)."""
+    from bids_llm.dataset import load_run
+
+    stats.update(load_run(path)[0])
 
 
 def _label(value, what):

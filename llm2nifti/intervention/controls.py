@@ -41,6 +41,9 @@ __all__ = ["neuron_stats", "random_like", "spread_matched", "top_spread", "massi
 def neuron_stats(dataset, participant=None, task=None, site="mlp"):
     """Mean, spread (std) and peak |activation| of every neuron over a scan's tokens.
 
+    Read from the ``desc-unitstats`` derivative that convert writes, when the runs are
+    of one task and it covers them; else computed from the runs (one pass).
+
     Parameters
     ----------
     dataset : path or Dataset
@@ -60,7 +63,14 @@ def neuron_stats(dataset, participant=None, task=None, site="mlp"):
     runs = ds.runs(participant=participant, task=task, site=site)
     if not runs:
         raise UsageError(f"no runs in {ds.root} for participant={participant}, task={task}, site={site}")
-    ds.layout(participant, site)  # refuses mixed layouts
+    layout = ds.layout(participant, site)  # refuses mixed layouts
+    tasks = sorted({r.task for r in runs})
+    saved = ds.unit_stats(runs[0].participant, tasks[0], site) if len(tasks) == 1 else None
+    if saved is not None:  # computed while converting: no pass over the runs
+        layer, neuron = layout.neurons()
+        return pd.DataFrame({"layer": layer, "neuron": neuron, "mean": saved["mean"],
+                             "std": saved["std"], "peak": saved["peak"],
+                             "peak_token": saved["peak_token"].astype(np.int64)})
     total = 0
     s1 = s2 = peak = where = neurons = None
     for run in runs:
