@@ -23,7 +23,7 @@ _EXPORTS = {
     "decompose": ".analysis.decomposition", "Decomposition": ".analysis.decomposition",
     "maps_to_neurons": ".analysis.networks", "iou_matrix": ".analysis.recurrence",
     "intervene": ".intervention.hooks", "Intervention": ".intervention.hooks",
-    "Evaluator": ".intervention.evaluation", "pang_lee_task": ".intervention.evaluation",
+    "Evaluator": ".intervention.evaluation", "pang_lee_task": ".intervention.tasks",
     "neuron_stats": ".intervention.controls", "evaluate": ".intervention.experiment",
     "prune": ".intervention.prune", "prune_model": ".intervention.prune",
     "Dataset": "bids_llm.dataset", "load_run": "bids_llm.dataset",

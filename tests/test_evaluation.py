@@ -9,8 +9,8 @@ import torch
 
 from llm2nifti.intervention import controls as C
 from llm2nifti.errors import UsageError
-from llm2nifti.intervention.evaluation import (ChoiceTask, Evaluator, bootstrap_ci, check_overlap,
-                                  pang_lee_task)
+from llm2nifti.intervention.evaluation import Evaluator, bootstrap_ci, check_overlap
+from llm2nifti.intervention.tasks import ChoiceTask, pang_lee_task
 from llm2nifti.intervention.experiment import plan_conditions, run_conditions, summarize, verdicts
 from llm2nifti.neuronset import NeuronSet
 from llm2nifti.acquisition.stimuli import Document
@@ -72,7 +72,7 @@ def test_pang_lee_task_is_balanced_and_subsets_stratified():
 def test_bigbench_task_file(tmp_path):
     import json
 
-    from llm2nifti.intervention.evaluation import bigbench_task
+    from llm2nifti.intervention.tasks import bigbench_task
 
     path = tmp_path / "task.json"
     path.write_text(json.dumps({"name": "toy", "examples": [

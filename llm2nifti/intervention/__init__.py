@@ -12,9 +12,9 @@ _EXPORTS = {
     **{name: ".controls" for name in (
         "neuron_stats", "random_like", "spread_matched", "top_spread", "massive_neurons",
         "without", "overlap", "count", "nested_networks")},
+    **{name: ".tasks" for name in ("ChoiceTask", "pang_lee_task", "bigbench_task")},
     **{name: ".evaluation" for name in (
-        "ChoiceTask", "pang_lee_task", "bigbench_task", "Evaluator", "Scores", "bootstrap_ci",
-        "check_overlap", "scan_documents")},
+        "Evaluator", "Scores", "bootstrap_ci", "check_overlap", "scan_documents")},
     **{name: ".experiment" for name in (
         "Condition", "plan_conditions", "run_conditions", "verdicts", "evaluate",
         "EvaluationResult", "CONTROLS")},

@@ -524,7 +524,7 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
 
 def _choice_task(task, bigbench, n_items):
     """The labelled task: a BIG-bench file, the built-in Pang-Lee sentences, or none."""
-    from .evaluation import bigbench_task, pang_lee_task
+    from .tasks import bigbench_task, pang_lee_task
 
     if bigbench is not None:
         choice = bigbench_task(bigbench)
