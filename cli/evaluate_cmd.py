@@ -38,7 +38,18 @@ def _names(value):
 @click.option("--heldout", default="lee-test", show_default=True,
               help="Held-out text for perplexity (a built-in corpus, file or folder); 'none' to skip.")
 @click.option("--task", default="pang-lee", show_default=True,
-              help="Labelled task for accuracy (pang-lee); 'none' to skip.")
+              help="Task: pang-lee (built in), a local file (JSONL or TSV of labelled sentences "
+                   "text,label; JSONL of multiple choice prompt,choices,answer; JSONL of open "
+                   "questions prompt or question[,context],answers scored by exact match and F1), "
+                   "or 'none'.")
+@click.option("--template", default=None,
+              help="Prompt made of a task file's columns, e.g. 'Review: {text}\nSentiment:' "
+                   "[labelled: '{text}\nAnswer:'].")
+@click.option("--label-words", default=None,
+              help="Answer word per label of a labelled task, e.g. 0=negative,1=positive "
+                   "[default: the labels]; each must be a single token.")
+@click.option("--max-new-tokens", type=int, default=16, show_default=True,
+              help="Open questions: longest greedy answer (it also stops at a newline).")
 @click.option("--bigbench", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="A local BIG-bench multiple-choice task.json, instead of --task.")
 @click.option("--n-docs", type=int, default=None, help="Use only the first N held-out documents.")
@@ -69,7 +80,8 @@ def _names(value):
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
               show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def evaluate(networks, dataset, output, model, gguf_file, participant, network_names, heldout, task, bigbench,
+def evaluate(networks, dataset, output, model, gguf_file, participant, network_names, heldout, task,
+             template, label_words, max_new_tokens, bigbench,
              n_docs, n_items, max_doc_tokens, seeds, amplify, no_amplify_controls, ablation, curve,
              curve_networks,
              curve_seeds,
@@ -86,7 +98,9 @@ def evaluate(networks, dataset, output, model, gguf_file, participant, network_n
         networks, dataset, output, model=model, gguf_file=gguf_file, participant=participant,
         network_names=_names(network_names),
         heldout=None if heldout.lower() in none else heldout,
-        task=None if task.lower() in none else task, bigbench=bigbench, n_docs=n_docs,
+        task=None if task.lower() in none else task, bigbench=bigbench,
+        template=None if template is None else template.replace("\\n", "\n").replace("\\t", "\t"),
+        label_words=label_words, max_new_tokens=max_new_tokens, n_docs=n_docs,
         n_items=n_items, max_doc_tokens=max_doc_tokens, seeds=seeds, amplify=_floats(amplify),
         amplify_controls=not no_amplify_controls, curve=_ints(curve), curve_networks=curve_networks,
         curve_seeds=None if curve_seeds is None else list(range(curve_seeds)),

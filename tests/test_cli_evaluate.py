@@ -111,3 +111,59 @@ def test_evaluate_zero_and_mean_ablation(tiny_scan, tiny_model_dir, networks_tsv
     mean = results[results.condition == "inhibit-mean key"].value.iloc[0]
     assert zero != mean  # the two kinds put different values in place of the units
     assert json.loads((out / "evaluation.json").read_text())["ablations"] == ["zero", "mean"]
+
+
+def _write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("kind", ["labelled", "multiple-choice", "questions"])
+def test_evaluate_runs_each_task_format(kind, tiny_scan, tiny_model_dir, networks_tsv, tmp_path):
+    res, _ = tiny_scan
+    words = ["quiet harbour", "mountain roads", "old library", "river boats", "green valley",
+             "tall tower"]
+    extra = []
+    if kind == "labelled":  # the byte tokenizer: one-character label words after "Label: "
+        task = _write_jsonl(tmp_path / "sst.jsonl", [
+            {"text": f"A text about a {w}.", "label": "pos" if i % 2 else "neg"}
+            for i, w in enumerate(words)])
+        extra = ["--template", "{text}\\nLabel: ", "--label-words", "pos=P,neg=N"]
+        metrics = {"accuracy"}
+    elif kind == "multiple-choice":
+        task = _write_jsonl(tmp_path / "mc.jsonl", [
+            {"prompt": f"Where? A {w}:", "choices": ["here", "there", "nowhere"], "answer": i % 3}
+            for i, w in enumerate(words)])
+        metrics = {"accuracy"}
+    else:
+        task = _write_jsonl(tmp_path / "qa.jsonl", [
+            {"context": f"It was a {w}.", "question": "What was it?", "answers": [w]} for w in words])
+        extra = ["--max-new-tokens", "4"]
+        metrics = {"exact_match", "f1"}
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(main, [
+        "evaluate", str(networks_tsv), "--dataset", str(res.root), "--output", str(out),
+        "--model", str(tiny_model_dir), "--heldout", "none", "--task", str(task), *extra,
+        "--seeds", "2", "--amplify", "none", "--bootstrap", "100", "--threads", "1", "-q"])
+    assert r.exit_code == 0, r.output
+    results = pd.read_csv(out / "results.tsv", sep="\t")
+    assert set(results.metric) == metrics
+    assert results.n_items.eq(6).all()
+    values = results[results.metric.isin(metrics)].value
+    assert values.between(0, 1).all()
+    metric = sorted(metrics)[0]
+    assert f"{metric}, inhibit: do the network neurons hurt more than random?" in r.output
+    settings = json.loads((out / "evaluation.json").read_text())
+    assert settings["task"] == task.stem and settings["overlap_with_scan"] == {"task": []}
+
+
+def test_evaluate_refuses_multi_token_label_words(tiny_scan, tiny_model_dir, networks_tsv, tmp_path):
+    res, _ = tiny_scan
+    task = _write_jsonl(tmp_path / "sst.jsonl", [{"text": "a b c", "label": 0}, {"text": "d e", "label": 1}])
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(main, [
+        "evaluate", str(networks_tsv), "--dataset", str(res.root), "--output", str(out),
+        "--model", str(tiny_model_dir), "--heldout", "none", "--task", str(task),
+        "--label-words", "0=negative,1=positive", "-q"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1
+    assert "not single tokens" in r.output and not out.exists()

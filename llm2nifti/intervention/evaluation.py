@@ -149,12 +149,19 @@ class Scores:
     loglik : ndarray of shape (n_items, n_choices)
         Log-likelihood of each answer (NaN-padded where items have fewer choices).
     labels : ndarray
+    generated : list of str
+        Greedy answer to each open question (:class:`~llm2nifti.intervention.tasks.GenerationTask`).
+    exact, f1 : ndarray
+        SQuAD exact match and token F1 of each generated answer.
     """
 
     nll: np.ndarray = None
     n_tokens: np.ndarray = None
     loglik: np.ndarray = None
     labels: np.ndarray = None
+    generated: list = None
+    exact: np.ndarray = None
+    f1: np.ndarray = None
 
     @property
     def perplexity(self):
@@ -178,6 +185,10 @@ class Scores:
         if self.loglik is not None:
             lo, hi = bootstrap_ci(self.correct.astype(float), n_resamples=n_resamples, seed=seed)
             out["accuracy"] = (self.accuracy, lo, hi, len(self.labels))
+        for metric, values in (("exact_match", self.exact), ("f1", self.f1)):
+            if values is not None:
+                lo, hi = bootstrap_ci(values, n_resamples=n_resamples, seed=seed)
+                out[metric] = (float(np.mean(values)), lo, hi, len(values))
         return out
 
 
@@ -190,8 +201,9 @@ class Evaluator:
     tokenizer : transformers tokenizer
     heldout : list of Document, optional
         Documents for perplexity.
-    task : ChoiceTask, optional
-        Labelled items for accuracy.
+    task : ChoiceTask or GenerationTask, optional
+        Items for accuracy (answer log-likelihood), or open questions for exact match and
+        token F1 (greedy generation).
     max_doc_tokens : int
         Each held-out document is cut to this many tokens (BOS included).
     batch_size : int
@@ -229,12 +241,21 @@ class Evaluator:
             self._docs = [(head + self._encode(d.text))[: self.max_doc_tokens] for d in self.heldout]
             if any(len(s) < 2 for s in self._docs):
                 raise UsageError("a held-out document has fewer than 2 tokens: drop empty documents")
-        self._items = None
-        if self.task is not None:
+        self._items = self._questions = None
+        if getattr(self.task, "answers", None) is not None:  # open questions
+            self._questions = [head + self._encode(p) for p in self.task.prompts]
+        elif self.task is not None:
             prompts = [head + self._encode(p) for p in self.task.prompts]
             answers = [[self._encode(c) for c in cs] for cs in self.task.choices]
             if any(len(a) == 0 for cs in answers for a in cs):
                 raise UsageError(f"task {self.task.name}: an answer encodes to no token")
+            if getattr(self.task, "single_token", False):
+                long = sorted({c for cs, enc in zip(self.task.choices, answers)
+                               for c, a in zip(cs, enc) if len(a) != 1})
+                if long:
+                    raise UsageError(f"task {self.task.name}: label word(s) {long} are not single "
+                                     "tokens for this tokenizer: choose one-token words with "
+                                     "--label-words")
             self._single = all(len(a) == 1 for cs in answers for a in cs)
             self._items = (prompts, answers)
             self.n_choices_ = max(len(cs) for cs in answers)
@@ -285,6 +306,45 @@ class Evaluator:
             out.nll, out.n_tokens = self._score_heldout()
         if self._items is not None:
             out.loglik, out.labels = self._score_choices(), np.asarray(self.task.labels)
+        if self._questions is not None:
+            from .tasks import exact_match, token_f1
+
+            out.generated = self._generate()
+            refs = self.task.answers
+            out.exact = np.array([exact_match(g, r) for g, r in zip(out.generated, refs)])
+            out.f1 = np.array([token_f1(g, r) for g, r in zip(out.generated, refs)])
+        return out
+
+    def _generate(self):
+        """Greedy answer to each open question, cut at the first newline.
+
+        Prompts are left-padded into batches and decoded step by step with the model's
+        key-value cache; interventions apply to every step as to any forward pass.
+        """
+        prompts = self._questions
+        dev = self._device()
+        pad = self.tokenizer.pad_token_id
+        pad = self.tokenizer.eos_token_id if pad is None else pad
+        stop = {t for t in (self.tokenizer.eos_token_id,) if t is not None}
+        order = np.argsort([-len(p) for p in prompts], kind="stable")
+        out = [None] * len(prompts)
+        for b in range(0, len(prompts), self.batch_size):
+            idx = order[b: b + self.batch_size]
+            L = max(len(prompts[i]) for i in idx)
+            ids = torch.full((len(idx), L), pad or 0, dtype=torch.long)
+            mask = torch.zeros((len(idx), L), dtype=torch.long)
+            for r, i in enumerate(idx):
+                ids[r, L - len(prompts[i]):] = torch.as_tensor(prompts[i])
+                mask[r, L - len(prompts[i]):] = 1
+            gen = self.model.generate(input_ids=ids.to(dev), attention_mask=mask.to(dev),
+                                      max_new_tokens=self.task.max_new_tokens, do_sample=False,
+                                      num_beams=1, pad_token_id=pad or 0, temperature=None,
+                                      top_p=None, top_k=None)
+            for r, i in enumerate(idx):
+                toks = [int(t) for t in gen[r, L:]]
+                cut = next((j for j, t in enumerate(toks) if t in stop), len(toks))
+                text = self.tokenizer.decode(toks[:cut], skip_special_tokens=True)
+                out[i] = text.lstrip().split("\n")[0].strip()
         return out
 
     def _score_heldout(self):

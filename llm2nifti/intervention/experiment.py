@@ -259,7 +259,7 @@ def summarize(results):
     return out
 
 
-_BETTER = {"perplexity": -1, "accuracy": +1}  # sign of "better performance"
+_BETTER = {"perplexity": -1, "accuracy": +1, "exact_match": +1, "f1": +1}  # sign of "better"
 
 
 def _get(summary, condition, metric):
@@ -395,7 +395,8 @@ def _check_weights(ds, layout, model, participant):
 
 
 def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participant=None, network_names=None,
-             heldout="lee-test", task="pang-lee", bigbench=None, n_docs=None, n_items=None,
+             heldout="lee-test", task="pang-lee", bigbench=None, template=None, label_words=None,
+             max_new_tokens=16, n_docs=None, n_items=None,
              max_doc_tokens=128, seeds=5, controls=CONTROLS, amplify=(0.5,), amplify_controls=True,
              curve=(), curve_seeds=None, curve_networks=(), massive_factor=100.0, spread_bins=20,
              allow_overlap=False, ablations=("zero",),
@@ -423,10 +424,13 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
         Networks to use (default: all).
     heldout : str, path or None
         Held-out text for perplexity (:func:`llm2nifti.acquisition.stimuli.load_documents`).
-    task : {"pang-lee"} or None
-        Labelled task for accuracy.
+    task : str, path or None
+        ``"pang-lee"`` or a task file (:func:`llm2nifti.intervention.tasks.load_task`): labelled
+        sentences and multiple choice give accuracy, open questions exact match and F1.
     bigbench : path, optional
         A BIG-bench ``task.json``, used instead of ``task``.
+    template, label_words, max_new_tokens :
+        How a task file's items become prompts and answers (see ``load_task``).
     n_docs, n_items : int, optional
         Use only the first ``n_docs`` documents / ``n_items`` items (stratified).
     max_doc_tokens : int
@@ -469,7 +473,7 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
     layout = ds.layout(participant, nset.site)
     nset.check_site(layout.site)
     heldout_docs = load_documents(heldout)[:n_docs] if heldout is not None else None
-    choice = _choice_task(task, bigbench, n_items)
+    choice = _choice_task(task, bigbench, n_items, template, label_words, max_new_tokens)
     overlap_docs = _check_texts(ds, participant, heldout_docs, choice, allow_overlap)
 
     if threads is not None or str(device) == "cpu":
@@ -507,6 +511,7 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
         "n_heldout_docs": None if heldout_docs is None else len(heldout_docs),
         "max_doc_tokens": max_doc_tokens,
         "task": None if choice is None else choice.name,
+        "task_kind": None if choice is None else type(choice).__name__,
         "n_items": None if choice is None else len(choice),
         "seeds": seed_list, "controls": list(controls), "ablations": list(ablations),
         "amplify": list(amplify),
@@ -522,19 +527,16 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
     return EvaluationResult(output, results, summary, lines, figures, settings)
 
 
-def _choice_task(task, bigbench, n_items):
-    """The labelled task: a BIG-bench file, the built-in Pang-Lee sentences, or none."""
-    from .tasks import bigbench_task, pang_lee_task
+def _choice_task(task, bigbench, n_items, template=None, label_words=None, max_new_tokens=16):
+    """The task: a BIG-bench file, the built-in Pang-Lee sentences, a user's file, or none."""
+    from .tasks import load_task
 
     if bigbench is not None:
-        choice = bigbench_task(bigbench)
-    elif task == "pang-lee":
-        choice = pang_lee_task()
-    elif task is None:
+        task = bigbench
+    if task is None:
         return None
-    else:
-        raise UsageError(f"unknown task {task!r}: use pang-lee, or pass a BIG-bench task.json")
-    return choice.subset(n_items)
+    return load_task(task, template=template, label_words=label_words,
+                     max_new_tokens=max_new_tokens).subset(n_items)
 
 
 def _check_texts(ds, participant, heldout_docs, choice, allow_overlap):

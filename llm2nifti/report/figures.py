@@ -6,10 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_interventions", "plot_curve"]
+__all__ = ["plot_interventions", "plot_curve", "METRICS"]
+
+METRICS = ("perplexity", "accuracy", "exact_match", "f1")
 
 _COLORS = {"key": "#c0392b", "random": "#7f8c8d", "spread-matched": "#2980b9",
-           "top-spread": "#8e44ad", "key-minus-massive": "#e67e22"}
+           "top-spread": "#8e44ad", "key-minus-massive": "#e67e22",
+           "random-minus-massive": "#16a085"}
 
 
 def _save(fig, path):
@@ -48,7 +51,7 @@ def plot_interventions(summary, path):
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in ("perplexity", "accuracy") if m in set(summary["metric"])]
+    metrics = [m for m in METRICS if m in set(summary["metric"])]
     panels = [("main", "inhibit"), ("main", "retain"), ("amplify", "amplify")]
     panels = [(g, m) for g, m in panels if ((summary["group"] == g) & (summary["mode"] == m)).any()]
     fig, axes = plt.subplots(len(metrics), max(len(panels), 1), squeeze=False,
@@ -83,7 +86,7 @@ def plot_curve(summary, path):
     matplotlib.use("Agg", force=True)
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in ("perplexity", "accuracy") if m in set(summary["metric"])]
+    metrics = [m for m in METRICS if m in set(summary["metric"])]
     fig, axes = plt.subplots(1, len(metrics), squeeze=False, figsize=(4.8 * len(metrics), 3.6))
     keep = summary[(summary["group"] == "curve")
                    | ((summary["group"] == "main") & (summary["mode"] == "retain")
