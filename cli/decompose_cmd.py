@@ -107,7 +107,7 @@ def networks(components, dataset, participant, site, threshold, one_sided, top_k
       <stem>_summary.tsv     size, share, signs, peak, count per layer
       <stem>_keyneurons.tsv  the union, with how many networks hold each neuron
     """
-    from llm2nifti.analysis.networks import networks as run_networks
+    from llm2nifti.analysis.selection import networks as run_networks
 
     res = run_networks(components, dataset, participant=participant, site=site,
                        threshold=_threshold(threshold, top_k), two_sided=not one_sided,
@@ -146,7 +146,7 @@ def recurrence(dataset, participant, task, run, site, templates, method, backend
     TSV per (run or seed, template), a summary per template, and figures (runs x templates heat
     map, network sizes per layer).
     """
-    from llm2nifti.analysis.recurrence import recurrence as run_recurrence
+    from llm2nifti.analysis.matching import recurrence as run_recurrence
 
     res = run_recurrence(dataset, participant=participant, task=task, run=_runs(run), site=site,
                          templates=templates, method=method, backend=backend,

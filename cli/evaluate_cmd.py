@@ -141,7 +141,7 @@ def prune(networks, output, model, gguf_file, network_names, remove, heldout, n_
     Reports parameters, file size, forward speed and perplexity of the unpruned, the masked
     (unpruned, other neurons zeroed) and the pruned model.
     """
-    from llm2nifti.intervention.prune import prune as run_prune
+    from llm2nifti.intervention.pruning import prune as run_prune
 
     res = run_prune(networks, output, model=model, gguf_file=gguf_file, networks_names=_names(network_names),
                     remove=remove, heldout=heldout, n_docs=n_docs, max_doc_tokens=max_doc_tokens,

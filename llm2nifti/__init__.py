@@ -21,11 +21,11 @@ _EXPORTS = {
     "Recorder": ".acquisition.recording", "record": ".acquisition.recording",
     "load_documents": ".acquisition.stimuli",
     "decompose": ".analysis.decomposition", "Decomposition": ".analysis.decomposition",
-    "maps_to_neurons": ".analysis.networks", "iou_matrix": ".analysis.recurrence",
+    "maps_to_neurons": ".analysis.selection", "iou_matrix": ".analysis.matching",
     "intervene": ".intervention.hooks", "Intervention": ".intervention.hooks",
     "Evaluator": ".intervention.evaluation", "pang_lee_task": ".intervention.tasks",
     "neuron_stats": ".intervention.controls", "evaluate": ".intervention.experiment",
-    "prune": ".intervention.prune", "prune_model": ".intervention.prune",
+    "prune": ".intervention.pruning", "prune_model": ".intervention.pruning",
     "Dataset": "bids_llm.dataset", "load_run": "bids_llm.dataset",
 }
 

@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 from llm2nifti.analysis.decomposition import Decomposition, decompose, explained_variance, zscore_maps
 from llm2nifti.errors import UsageError
 from llm2nifti.analysis.fastica import canica, fastica_restarts, run_pca, zscore_
-from llm2nifti.analysis.networks import maps_to_neurons
+from llm2nifti.analysis.selection import maps_to_neurons
 
 
 @pytest.fixture(scope="module")

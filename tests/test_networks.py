@@ -9,7 +9,7 @@ import pytest
 from planted import PARTICIPANT, make_planted, toy_layout
 
 from llm2nifti.errors import UsageError
-from llm2nifti.analysis.networks import key_neurons, maps_to_neurons, network_names, networks, summarize
+from llm2nifti.analysis.selection import key_neurons, maps_to_neurons, network_names, networks, summarize
 from llm2nifti.neuronset import NeuronSet
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,19 @@ def test_stage_exports_resolve(stage):
     assert pkg.__doc__ and len(pkg.__doc__.strip().splitlines()) >= 2
     for name in pkg.__all__:
         assert getattr(pkg, name) is not None, name
+
+
+@pytest.mark.parametrize("package", ("", *STAGES))
+def test_no_module_shadows_an_exported_name(package):
+    """Importing a submodule sets the package attribute of its name: it must not hide an export."""
+    pkg = importlib.import_module("llm2nifti" + (f".{package}" if package else ""))
+    modules = {p.stem for p in Path(pkg.__file__).parent.glob("*.py")} | {
+        p.name for p in Path(pkg.__file__).parent.iterdir() if (p / "__init__.py").is_file()}
+    assert not modules & set(pkg.__all__)
+    for module in sorted(modules - {"__init__"}):  # every submodule imported...
+        importlib.import_module(f"{pkg.__name__}.{module}")
+    # ... and every export is still a function, class or value, never a module
+    assert not [n for n in pkg.__all__ if inspect.ismodule(getattr(pkg, n))]
 
 
 def _imports(path):

@@ -12,7 +12,7 @@ from conftest import tiny_gpt2, tiny_llama
 from llm2nifti.errors import UsageError
 from llm2nifti.intervention import intervene
 from llm2nifti.neuronset import NeuronSet
-from llm2nifti.intervention.prune import count_parameters, prune, prune_model
+from llm2nifti.intervention.pruning import count_parameters, prune, prune_model
 
 MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
 KEEP = {0: [1, 5, 17, 30, 31], 1: [0, 3, 100]}  # unequal counts: layer 1 gets inert padding

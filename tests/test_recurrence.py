@@ -10,7 +10,7 @@ from planted import make_planted
 
 from cli.main import main
 from llm2nifti.errors import UsageError
-from llm2nifti.analysis.recurrence import iou_matrix, match_networks, recurrence
+from llm2nifti.analysis.matching import iou_matrix, match_networks, recurrence
 
 
 def test_iou_matrix_by_hand():

@@ -10,10 +10,10 @@ _EXPORTS = {
     **{name: ".decomposition" for name in (
         "Decomposition", "decompose", "DecomposeResult", "zscore_maps", "explained_variance",
         "nilearn_estimator", "METHODS", "BACKENDS", "select_runs")},
-    **{name: ".networks" for name in (
+    **{name: ".selection" for name in (
         "maps_to_neurons", "network_names", "key_neurons", "networks", "NetworksResult",
         "load_maps")},
-    **{name: ".recurrence" for name in (
+    **{name: ".matching" for name in (
         "iou_matrix", "match_networks", "recurrence", "RecurrenceResult")},
 }
 

@@ -18,7 +18,7 @@ _EXPORTS = {
     **{name: ".experiment" for name in (
         "Condition", "plan_conditions", "run_conditions", "verdicts", "evaluate",
         "EvaluationResult", "CONTROLS")},
-    **{name: ".prune" for name in ("prune_model", "prune", "PruneReport", "count_parameters",
+    **{name: ".pruning" for name in ("prune_model", "prune", "PruneReport", "count_parameters",
                                    "forward_speed")},
 }
 

@@ -95,7 +95,7 @@ class RecurrenceResult:
 
 
 def _networks_of(est_or_maps, layout, threshold, two_sided, top_k):
-    from .networks import maps_to_neurons, network_names
+    from .selection import maps_to_neurons, network_names
 
     maps = getattr(est_or_maps, "components_", est_or_maps)
     names = network_names(len(maps))
@@ -130,7 +130,7 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
     n_seeds : int
         Extra group decompositions with seeds ``random_state + 1 ...``.
     threshold, two_sided, top_k :
-        Neuron selection (see :func:`llm2nifti.analysis.networks.maps_to_neurons`).
+        Neuron selection (see :func:`llm2nifti.analysis.selection.maps_to_neurons`).
     iou_threshold : float
         A matched IoU above it counts as recurring.
     output : path, optional
@@ -150,7 +150,7 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
 
     from .. import _version
     from .decomposition import Decomposition, select_runs
-    from .networks import load_maps, summarize
+    from .selection import load_maps, summarize
 
     if threads is not None:
         from ..models import set_threads
