@@ -67,7 +67,17 @@ def _names(value):
 @click.option("--curve-networks", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Another networks.tsv of the same scan (e.g. a lower threshold) kept as one more "
                    "curve point; repeatable.")
-@click.option("--curve-seeds", type=int, default=None, help="Random sets per curve point [default: --seeds].")
+@click.option("--curve-seeds", type=int, default=None,
+              help="Random sets per curve point (threshold curve and FN@k) [default: --seeds].")
+@click.option("--k", "fnk", default="",
+              help="FN@k curve: decompose the scan once per k (e.g. 10,32,64,128), keep alone and "
+                   "zero the union of each decomposition's networks, against random sets.")
+@click.option("--k-backend", type=click.Choice(["fast", "nilearn"]), default="fast", show_default=True,
+              help="CanICA backend of the FN@k decompositions.")
+@click.option("--k-n-init", type=int, default=10, show_default=True,
+              help="FastICA starts of each FN@k decomposition.")
+@click.option("--k-threshold", type=float, default=None,
+              help="|z| threshold of the FN@k networks [default: the one that made NETWORKS, else 3.6].")
 @click.option("--massive-factor", type=float, default=100.0, show_default=True,
               help="Massive neurons: peak |activation| above this many times the median peak.")
 @click.option("--allow-overlap", is_flag=True,
@@ -83,8 +93,7 @@ def _names(value):
 def evaluate(networks, dataset, output, model, gguf_file, participant, network_names, heldout, task,
              template, label_words, max_new_tokens, bigbench,
              n_docs, n_items, max_doc_tokens, seeds, amplify, no_amplify_controls, ablation, curve,
-             curve_networks,
-             curve_seeds,
+             curve_networks, curve_seeds, fnk, k_backend, k_n_init, k_threshold,
              massive_factor, allow_overlap, batch_size, n_resamples, threads, device, dtype, quiet):
     """Inhibit, retain and amplify the neurons of NETWORKS (a networks.tsv) against controls.
 
@@ -104,6 +113,7 @@ def evaluate(networks, dataset, output, model, gguf_file, participant, network_n
         n_items=n_items, max_doc_tokens=max_doc_tokens, seeds=seeds, amplify=_floats(amplify),
         amplify_controls=not no_amplify_controls, curve=_ints(curve), curve_networks=curve_networks,
         curve_seeds=None if curve_seeds is None else list(range(curve_seeds)),
+        fnk=_names(fnk) or (), fnk_backend=k_backend, fnk_n_init=k_n_init, fnk_threshold=k_threshold,
         massive_factor=massive_factor, allow_overlap=allow_overlap, ablations=_names(ablation) or [],
         device=device, dtype=dtype,
         threads=threads, batch_size=batch_size, n_resamples=n_resamples, progress=not quiet)

@@ -12,7 +12,11 @@ _EXPORTS = {
     **{name: ".controls" for name in (
         "neuron_stats", "random_like", "spread_matched", "top_spread", "massive_neurons",
         "without", "overlap", "count", "nested_networks")},
-    **{name: ".tasks" for name in ("ChoiceTask", "pang_lee_task", "bigbench_task")},
+    **{name: ".tasks" for name in (
+        "ChoiceTask", "GenerationTask", "pang_lee_task", "bigbench_task", "labelled_task",
+        "multiple_choice_task", "question_task", "load_task", "normalize_answer", "exact_match",
+        "token_f1", "TASK_FORMATS")},
+    **{name: ".fnk" for name in ("fn_at_k", "parse_ks")},
     **{name: ".evaluation" for name in (
         "Evaluator", "Scores", "bootstrap_ci", "check_overlap", "scan_documents")},
     **{name: ".experiment" for name in (

@@ -77,7 +77,8 @@ class Condition:
 
 def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit", "retain"),
                     controls=CONTROLS, amplify=(), amplify_controls=True, curve=(), curve_seeds=None,
-                    curve_sets=(), massive_factor=100.0, spread_bins=20, ablations=("zero",)):
+                    curve_sets=(), massive_factor=100.0, spread_bins=20, ablations=("zero",),
+                    fnk_sets=()):
     """The conditions of an evaluation.
 
     Parameters
@@ -112,6 +113,10 @@ def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit",
     ablations : sequence of {"zero", "mean"}
         Each inhibit and retain condition (controls and curve included) is run with each
         kind; mean-ablation conditions are named ``inhibit-mean ...``, ``retain-mean ...``.
+    fnk_sets : sequence of (int, NeuronSet)
+        FN@k (:func:`llm2nifti.intervention.fnk.fn_at_k`): each union is retained and
+        inhibited (``retain key @k=10``, group ``fnk``), against random sets of the same
+        count per layer (``curve_seeds``).
 
     Returns
     -------
@@ -165,6 +170,25 @@ def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit",
         for s in (seeds if curve_seeds is None else curve_seeds):
             out.append(Condition(f"{retain} random @{label}", "curve", "retain", "random",
                                  C.random_like(kept, width, s), s, n_networks=m, ablation=ablation))
+    out += _fnk_conditions(fnk_sets, width, seeds if curve_seeds is None else curve_seeds,
+                           modes, ablations)
+    return out
+
+
+def _fnk_conditions(fnk_sets, width, seeds, modes, ablations):
+    """FN@k kept alone and zeroed, each against random sets of the same count per layer."""
+    out = []
+    for ablation, mode, (k, nset) in ((a, m, f) for a in ablations for m in modes for f in fnk_sets):
+        union = nset.per_layer()
+        if not C.count(union):
+            log.warning("FN@%d holds no neurons at this threshold; left out", k)
+            continue
+        label = _label(mode, ablation)
+        out.append(Condition(f"{label} key @k={k}", "fnk", mode, "key", union, None,
+                             n_networks=k, ablation=ablation))
+        for s in seeds:
+            out.append(Condition(f"{label} random @k={k}", "fnk", mode, "random",
+                                 C.random_like(union, width, s), s, n_networks=k, ablation=ablation))
     return out
 
 
@@ -332,7 +356,28 @@ def verdicts(summary):
                              f"{mode} key {key['mean']:.4g} (95% CI {key['ci_low']:.4g}-"
                              f"{key['ci_high']:.4g}) vs {ctl} {desc}.")
         lines.extend(_amplify_verdicts(summary, metric, base))
+        lines.extend(_fnk_verdicts(summary, metric))
     return lines
+
+
+def _fnk_verdicts(summary, metric):
+    """Per k and mode: does FN@k do more than random sets of the same count per layer?"""
+    out = []
+    rows = summary[(summary["group"] == "fnk") & (summary["selection"] == "key")
+                   & (summary["metric"] == metric)].sort_values(["condition", "n_networks"])
+    for _, key in rows.iterrows():
+        other = _get(summary, key["condition"].replace(" key @", " random @"), metric)
+        if other is None:
+            continue
+        mode = key["condition"].split(" ")[0]
+        want, verb = (-1, "hurt more") if mode.startswith("inhibit") else (+1, "preserve more")
+        word = {1: "YES", -1: "NO, the control does", 0: "NOT CLEARLY"}[
+            _beats(key, other, _BETTER[metric] * want)]
+        out.append(f"{metric}, {mode} FN@{int(key['n_networks'])} ({100 * key['share']:.1f}% of "
+                   f"units): does it {verb} than random? {word}. {key['mean']:.4g} (95% CI "
+                   f"{key['ci_low']:.4g}-{key['ci_high']:.4g}) vs random mean {other['mean']:.4g}, "
+                   f"range {other['min']:.4g}-{other['max']:.4g} over {int(other['n_sets'])} seeds.")
+    return out
 
 
 def _amplify_verdicts(summary, metric, base):
@@ -399,8 +444,8 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
              max_new_tokens=16, n_docs=None, n_items=None,
              max_doc_tokens=128, seeds=5, controls=CONTROLS, amplify=(0.5,), amplify_controls=True,
              curve=(), curve_seeds=None, curve_networks=(), massive_factor=100.0, spread_bins=20,
-             allow_overlap=False, ablations=("zero",),
-             device="cpu", dtype="auto", threads=None, batch_size=8, n_resamples=2000,
+             allow_overlap=False, ablations=("zero",), fnk=(), fnk_backend="fast", fnk_n_init=10,
+             fnk_threshold=None, device="cpu", dtype="auto", threads=None, batch_size=8, n_resamples=2000,
              progress=True, loaded=None, cache=None):
     """Evaluate the networks of ``networks.tsv`` against controls; write tables and figures.
 
@@ -447,6 +492,14 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
     ablations : sequence of {"zero", "mean"}
         Inhibit and retain by zeroing units, by setting them to their mean over the
         scan's tokens, or both (controls use the same kind as the set they control).
+    fnk : sequence of int
+        Numbers of components of the FN@k curve: the scan is decomposed once per k
+        (:func:`llm2nifti.intervention.fnk.fn_at_k`) and each union of networks is kept
+        alone and zeroed against random sets (``curve_seeds``).
+    fnk_backend, fnk_n_init : str, int
+        CanICA backend and FastICA starts of those decompositions.
+    fnk_threshold : float, optional
+        |z| threshold of their networks (default: the threshold that made ``networks``, or 3.6).
     device, dtype, threads, cache :
         Model loading (see :func:`llm2nifti.models.load_model`).
     batch_size : int
@@ -475,6 +528,8 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
     heldout_docs = load_documents(heldout)[:n_docs] if heldout is not None else None
     choice = _choice_task(task, bigbench, n_items, template, label_words, max_new_tokens)
     overlap_docs = _check_texts(ds, participant, heldout_docs, choice, allow_overlap)
+    fnk_sets = _fnk_sets(ds, participant, nset, networks, fnk, fnk_backend, fnk_n_init,
+                         fnk_threshold, device, progress)
 
     if threads is not None or str(device) == "cpu":
         set_threads(threads)
@@ -490,7 +545,8 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
                                  curve_seeds=curve_seeds, massive_factor=massive_factor,
                                  curve_sets=[(_curve_label(p), NeuronSet.from_tsv(p))
                                              for p in curve_networks],
-                                 spread_bins=spread_bins, ablations=tuple(ablations))
+                                 spread_bins=spread_bins, ablations=tuple(ablations),
+                                 fnk_sets=[(k, n) for k, n, _ in fnk_sets])
     evaluator = Evaluator(lm, tok, heldout=heldout_docs, task=choice, max_doc_tokens=max_doc_tokens,
                           batch_size=batch_size)
     results = run_conditions(evaluator, conditions, nset.per_layer(), site.n_neurons, site=site,
@@ -516,6 +572,8 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
         "seeds": seed_list, "controls": list(controls), "ablations": list(ablations),
         "amplify": list(amplify),
         "curve": list(curve), "curve_networks": [str(p) for p in curve_networks],
+        "fnk": [{"k": k, "n_neurons": len(n), "components": str(p)} for k, n, p in fnk_sets],
+        "fnk_backend": fnk_backend, "fnk_n_init": fnk_n_init,
         "massive_factor": massive_factor,
         "massive_neurons": [[int(l), int(n)] for l, idx in massive.items() for n in idx],
         "spread_bins": spread_bins, "n_resamples": n_resamples,
@@ -539,6 +597,35 @@ def _choice_task(task, bigbench, n_items, template=None, label_words=None, max_n
                      max_new_tokens=max_new_tokens).subset(n_items)
 
 
+def _fnk_sets(ds, participant, nset, networks, ks, backend, n_init, threshold, device, progress):
+    """FN@k for each k (decomposed or reused), after the ks are checked against the scan."""
+    from .fnk import fn_at_k, parse_ks
+
+    if not ks:
+        return []
+    parse_ks(ks, _scan_tokens(ds, participant, nset.site))
+    if threshold is None:
+        threshold, two_sided = _selection(networks)
+    else:
+        two_sided = True
+    return fn_at_k(ds, ks, participant=participant, site=nset.site, backend=backend,
+                   n_init=n_init, threshold=threshold, two_sided=two_sided, device=device,
+                   progress=progress)
+
+
+def _selection(networks):
+    """(threshold, two_sided) from the ``_networks.json`` beside a table; (3.6, True) if none."""
+    if isinstance(networks, NeuronSet):
+        return 3.6, True
+    path = Path(networks)
+    try:
+        sel = json.loads(path.with_name(path.name.replace("_networks.tsv", "_networks.json"))
+                         .read_text())["Selection"]
+        return float(sel["threshold"]), bool(sel.get("two_sided", True))
+    except (OSError, KeyError, TypeError, ValueError):
+        return 3.6, True
+
+
 def _check_texts(ds, participant, heldout_docs, choice, allow_overlap):
     """Ids of evaluation texts the scan read, per kind; refused unless ``allow_overlap``."""
     from .evaluation import check_overlap
@@ -554,7 +641,7 @@ def _check_texts(ds, participant, heldout_docs, choice, allow_overlap):
 
 def _write_tables(output, results, summary):
     """``results.tsv``, ``summary.tsv`` and the figures; returns the figures' paths."""
-    from ..report import plot_curve, plot_interventions
+    from ..report import plot_curve, plot_fnk, plot_interventions
 
     output.mkdir(parents=True, exist_ok=True)
     write_text(output / "results.tsv", results.to_csv(sep="\t", index=False, float_format="%.8g"))
@@ -562,6 +649,8 @@ def _write_tables(output, results, summary):
     figures = [plot_interventions(summary, output / "interventions.png")]
     if (summary["group"] == "curve").any():
         figures.append(plot_curve(summary, output / "curve.png"))
+    if (summary["group"] == "fnk").any():
+        figures.append(plot_fnk(summary, output / "fnk.png"))
     return figures
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_interventions", "plot_curve", "METRICS"]
+__all__ = ["plot_interventions", "plot_curve", "plot_fnk", "METRICS"]
 
 METRICS = ("perplexity", "accuracy", "exact_match", "f1")
 
@@ -80,7 +80,11 @@ def plot_interventions(summary, path):
 
 
 def plot_curve(summary, path):
-    """Performance against the share of neurons kept: nested networks vs random sets."""
+    """Threshold curve: performance against the share of neurons kept, from one decomposition.
+
+    Points are nested networks or the same maps at lower thresholds (not FN@k: see
+    :func:`plot_fnk`), each against random sets of the same count per layer.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -109,5 +113,54 @@ def plot_curve(summary, path):
         ax.set_ylabel(metric)
         ax.set_title(f"retain only: {metric}", fontsize=10)
         ax.legend(fontsize=7)
+    fig.suptitle("Threshold curve: one decomposition, lower thresholds or fewer networks", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_fnk(summary, path):
+    """FN@k: performance against the share of units kept alone or zeroed, one decomposition per k.
+
+    Each key point is labelled with its k; random sets have the same count per layer
+    (error bars: range over seeds; key: 95% bootstrap interval).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fnk = summary[summary["group"] == "fnk"]
+    metrics = [m for m in METRICS if m in set(fnk["metric"])]
+    modes = [m for m in dict.fromkeys(c.split(" ")[0] for c in fnk["condition"])]
+    fig, axes = plt.subplots(len(metrics), len(modes), squeeze=False,
+                             figsize=(4.8 * len(modes), 3.6 * len(metrics)))
+    for i, metric in enumerate(metrics):
+        base = summary[(summary["condition"] == "baseline") & (summary["metric"] == metric)]
+        for j, mode in enumerate(modes):
+            ax = axes[i, j]
+            rows = fnk[(fnk["metric"] == metric) & fnk["condition"].str.startswith(mode + " ")]
+            for selection, marker in (("key", "o"), ("random", "s")):
+                sel = rows[rows["selection"] == selection].sort_values("share")
+                if sel.empty:
+                    continue
+                ax.errorbar(sel["share"] * 100, sel["mean"], yerr=_errors(sel), marker=marker,
+                            color=_COLORS[selection], capsize=3,
+                            label="FN@k" if selection == "key" else "random, same count per layer")
+                if selection == "key":
+                    for _, r in sel.iterrows():
+                        ax.annotate(f"k={int(r['n_networks'])}", (r["share"] * 100, r["mean"]),
+                                    textcoords="offset points", xytext=(4, 4), fontsize=7)
+            if not base.empty:
+                ax.axhline(base["mean"].iloc[0], color="black", ls="--", lw=1, label="baseline")
+            if metric == "perplexity":
+                ax.set_yscale("log")
+            kept = mode.startswith("retain")
+            ax.set_xlabel("units kept (% of all)" if kept else "units zeroed (% of all)"
+                          if mode == "inhibit" else "units set to their mean (% of all)")
+            ax.set_ylabel(metric)
+            ax.set_title(f"{'keep only' if kept else 'ablate'} FN@k ({mode}): {metric}", fontsize=10)
+            ax.legend(fontsize=7)
+    fig.suptitle("FN@k: union of all networks of a decomposition with k components, one "
+                 "decomposition per k", fontsize=11)
     fig.tight_layout()
     return _save(fig, path)
