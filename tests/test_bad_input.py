@@ -153,6 +153,12 @@ def _bigbench(w, name, spec):
     return folder / "task.json"
 
 
+def _taskfile(w, name, records):
+    path = w.path(name)
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return path
+
+
 def _convert(*extra):
     return lambda w: ["convert", w.path("out"), "--model", w.model, "--text", w.text, *extra]
 
@@ -265,6 +271,16 @@ CASES = [
      "examples"),
     ("evaluate-bigbench-bad-scores", _evaluate(lambda w: w.networks, "--bigbench", lambda w: _bigbench(
         w, "bb4", {"examples": [{"input": "x", "target_scores": {"a": "high", "b": 0}}]})), "target_scores"),
+    ("evaluate-task-no-format", _evaluate(lambda w: w.networks, "--task", lambda w: _taskfile(
+        w, "t1.jsonl", [{"text": "a"}])), "match no task format"),
+    ("evaluate-task-missing-label", _evaluate(lambda w: w.networks, "--task", lambda w: _taskfile(
+        w, "t2.jsonl", [{"text": "a", "label": "x"}, {"text": "b"}])), "missing label"),
+    ("evaluate-task-multi-token-labels", _evaluate(lambda w: w.networks, "--task", lambda w: _taskfile(
+        w, "t3.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]),
+        "--label-words", "x=yes,y=no"), "not single tokens"),
+    ("evaluate-task-unknown", _evaluate(lambda w: w.networks, "--task", "sst2"), "unknown task"),
+    ("evaluate-k-beyond-tokens", _evaluate(lambda w: w.networks, "--k", "100000"), "exceeds the"),
+    ("evaluate-k-not-whole", _evaluate(lambda w: w.networks, "--k", "10.5"), "whole numbers"),
     ("evaluate-output-is-file", _evaluate(lambda w: w.networks, out=lambda w: w.text), "is a file"),
     ("evaluate-missing-table", _evaluate(lambda w: w.path("none.tsv")), "not found"),
     # prune
