@@ -53,12 +53,23 @@ def test_evaluate_writes_results_and_figures(tiny_scan, tiny_model_dir, networks
     assert settings["n_key_neurons"] == 5 and settings["overlap_with_scan"] == {"heldout": [], "task": []}
     for name in ("interventions.png", "curve.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
-    from llm2nifti.intervention.reproduce import answers, results_markdown
+    from llm2nifti.intervention.reproduce import answers, choice_grid, results_markdown
 
     lines = answers(summary)
-    assert lines[0].startswith("**Does inhibiting the network neurons hurt more than inhibiting random")
-    assert lines[-1].startswith("**Does keeping only the network neurons preserve the model's")
+    assert lines[0].startswith("**Does inhibiting the network units hurt more than inhibiting random")
+    assert lines[-1].startswith("**Does keeping only the network units preserve the model's")
     assert all(("yes" in l or "no" in l or "not clearly" in l) for l in lines)
+    # the grid of configurations: a summary against itself never changes a verdict
+    grid = choice_grid({"a, zero": (summary, "zero"), "b, zero": (summary, "zero")}).splitlines()
+    assert grid[0] == "| question | metric | a, zero | b, zero | same everywhere? |"
+    assert len(grid) > 4 and all(row.endswith("| yes |") for row in grid[2:])
+    high, low = summary.copy(), summary.copy()  # inhibiting the key set: far worse / far better
+    where = (summary.condition == "inhibit key") & (summary.metric == "perplexity")
+    high.loc[where, ["mean", "ci_low", "ci_high"]] = 1e30
+    low.loc[where, ["mean", "ci_low", "ci_high"]] = 1e-3
+    grid = choice_grid({"a": (high, "zero"), "b": (low, "zero")})
+    row = [r for r in grid.splitlines() if "than inhibiting random" in r and "perplexity" in r][0]
+    assert [c.strip() for c in row.split("|")[3:6]] == ["yes", "no (the other way round)", "**no**"]
 
     table = results_markdown(summary).splitlines()
     assert table[0].startswith("| condition | sets |") and len(table) == 2 + summary.condition.nunique()

@@ -2,15 +2,17 @@
 
 Runs the command line as a user would, each step in its own process::
 
-    llm2nifti convert    WORK/scan     (the Lee news corpus, the default model)
-    llm2nifti decompose  WORK/scan     (CanICA)
-    llm2nifti networks   <z-maps>      (|z| > 3.6)
-    llm2nifti evaluate   <networks.tsv> (held-out Lee articles, Pang-Lee sentiment)
-    llm2nifti prune      <networks.tsv> --remove
+    for each unit site (mlp, mlp-out):
+        llm2nifti convert    WORK/scan --neurons SITE  (the Lee news corpus, the default model)
+        llm2nifti decompose  WORK/scan --site SITE     (CanICA)
+        llm2nifti networks   <z-maps>                  (|z| > 3.6)
+        llm2nifti evaluate   <networks.tsv> --ablation zero,mean [--k ... on the first site]
+    llm2nifti prune      <networks.tsv of the first site> --remove
 
-then writes the results page with its table, verdicts and figures. Sizes are
-reduced so that the whole run fits in well under an hour on two CPU cores;
-every size is an option and is written into the page.
+then writes the results page: per site and ablation kind, the answers, table, verdicts and
+figures, and a grid of which choice changes which verdict. Sizes are reduced so that the
+whole run fits in under an hour on two CPU cores; every size is an option and is written
+into the page.
 
 Usage: ``python -m llm2nifti.intervention.reproduce [--work DIR] [--docs docs] [--fresh]``; the
 working folder defaults to ``<cache>/reproduce`` (see :func:`llm2nifti.models.cache_dir`),
@@ -30,12 +32,13 @@ from pathlib import Path
 
 import pandas as pd
 
-__all__ = ["main", "results_markdown"]
+__all__ = ["main", "results_markdown", "answers", "answer_grid", "choice_grid"]
 
 DEFAULTS = {
     "tokens": 4096, "components": 20, "n_init": 10, "backend": "nilearn", "threshold": 3.6,
-    "n_docs": 50, "max_doc_tokens": 64, "n_items": 200, "seeds": 5, "amplify": "0.05,0.25",
-    "curve": "", "curve_thresholds": "3.0,2.5,2.0", "curve_seeds": 3,
+    "n_docs": 30, "max_doc_tokens": 64, "n_items": 100, "seeds": 5, "amplify": "0.05,0.25",
+    "curve": "", "curve_thresholds": "2.5", "curve_seeds": 3,
+    "sites": "mlp,mlp-out", "ablations": "zero,mean", "k": "10,40", "k_n_init": 5,
 }
 
 
@@ -75,7 +78,9 @@ def _cell(row):
 
 def results_markdown(summary):
     """A markdown table: one row per condition, perplexity and accuracy side by side."""
-    metrics = [m for m in ("perplexity", "accuracy") if m in set(summary["metric"])]
+    from ..report.figures import METRICS
+
+    metrics = [m for m in METRICS if m in set(summary["metric"])]
     head = ["condition", "sets", "neurons", "share", "overlap with key"] + metrics
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for cond in dict.fromkeys(summary["condition"]):
@@ -91,122 +96,218 @@ def results_markdown(summary):
     return "\n".join(lines)
 
 
-def answers(summary):
-    """Short answers to the questions the results page asks, one line each."""
-    from .experiment import _BETTER, _beats, _get
+QUESTIONS = (
+    ("Does inhibiting the network units hurt more than inhibiting random units (same count per "
+     "layer)?", "inhibit", "random"),
+    ("... more than random units that are never massive-activation units?", "inhibit",
+     "random-minus-massive"),
+    ("... more than spread-matched random units?", "inhibit", "spread-matched"),
+    ("... more than the same number of highest-spread units (no decomposition)?", "inhibit",
+     "top-spread"),
+    ("Does keeping only the network units preserve more than keeping random ones?", "retain",
+     "random"),
+    ("... more than keeping the highest-spread ones?", "retain", "top-spread"),
+    ("Does keeping only the network units preserve the model's performance?", "retain",
+     "baseline"),
+)
+_WORD = {1: "yes", -1: "no (the other way round)", 0: "not clearly"}
 
-    word = {1: "yes", -1: "no (the other way round)", 0: "not clearly"}
+
+def answer_grid(summary, ablation="zero"):
+    """``[(question, metric, answer, key value, control value)]`` for one ablation kind."""
+    from ..report.figures import METRICS
+    from .experiment import _BETTER, _beats, _get, _label
+
     out = []
-    for q, mode, ctl in (("Does inhibiting the network neurons hurt more than inhibiting random "
-                          "neurons (same count per layer)?", "inhibit", "random"),
-                         ("... more than inhibiting spread-matched random neurons?", "inhibit",
-                          "spread-matched"),
-                         ("... more than inhibiting the same number of highest-spread neurons "
-                          "(no decomposition)?", "inhibit", "top-spread"),
-                         ("Does keeping only the network neurons preserve more than keeping random "
-                          "ones?", "retain", "random"),
-                         ("... more than keeping the highest-spread ones?", "retain", "top-spread")):
-        parts = []
-        for metric, sign in _BETTER.items():
-            key, other = _get(summary, f"{mode} key", metric), _get(summary, f"{mode} {ctl}", metric)
+    for q, mode, ctl in QUESTIONS:
+        label = _label(mode, ablation)
+        for metric in [m for m in METRICS if m in set(summary["metric"])]:
+            key = _get(summary, f"{label} key", metric)
+            other = _get(summary, "baseline" if ctl == "baseline" else f"{label} {ctl}", metric)
             if key is None or other is None:
                 continue
-            b = _beats(key, other, sign * (-1 if mode == "inhibit" else 1))
-            parts.append(f"{metric}: {word[b]} ({_fmt(key['mean'])} vs {_fmt(other['mean'])})")
-        if parts:
-            out.append(f"**{q}** " + "; ".join(parts) + ".")
-    parts = []
-    for metric, sign in _BETTER.items():
-        key, base = _get(summary, "retain key", metric), _get(summary, "baseline", metric)
-        if key is None or base is None:
-            continue
-        kept = _beats(key, base, sign) >= 0
-        parts.append(f"{metric}: {'yes' if kept else 'no'} ({_fmt(key['mean'])} vs baseline "
-                     f"{_fmt(base['mean'])})")
-    if parts:
-        out.append("**Does keeping only the network neurons preserve the model's performance?** "
-                   + "; ".join(parts) + ".")
+            sign = _BETTER[metric] * (-1 if mode == "inhibit" else 1)
+            b = _beats(key, other, sign)
+            word = ("yes" if b >= 0 else "no") if ctl == "baseline" else _WORD[b]
+            out.append((q, metric, word, key["mean"], other["mean"]))
     return out
 
 
-def _page(settings, steps, summary, verdict_lines, prune_report, figures, total):
-    s = settings
-    ev = s["evaluation"]
-    lines = [
-        "# Results: do interventions on functional networks behave as published?",
-        "",
-        "Written by `make reproduce` (`python -m llm2nifti.intervention.reproduce`); numbers are as they came "
-        "out of this run, nothing is edited by hand.",
-        "",
+def answers(summary, ablation="zero"):
+    """Short answers to the questions the results page asks, one line each."""
+    lines, current = [], None
+    for q, metric, word, k, c in answer_grid(summary, ablation):
+        part = f"{metric}: {word} ({_fmt(k)} vs {'baseline ' if 'performance' in q else ''}{_fmt(c)})"
+        if q != current:
+            lines.append(f"**{q}** {part}")
+            current = q
+        else:
+            lines[-1] += f"; {part}"
+    return [line + "." for line in lines]
+
+
+def choice_grid(summaries):
+    """Markdown: each question and metric (rows) under each configuration (columns).
+
+    ``summaries`` maps a configuration label (e.g. ``mlp, zero``) to a summary; the last
+    column says whether the answer changes across configurations.
+    """
+    grids = {label: {(q, m): w for q, m, w, _, _ in answer_grid(summary, ablation)}
+             for label, (summary, ablation) in summaries.items()}
+    labels = list(grids)
+    rows = list(dict.fromkeys(k for g in grids.values() for k in g))
+    lines = ["| question | metric | " + " | ".join(labels) + " | same everywhere? |",
+             "|---|---|" + "---|" * (len(labels) + 1)]
+    for q, m in rows:
+        words = [grids[lab].get((q, m), "") for lab in labels]
+        same = "yes" if len(set(w for w in words if w)) == 1 else "**no**"
+        lines.append(f"| {q} | {m} | " + " | ".join(words) + f" | {same} |")
+    return "\n".join(lines)
+
+
+def _fnk_table(summary):
+    """Markdown: FN@k per k and mode, key against random sets."""
+    from .experiment import _get
+
+    fnk = summary[summary["group"] == "fnk"]
+    if fnk.empty:
+        return ""
+    lines = ["| condition | k | units | share | " + " | ".join(dict.fromkeys(fnk["metric"])) + " |",
+             "|---|---|---|---|" + "---|" * fnk["metric"].nunique()]
+    for cond in dict.fromkeys(fnk["condition"]):
+        rows = fnk[fnk["condition"] == cond]
+        first = rows.iloc[0]
+        cells = [_cell(_get(summary, cond, m)) for m in dict.fromkeys(fnk["metric"])]
+        lines.append(f"| {cond} | {int(first['n_networks'])} | {first['n_neurons']:.0f} | "
+                     f"{100 * first['share']:.2f}% | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _settings_lines(s, sites, total):
+    ev = sites[0]["evaluation"]
+    units = ", ".join(f"`{r['site']}` ({r['evaluation']['site']['n_layers']} layers x "
+                      f"{r['evaluation']['site']['width']:,})" for r in sites)
+    return [
         "## Settings (reduced to fit in under an hour on 2 CPU cores)",
         "",
-        f"- Model: {ev['model']}, MLP neurons ({ev['site']['n_layers']} layers x {ev['site']['width']} "
-        f"= {ev['site']['n_layers'] * ev['site']['width']:,}).",
-        f"- Scan: the first {s['tokens']:,} tokens of the Lee news corpus (300 articles; "
-        f"{ev['scan_tokens']:,} tokens recorded).",
+        f"- Model: {ev['model']}; unit sites {units}: `mlp` is the MLP's hidden units (input of "
+        "`down_proj`), `mlp-out` the MLP's output (output of `down_proj`, the authors' units).",
+        f"- Scan: the first {s['tokens']:,} tokens of the Lee news corpus ({ev['scan_tokens']:,} "
+        "tokens recorded per site).",
         f"- Networks: CanICA ({s['backend']} backend), {s['components']} components, {s['n_init']} "
-        f"FastICA starts; neurons with |z| > {s['threshold']} in a z-scored map. Key set = union: "
-        f"{ev['n_key_neurons']:,} neurons ({100 * ev['key_share']:.1f}% of all).",
+        f"FastICA starts; units with |z| > {s['threshold']} in a z-scored map; key set = their union.",
         f"- Perplexity: {ev['n_heldout_docs']} held-out Lee articles (`lee-test`, none in the scan: "
         f"checked), each cut to {ev['max_doc_tokens']} tokens; 95% CI: bootstrap over documents.",
         f"- Accuracy: {ev['n_items']} Pang-Lee sentiment sentences (balanced), answer ` positive` or "
-        "` negative` by log-likelihood after `Review: <sentence>\\nSentiment:`; 95% CI: bootstrap over "
-        "sentences.",
-        f"- Controls: same count per layer; {len(ev['seeds'])} seeds for random and spread-matched "
-        f"sets ({ev['spread_bins']} spread bins per layer), the top-spread ranking, and the key set "
-        f"without {len(ev['massive_neurons'])} massive-activation neurons (peak |activation| > "
-        f"{ev['massive_factor']:g} x the median peak). Random sets may include key neurons; the "
+        "` negative` by log-likelihood after `Review: <sentence>\\nSentiment:`; 95% CI: bootstrap "
+        "over sentences.",
+        f"- Ablation: {' and '.join(ev['ablations'])} (zero: the unit is set to 0; mean: to its mean "
+        "over the scan's tokens); controls use the same kind as the key set.",
+        f"- Controls: same count per layer; {len(ev['seeds'])} seeds for random, random-minus-massive "
+        f"and spread-matched sets ({ev['spread_bins']} spread bins per layer), the top-spread "
+        f"ranking, and the key set without the massive-activation units (peak |activation| > "
+        f"{ev['massive_factor']:g} x the median peak). Random sets may include key units; the "
         "overlap column shows how many.",
-        f"- Amplify: add {', '.join(f'{a:g}' for a in ev['amplify'])} to every key neuron (and to "
-        f"random sets). Curve: keep only the key set, "
-        + (f"the first {', '.join(map(str, ev['curve']))} networks, " if ev["curve"] else "")
-        + (f"and the key sets of the same maps at |z| > {s['curve_thresholds'].replace(',', ', ')}"
-           if s.get("curve_thresholds") else "")
-        + f" (each vs random sets of the same count per layer, {s['curve_seeds']} seeds).",
+        f"- On `{sites[0]['site']}` only (time): amplify by adding "
+        f"{', '.join(f'{x:g}' for x in ev['amplify']) or 'nothing'}; the threshold curve (the key "
+        f"sets of the same maps at |z| > {s['curve_thresholds'].replace(',', ', ')}); FN@k for k = "
+        f"{', '.join(str(f['k']) for f in ev.get('fnk', [])) or 'none'} (one decomposition per k, "
+        f"fast backend, {s.get('k_n_init')} starts), each point against {s['curve_seeds']} random "
+        "sets of the same count per layer.",
         f"- Total time: {total / 60:.1f} min.",
         "",
-        "## Answers",
+    ]
+
+
+def _site_section(r):
+    ev, summary = r["evaluation"], r["summary"]
+    lines = [f"## Site `{r['site']}`", "",
+             f"Key set: {ev['n_key_neurons']:,} units ({100 * ev['key_share']:.1f}% of "
+             f"{ev['site']['n_layers'] * ev['site']['width']:,}) in {ev['n_networks']} networks. "
+             + ev["verdicts"][-1], ""]
+    for ablation in ev["ablations"]:
+        lines += [f"### Answers, {ablation}-ablation", "",
+                  *[f"- {line}" for line in answers(summary, ablation)], ""]
+    lines += ["### Table", "",
+              "Cells: value [95% bootstrap CI] for one set; mean (range over seeds) for random sets.",
+              "", results_markdown(summary[summary["group"] != "fnk"]), ""]
+    fnk = _fnk_table(summary)
+    if fnk:
+        lines += ["### FN@k (one decomposition per k; union of its k networks)", "", fnk, ""]
+    lines += ["### Verdicts", "", *[f"- {v}" for v in r["verdicts"]], "",
+              "### Figures", "", *[f"![{r['site']} {Path(f).stem}]({f})" for f in r["figures"]], ""]
+    return lines
+
+
+def _prune_lines(r):
+    return [
+        "## Pruning (remove the key units of the first site, keep all others)",
         "",
-        "\"Yes\" means beyond the range of every random seed and with the network set's bootstrap "
-        "interval excluding the control's mean (for one control set: non-overlapping intervals).",
-        "",
-        *[f"- {line}" for line in answers(summary)],
-        "",
-        "## Table",
-        "",
-        "Cells: value [95% bootstrap CI] for one set; mean (range over seeds) for random sets.",
-        "",
-        results_markdown(summary),
-        "",
-        "## Verdicts",
-        "",
-        *[f"- {v}" for v in verdict_lines],
-        "",
-        "## Figures",
-        "",
-        *[f"![{Path(f).stem}]({f})" for f in figures],
+        f"- MLP width {r['width_before']} -> {r['width_after']} (layers keep different numbers; "
+        f"{r['inert_padding_neurons']} inert zero neurons pad them to one width).",
+        f"- Parameters {r['parameters_before']:,} -> {r['parameters_after']:,} "
+        f"(-{100 * r['parameters_removed_share']:.1f}%); files {r['bytes_before'] / 2**20:.1f} MiB -> "
+        f"{r['bytes_after'] / 2**20:.1f} MiB; forward {r['tokens_per_second_before']:.0f} -> "
+        f"{r['tokens_per_second_after']:.0f} tokens/s.",
+        f"- Perplexity ({r['n_docs']} held-out documents, {r['max_doc_tokens']} tokens): unpruned "
+        f"{r['perplexity_unpruned']:.4g}, masked {r['perplexity_masked']:.4g}, pruned "
+        f"{r['perplexity_pruned']:.4g}; largest logit difference pruned vs masked "
+        f"{r['max_abs_logit_difference_pruned_vs_masked']:.2g}.",
         "",
     ]
+
+
+def _page(settings, steps, sites, prune_report, total):
+    configs = {f"{r['site']}, {a}": (r["summary"], a) for r in sites
+               for a in r["evaluation"]["ablations"]}
+    lines = [
+        "# Results: do interventions on functional networks behave as published?",
+        "",
+        "Written by `make reproduce` (`python -m llm2nifti.intervention.reproduce`); numbers are as "
+        "they came out of this run, nothing is edited by hand.",
+        "",
+        *_settings_lines(settings, sites, total),
+        "## What held, and which choice changes it",
+        "",
+        "\"Yes\" means beyond the range of every random seed and with the network set's bootstrap "
+        "interval excluding the control's mean (for one control set: non-overlapping intervals); "
+        "\"not clearly\" otherwise. Columns are unit site and ablation kind; the last column says "
+        "whether the answer is the same in every configuration.",
+        "",
+        choice_grid(configs),
+        "",
+    ]
+    for r in sites:
+        lines += _site_section(r)
     if prune_report:
-        r = prune_report
-        lines += [
-            "## Pruning (remove the key neurons, keep all others)",
-            "",
-            f"- MLP width {r['width_before']} -> {r['width_after']} (layers keep different numbers; "
-            f"{r['inert_padding_neurons']} inert zero neurons pad them to one width).",
-            f"- Parameters {r['parameters_before']:,} -> {r['parameters_after']:,} "
-            f"(-{100 * r['parameters_removed_share']:.1f}%); files {r['bytes_before'] / 2**20:.1f} MiB -> "
-            f"{r['bytes_after'] / 2**20:.1f} MiB; forward {r['tokens_per_second_before']:.0f} -> "
-            f"{r['tokens_per_second_after']:.0f} tokens/s.",
-            f"- Perplexity ({r['n_docs']} held-out documents, {r['max_doc_tokens']} tokens): unpruned "
-            f"{r['perplexity_unpruned']:.4g}, masked {r['perplexity_masked']:.4g}, pruned "
-            f"{r['perplexity_pruned']:.4g}; largest logit difference pruned vs masked "
-            f"{r['max_abs_logit_difference_pruned_vs_masked']:.2g}.",
-            "",
-        ]
+        lines += _prune_lines(prune_report)
     lines += ["## Steps", "", "| command | seconds |", "|---|---|"]
     lines += [f"| `{st['command']}` | {st['seconds']} |" for st in steps]
     return "\n".join(lines) + "\n"
+
+
+def _site_results(a, evaluation, docs):
+    """Per site: its evaluation settings, summary, verdicts and figures copied under docs/."""
+    from .experiment import verdicts
+
+    out = []
+    figdir = docs / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    for site in _sites(a):
+        folder = evaluation / site
+        summary = pd.read_csv(folder / "summary.tsv", sep="\t")
+        figures = []
+        for name in ("interventions.png", "curve.png", "fnk.png"):
+            if (folder / name).is_file():
+                target = f"{site}-{name}"
+                tmp = figdir / f".tmp-{os.getpid()}-{target}"
+                shutil.copyfile(folder / name, tmp)
+                os.replace(tmp, figdir / target)
+                figures.append(f"figures/{target}")
+        out.append({"site": site, "summary": summary, "verdicts": verdicts(summary),
+                    "figures": figures,
+                    "evaluation": json.loads((folder / "evaluation.json").read_text())})
+    return out
 
 
 def main(argv=None):
@@ -246,51 +347,66 @@ def main(argv=None):
         write_text(work / "run.json", json.dumps(run, indent=1))
     steps, total = run["steps"], run["seconds"]
     prune_report = json.loads((work / "pruned.json").read_text())
-    settings = run["settings"] | {"evaluation": json.loads((evaluation / "evaluation.json").read_text())}
-    summary = pd.read_csv(evaluation / "summary.tsv", sep="\t")
-    figdir = docs / "figures"
-    figdir.mkdir(parents=True, exist_ok=True)
-    figures = []
-    for name in ("interventions.png", "curve.png"):
-        if (evaluation / name).is_file():
-            tmp = figdir / f".tmp-{os.getpid()}-{name}"
-            shutil.copyfile(evaluation / name, tmp)
-            os.replace(tmp, figdir / name)
-            figures.append(f"figures/{name}")
-    from .experiment import verdicts
-
-    page = _page(settings, steps, summary, verdicts(summary), prune_report, figures, total)
-    write_text(docs / "results.md", page)
+    sites = _site_results(argparse.Namespace(**run["settings"]), evaluation, docs)
+    write_text(docs / "results.md", _page(run["settings"], steps, sites, prune_report, total))
     print(f"Wrote {docs / 'results.md'} ({total / 60:.1f} min of computation)")
 
 
+def _sites(a):
+    return [x.strip() for x in a.sites.split(",") if x.strip()]
+
+
 def _pipeline(a, work, evaluation, threads, steps):
-    """Run the five steps; finished scan and decomposition steps are reused."""
+    """Run every step; finished scan and decomposition steps are reused."""
     from bids_llm.io import write_text
 
     scan = work / "scan"
-    _run(["convert", scan, "--max-tokens", a.tokens, "--resume", "-q", *threads], steps)
-    zmaps = sorted(scan.glob("derivatives/llm2nifti-canica/sub-*/func/*_desc-canicaZ_bold.nii*"))
-    if not zmaps:
-        _run(["decompose", scan, "--backend", a.backend, "--n-components", a.components,
-              "--n-init", a.n_init, *threads], steps)
-        zmaps = sorted(scan.glob("derivatives/llm2nifti-canica/sub-*/func/*_desc-canicaZ_bold.nii*"))
-    _run(["networks", zmaps[0], "--dataset", scan, "--threshold", a.threshold], steps)
-    networks = sorted(scan.glob("derivatives/llm2nifti-networks/*_networks.tsv"))[0]
-    curve = ["--curve", a.curve] if a.curve else []
-    for t in [t for t in a.curve_thresholds.split(",") if t.strip()]:
-        folder = work / f"networks-z{t.strip()}"
-        _run(["networks", zmaps[0], "--dataset", scan, "--threshold", t.strip(), "--output", folder],
-             steps)
-        curve += ["--curve-networks", sorted(folder.glob("*_networks.tsv"))[0]]
-    _run(["evaluate", networks, "--dataset", scan, "--output", evaluation, "--n-docs", a.n_docs,
-          "--max-doc-tokens", a.max_doc_tokens, "--n-items", a.n_items, "--seeds", a.seeds,
-          "--amplify", a.amplify, *curve, "--curve-seeds", a.curve_seeds, "-q", *threads], steps)
-    _run(["prune", networks, "--remove", "--output", work / "pruned", "--overwrite",
+    first = None
+    for i, site in enumerate(_sites(a)):
+        networks = _site_steps(a, work, scan, site, evaluation / site, threads, steps, main=i == 0)
+        first = first or networks
+    _run(["prune", first, "--remove", "--output", work / "pruned", "--overwrite",
           "--n-docs", 20, *threads], steps)
     write_text(work / "pruned.json", (work / "pruned" / "llm2nifti_prune.json").read_text())
     if not a.keep_pruned:
         shutil.rmtree(work / "pruned", ignore_errors=True)
+
+
+def _zmaps(scan, site):
+    from bids_llm.dataset import acq_for
+
+    acq = acq_for(site)
+    found = sorted(scan.glob("derivatives/llm2nifti-canica/sub-*/func/*_desc-canicaZ_bold.nii"))
+    return [z for z in found if (f"_acq-{acq}_" in z.name if acq else "_acq-" not in z.name)]
+
+
+def _site_steps(a, work, scan, site, evaluation, threads, steps, main):
+    """convert, decompose, networks and evaluate at one site; returns its networks.tsv.
+
+    The first site also gets the amplify conditions, the threshold curve and FN@k.
+    """
+    _run(["convert", scan, "--neurons", site, "--max-tokens", a.tokens, "--resume", "-q", *threads],
+         steps)
+    if not _zmaps(scan, site):
+        _run(["decompose", scan, "--site", site, "--backend", a.backend, "--n-components",
+              a.components, "--n-init", a.n_init, *threads], steps)
+    zmap = _zmaps(scan, site)[0]
+    _run(["networks", zmap, "--dataset", scan, "--site", site, "--threshold", a.threshold], steps)
+    networks = scan / "derivatives" / "llm2nifti-networks" / zmap.name.replace("_bold.nii",
+                                                                               "_networks.tsv")
+    extra = ["--amplify", a.amplify if main else "none"]
+    if main:
+        extra += ["--curve", a.curve] if a.curve else []
+        for t in [t.strip() for t in a.curve_thresholds.split(",") if t.strip()]:
+            folder = work / f"networks-z{t}"
+            _run(["networks", zmap, "--dataset", scan, "--site", site, "--threshold", t,
+                  "--output", folder], steps)
+            extra += ["--curve-networks", folder / networks.name]
+        extra += ["--k", a.k, "--k-n-init", a.k_n_init] if a.k else []
+    _run(["evaluate", networks, "--dataset", scan, "--output", evaluation, "--n-docs", a.n_docs,
+          "--max-doc-tokens", a.max_doc_tokens, "--n-items", a.n_items, "--seeds", a.seeds,
+          "--ablation", a.ablations, *extra, "--curve-seeds", a.curve_seeds, "-q", *threads], steps)
+    return networks
 
 
 if __name__ == "__main__":
