@@ -148,9 +148,9 @@ class GenerationTask:
     ----------
     name : str
     prompts : list of str
-        One prompt per item; the model continues it greedily.
+        One prompt per item, continued greedily.
     answers : list of list of str
-        The reference answers of each item (any of them counts).
+        Reference answers per item (any counts).
     ids : list of str, optional
     max_new_tokens : int
         Longest answer generated; generation also stops at the first newline.
@@ -162,15 +162,9 @@ class GenerationTask:
     ids: list = field(default_factory=list)
     max_new_tokens: int = 16
 
-    def documents(self):
-        """The items as documents, for :func:`~llm2nifti.intervention.evaluation.check_overlap`."""
-        from ..acquisition import Document
-
-        ids = self.ids or [f"{self.name}{i:04d}" for i in range(len(self))]
-        return [Document(i, p) for i, p in zip(ids, self.prompts)]
-
-    def __len__(self):
-        return len(self.prompts)
+    sources = ()
+    documents = ChoiceTask.documents
+    __len__ = ChoiceTask.__len__
 
     def subset(self, n, seed=0):
         """At most ``n`` items, drawn without replacement, in their original order."""
