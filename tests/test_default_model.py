@@ -40,3 +40,21 @@ def test_convert_default_model_end_to_end(tmp_path):
     with torch.no_grad():
         loss = model(torch.tensor(ids)[None], labels=torch.tensor(ids)[None]).loss
     assert float(torch.exp(loss)) < 100  # a random model of this vocabulary scores ~49,000
+
+
+def test_default_model_on_the_example_task_files():
+    """The three task-file formats on the real model: far above chance, and F1 >= exact match."""
+    from pathlib import Path
+
+    from llm2nifti.intervention.evaluation import Evaluator
+    from llm2nifti.intervention.tasks import load_task
+
+    tasks = Path(__file__).resolve().parents[1] / "examples" / "tasks"
+    model, tok = load_model()
+    mc = Evaluator(model, tok, task=load_task(tasks / "capitals_choice.jsonl")).score()
+    assert mc.accuracy >= 0.75  # chance: 1/3
+    labelled = load_task(tasks / "sentiment.jsonl", template="Review: {text}\nSentiment:")
+    assert Evaluator(model, tok, task=labelled).score().accuracy > 0.5  # chance: 1/2
+    qa = Evaluator(model, tok, task=load_task(tasks / "capitals_questions.jsonl",
+                                              max_new_tokens=6)).score()
+    assert qa.exact.mean() >= 0.25 and np.all(qa.f1 >= qa.exact)
