@@ -36,7 +36,7 @@ __all__ = ["main", "results_markdown", "answers", "answer_grid", "choice_grid"]
 
 DEFAULTS = {
     "tokens": 4096, "components": 20, "n_init": 10, "backend": "nilearn", "threshold": 3.6,
-    "n_docs": 30, "max_doc_tokens": 64, "n_items": 100, "seeds": 5, "amplify": "0.05,0.25",
+    "n_docs": 20, "max_doc_tokens": 64, "n_items": 80, "seeds": 5, "amplify": "0.05,0.25",
     "curve": "", "curve_thresholds": "2.5", "curve_seeds": 3,
     "sites": "mlp,mlp-out", "ablations": "zero,mean", "k": "10,40", "k_n_init": 5,
 }
