@@ -81,7 +81,7 @@ def _cell(row):
 
 def results_markdown(summary):
     """A markdown table: one row per condition, perplexity and accuracy side by side."""
-    from ..report.figures import METRICS
+    from ..report import METRICS
 
     metrics = [m for m in METRICS if m in set(summary["metric"])]
     head = ["condition", "sets", "neurons", "share", "overlap with key"] + metrics
@@ -118,7 +118,7 @@ _WORD = {1: "yes", -1: "no (the other way round)", 0: "not clearly"}
 
 def answer_grid(summary, ablation="zero"):
     """``[(question, metric, answer, key value, control value)]`` for one ablation kind."""
-    from ..report.figures import METRICS
+    from ..report import METRICS
     from .experiment import _BETTER, _beats, _get, _label
 
     out = []
