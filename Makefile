@@ -35,7 +35,7 @@ bench: $(STAMP) demo
 	$(PY) benchmarks/bench_decompose.py $(DEMO) -k 20 --n-init 10
 
 # convert -> decompose -> networks -> evaluate -> prune on the default model; writes
-# docs/results.md (about 40 minutes on 2 CPU cores; ~1 GB in the cache folder).
+# docs/results.md at two unit sites with both ablation kinds (about 40 minutes on 2 CPU cores; ~1 GB in the cache folder).
 reproduce: $(STAMP)
 	$(PY) -m llm2nifti.intervention.reproduce --fresh
 
