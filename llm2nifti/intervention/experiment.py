@@ -197,16 +197,25 @@ def _label(mode, ablation):
     return mode if ablation == "zero" else f"{mode}-{ablation}"
 
 
-def _curve_label(path):
-    """``|z|>t`` from the ``_networks.json`` beside a ``_networks.tsv``, else the file name."""
-    path = Path(path)
-    sidecar = path.with_name(path.name.replace("_networks.tsv", "_networks.json"))
+def _selection(networks):
+    """(threshold, two_sided) from the ``_networks.json`` beside a ``_networks.tsv``, or None."""
+    if isinstance(networks, NeuronSet):
+        return None
+    path = Path(networks)
     try:
-        sel = json.loads(sidecar.read_text())["Selection"]
-        return f"|z|>{float(sel['threshold']):g}" if sel.get("two_sided", True) else \
-            f"z>{float(sel['threshold']):g}"
+        sel = json.loads(path.with_name(path.name.replace("_networks.tsv", "_networks.json"))
+                         .read_text())["Selection"]
+        return float(sel["threshold"]), bool(sel.get("two_sided", True))
     except (OSError, KeyError, TypeError, ValueError):
-        return path.parent.name or path.stem
+        return None
+
+
+def _curve_label(path):
+    """``|z|>t`` from the table's selection, else the file name."""
+    sel = _selection(path)
+    if sel is None:
+        return Path(path).parent.name or Path(path).stem
+    return f"|z|>{sel[0]:g}" if sel[1] else f"z>{sel[0]:g}"
 
 
 def run_conditions(evaluator, conditions, key, n_neurons, site=None, n_resamples=2000,
@@ -605,25 +614,12 @@ def _fnk_sets(ds, participant, nset, networks, ks, backend, n_init, threshold, d
         return []
     parse_ks(ks, _scan_tokens(ds, participant, nset.site))
     if threshold is None:
-        threshold, two_sided = _selection(networks)
+        threshold, two_sided = _selection(networks) or (3.6, True)
     else:
         two_sided = True
     return fn_at_k(ds, ks, participant=participant, site=nset.site, backend=backend,
                    n_init=n_init, threshold=threshold, two_sided=two_sided, device=device,
                    progress=progress)
-
-
-def _selection(networks):
-    """(threshold, two_sided) from the ``_networks.json`` beside a table; (3.6, True) if none."""
-    if isinstance(networks, NeuronSet):
-        return 3.6, True
-    path = Path(networks)
-    try:
-        sel = json.loads(path.with_name(path.name.replace("_networks.tsv", "_networks.json"))
-                         .read_text())["Selection"]
-        return float(sel["threshold"]), bool(sel.get("two_sided", True))
-    except (OSError, KeyError, TypeError, ValueError):
-        return 3.6, True
 
 
 def _check_texts(ds, participant, heldout_docs, choice, allow_overlap):
