@@ -43,8 +43,8 @@ def _names(value):
                    "questions prompt or question[,context],answers scored by exact match and F1), "
                    "or 'none'.")
 @click.option("--template", default=None,
-              help="Prompt made of a task file's columns, e.g. 'Review: {text}\nSentiment:' "
-                   "[labelled: '{text}\nAnswer:'].")
+              help="Prompt made of a task file's columns, e.g. 'Review: {text}\\nSentiment:' "
+                   "[labelled: '{text}\\nAnswer:'].")
 @click.option("--label-words", default=None,
               help="Answer word per label of a labelled task, e.g. 0=negative,1=positive "
                    "[default: the labels]; each must be a single token.")
