@@ -71,6 +71,20 @@ EVENTS_JSON = {
 }
 
 
+def events_description(conditions=None):
+    """The task's ``events.json``: its columns, and the conditions of a localizer."""
+    if not conditions:
+        return EVENTS_JSON
+    out = dict(EVENTS_JSON)
+    out = {k: out[k] for k in ("onset", "duration")}
+    out["trial_type"] = {
+        "Description": "Condition of the item the token belongs to. The BOS token opening "
+                       "each item has no row: those volumes are a GLM's baseline",
+        "Levels": {c: f"tokens of {c} items" for c in conditions}}
+    out.update({k: v for k, v in EVENTS_JSON.items() if k not in out})
+    return out
+
+
 def site_label(site_kind):
     """BIDS label of a site kind (labels are alphanumeric: ``mlp-out`` -> ``mlpout``)."""
     return site_kind.replace("-", "")
@@ -126,15 +140,18 @@ class DatasetWriter:
     layout : NeuronLayout
     name : str
         Dataset name for a new ``dataset_description.json``.
+    conditions : sequence of str, optional
+        A localizer's conditions (the ``trial_type`` levels the task's ``events.json`` lists).
     """
 
-    def __init__(self, root, participant, task, layout, name="llm2nifti scans"):
+    def __init__(self, root, participant, task, layout, name="llm2nifti scans", conditions=None):
         self.root = Path(root)
         self.participant = participant
         self.task = task
         self.layout = layout
         self.acq = acq_for(layout.site.kind)
         self.name = name
+        self.conditions = list(conditions) if conditions else None
 
     # ----------------------------------------------------------------- paths
     @property
@@ -275,7 +292,7 @@ class DatasetWriter:
             write_json(self.root / "participants.json", _PARTICIPANTS_JSON)
         events_json = self.root / bids_name("events", ".json", task=self.task)
         if not events_json.is_file():
-            write_json(events_json, EVENTS_JSON)
+            write_json(events_json, events_description(self.conditions))
         derivative_dir(self.root, PIPELINE, "Neuron masks and labels", BIDS_VERSION)
 
     def add_participant(self, row):

@@ -34,12 +34,24 @@ def unescape(cell):
     return "".join(out)
 
 
-def events_tsv(tokens, token_ids, document_ids, positions, tr=1.0):
-    """TSV text of a run's events: token ``t`` has onset ``t * tr`` and lasts one TR."""
+def events_tsv(tokens, token_ids, document_ids, positions, tr=1.0, trial_types=None):
+    """TSV text of a run's events: token ``t`` has onset ``t * tr`` and lasts one TR.
+
+    ``trial_types`` (one per token) adds BIDS's ``trial_type`` column, third: a localizer's
+    conditions. Tokens whose trial type is None (the BOS token opening each item) get no
+    row: they are the GLM's baseline, which nilearn models as volumes without an event
+    (a row with ``n/a`` would become a regressor of its own, or break nilearn's sorting).
+    """
+    columns = list(EVENT_COLUMNS)
+    if trial_types is not None:
+        columns.insert(2, "trial_type")
     buf = io.StringIO()
-    buf.write("\t".join(EVENT_COLUMNS) + "\n")
+    buf.write("\t".join(columns) + "\n")
     for t, (tok, tid, doc, pos) in enumerate(zip(tokens, token_ids, document_ids, positions)):
-        buf.write(f"{t * tr:g}\t{tr:g}\t{escape(tok)}\t{int(tid)}\t{escape(str(doc))}\t{int(pos)}\n")
+        if trial_types is not None and trial_types[t] is None:
+            continue
+        kind = "" if trial_types is None else f"{escape(trial_types[t])}\t"
+        buf.write(f"{t * tr:g}\t{tr:g}\t{kind}{escape(tok)}\t{int(tid)}\t{escape(str(doc))}\t{int(pos)}\n")
     return buf.getvalue()
 
 
@@ -54,6 +66,8 @@ def read_events(path):
     df["duration"] = df["duration"].astype(float)
     df["token"] = df["token"].map(unescape)
     df["document_id"] = df["document_id"].map(unescape)
+    if "trial_type" in df:  # n/a (BOS tokens) -> missing, as pandas reads it for nilearn
+        df["trial_type"] = df["trial_type"].map(lambda c: None if c == "n/a" else unescape(c))
     for col in ("token_id", "position"):
         df[col] = df[col].astype(int)
     return df

@@ -66,6 +66,9 @@ def main(verbose):
     llm2nifti recurrence DATASET                do networks recur across runs and seeds?
     llm2nifti evaluate NETWORKS_TSV             inhibit / amplify / retain networks vs controls
     llm2nifti prune NETWORKS_TSV                save a smaller model without the other neurons
+    llm2nifti localize DATASET                  GLM localizer: sentences vs nonwords, per unit
+    llm2nifti connectivity COMPONENTS -d DATASET  connectomes between networks (nilearn)
+    llm2nifti report DATASET                    one HTML page per participant
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
@@ -99,6 +102,7 @@ def model_options(what):
 from . import convert  # noqa: E402,F401
 from . import decompose_cmd  # noqa: E402,F401
 from . import evaluate_cmd  # noqa: E402,F401
+from . import localize_cmd  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -11,8 +11,9 @@ _EXPORTS = {
     "Recorder": ".recording", "record": ".recording", "hook_tensor": ".recording",
     **{name: ".stimuli" for name in (
         "Document", "TokenStream", "load_documents", "tokenize_documents", "make_runs",
-        "MAX_RUN_TOKENS", "builtin_corpus_path", "BUILTIN_CORPORA", "task_label",
+        "MAX_RUN_TOKENS", "LOCALIZER", "builtin_corpus_path", "BUILTIN_CORPORA", "task_label",
         "separator_token")},
+    "localizer_documents": ".localizer", "CONDITIONS": ".localizer",
 }
 
 __all__ = list(_EXPORTS)

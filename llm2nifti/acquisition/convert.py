@@ -266,9 +266,12 @@ def plan_scan(settings, loaded=None):
     run_tokens = s.run_tokens
     if run_tokens is None:
         run_tokens = min(DEFAULT_RUN_TOKENS, context or DEFAULT_RUN_TOKENS)
-    runs = make_runs(len(stream), run_tokens, context)
+    conditions = list(dict.fromkeys(d.condition for d in documents if d.condition is not None))
+    # A localizer's items are never cut in two: runs end where an item begins.
+    starts = np.flatnonzero(stream.position == 0) if conditions else None
+    runs = make_runs(len(stream), run_tokens, context, starts=starts)
 
-    writer = DatasetWriter(s.output, s.participant, s.task, layout)
+    writer = DatasetWriter(s.output, s.participant, s.task, layout, conditions=conditions)
     writer.check_layout()
     record = {
         "model": s.model, "weights_sha256": None, "site": site.to_dict(),
@@ -340,9 +343,13 @@ def _run_files(plan, common, token_text, doc_ids, r, start, stop):
     sidecar = dict(common, Run=r, TokenRange=[int(start), int(stop)],
                    Documents=sorted({doc_ids[d] for d in stream.document[start:stop]},
                                     key=doc_ids.index))
+    trial_types = None
+    if plan.writer.conditions:  # the BOS token opening each item is the baseline (n/a)
+        trial_types = [None if p == 0 and plan.settings.bos else stream.documents[d].condition
+                       for d, p in zip(stream.document[start:stop], stream.position[start:stop])]
     events = events_tsv(token_text[start:stop], stream.ids[start:stop],
                         [doc_ids[d] for d in stream.document[start:stop]],
-                        stream.position[start:stop], tr=TR)
+                        stream.position[start:stop], tr=TR, trial_types=trial_types)
     return sidecar, events
 
 

@@ -27,9 +27,10 @@ import numpy as np
 from ..errors import UsageError
 
 __all__ = ["Document", "TokenStream", "load_documents", "tokenize_documents", "make_runs",
-           "MAX_RUN_TOKENS", "builtin_corpus_path", "BUILTIN_CORPORA", "task_label", "separator_token"]
+           "MAX_RUN_TOKENS", "LOCALIZER", "builtin_corpus_path", "BUILTIN_CORPORA", "task_label", "separator_token"]
 
 MAX_RUN_TOKENS = 32767  # NIfTI-1 dims are int16
+LOCALIZER = "localizer"  # the built-in language localizer (sentences, words, nonwords)
 _TEXT_SUFFIXES = {".txt", ".cor", ".text", ".md"}
 
 # name -> (file in gensim's test data, encoding, one document per line, task label)
@@ -42,10 +43,11 @@ BUILTIN_CORPORA = {
 
 @dataclass(frozen=True)
 class Document:
-    """One text with an identifier."""
+    """One text with an identifier and, in a localizer, its condition."""
 
     id: str
     text: str
+    condition: str | None = None
 
 
 def task_label(name):
@@ -112,7 +114,20 @@ def _table_documents(path, text, id_column, text_column):
             raise UsageError(
                 f"{path} has no {col!r} column (columns: {', '.join(map(str, docs[0]))}): "
                 "pass --id-column/--text-column")
-    return [Document(str(r[id_column]), str(r[text_column])) for r in docs]
+    if "condition" not in docs[0]:
+        return [Document(str(r[id_column]), str(r[text_column])) for r in docs]
+    return [Document(str(r[id_column]), str(r[text_column]), _condition(r["condition"], path, n))
+            for n, r in enumerate(docs, 1)]
+
+
+def _condition(value, path, n):
+    """A condition name: letters and digits, so that it can name a contrast and a file."""
+    from bids_llm.naming import label
+
+    try:
+        return label(str(value).strip(), f"{path} item {n}: condition")
+    except ValueError as exc:
+        raise UsageError(f"{exc}: rename the condition") from None
 
 
 def load_documents(source=None, encoding=None, id_column="id", text_column="text",
@@ -123,9 +138,13 @@ def load_documents(source=None, encoding=None, id_column="id", text_column="text
     ----------
     source : str or path, optional
         None or a built-in name (``"lee"``, the default: 300 news articles;
-        ``"lee-test"``: 50 other articles; ``"pang-lee"``: 200 sentiment sentences),
+        ``"lee-test"``: 50 other articles; ``"pang-lee"``: 200 sentiment sentences;
+        ``"localizer"``: sentences, shuffled words and nonwords, see
+        :func:`~llm2nifti.acquisition.localizer.localizer_documents`),
         a text file (one document), a folder of text files (one document each),
-        or a ``.jsonl``/``.tsv`` table with an id and a text column.
+        or a ``.jsonl``/``.tsv`` table with an id and a text column (and, for a
+        localizer, a ``condition`` column: each item is then one document of
+        that condition).
     encoding : str, optional
         Text encoding (default utf-8; the built-in corpora are latin-1).
     id_column, text_column : str
@@ -140,6 +159,10 @@ def load_documents(source=None, encoding=None, id_column="id", text_column="text
     """
     if source is None:
         source = "lee"
+    if str(source) == LOCALIZER:
+        from .localizer import localizer_documents
+
+        return localizer_documents()
     if str(source) in BUILTIN_CORPORA:
         name = str(source)
         path = builtin_corpus_path(name)
@@ -238,10 +261,12 @@ def tokenize_documents(documents, tokenizer, max_tokens=None, bos=True):
     return TokenStream(*cat, documents=list(documents))
 
 
-def make_runs(n_tokens, run_tokens=1024, context=None):
+def make_runs(n_tokens, run_tokens=1024, context=None, starts=None):
     """Token slices of the runs, ``[(start, stop), ...]``.
 
-    Raises :class:`UsageError` for impossible sizes: ``run_tokens`` below 1,
+    ``starts`` (the first token of each document), when given, makes runs end
+    where a document begins, so that no item is cut in two (a localizer's
+    items); a document longer than ``run_tokens`` is still cut. Raises :class:`UsageError` for impossible sizes: ``run_tokens`` below 1,
     above NIfTI-1's 32,767 volumes, or above the model's ``context`` window.
     """
     run_tokens = int(run_tokens)
@@ -253,4 +278,13 @@ def make_runs(n_tokens, run_tokens=1024, context=None):
         raise UsageError(
             f"--run-tokens {run_tokens} exceeds the model's context window of {context} tokens: "
             f"use at most {context}")
-    return [(s, min(s + run_tokens, n_tokens)) for s in range(0, n_tokens, run_tokens)]
+    if starts is None:
+        return [(s, min(s + run_tokens, n_tokens)) for s in range(0, n_tokens, run_tokens)]
+    starts = np.asarray(sorted(set(int(s) for s in starts) | {n_tokens}))
+    runs, start = [], 0
+    while start < n_tokens:
+        fits = starts[(starts > start) & (starts <= start + run_tokens)]
+        stop = int(fits[-1]) if len(fits) else min(start + run_tokens, n_tokens)
+        runs.append((start, stop))
+        start = stop
+    return runs

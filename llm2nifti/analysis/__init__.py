@@ -15,6 +15,9 @@ _EXPORTS = {
         "load_maps")},
     **{name: ".matching" for name in (
         "iou_matrix", "match_networks", "recurrence", "RecurrenceResult")},
+    **{name: ".glm" for name in (
+        "localize", "LocalizeResult", "fit_localizer", "contrast_label", "select_units",
+        "localizer_events", "DEFAULT_CONTRAST")},
 }
 
 __all__ = list(_EXPORTS)
