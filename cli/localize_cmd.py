@@ -59,3 +59,64 @@ def localize(dataset, model, gguf_file, stimuli, contrasts, top_percent, z_thres
     click.echo(f"  maps: {first['t_path'].parent}/")
     click.echo(f"  nilearn: first_level_from_bids({str(dataset)!r}, {first['t_path'].name.split('task-')[1].split('_')[0]!r}, "
                "space_label='neurons', derivatives_folder='derivatives/llm2nifti-space', ...)")
+
+
+def _kinds(value):
+    kinds = [k.strip().replace("partial-correlation", "partial correlation")
+             for k in value.split(",") if k.strip()]
+    return kinds
+
+
+@main.command()
+@click.argument("components", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--dataset", "-d", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The scan COMPONENTS was decomposed from.")
+@click.option("--kind", "kinds", default="correlation", show_default=True,
+              help="Comma-separated: correlation, partial-correlation, tangent.")
+@click.option("--signals", type=click.Choice(["maps", "mean"]), default="maps", show_default=True,
+              help="maps: nilearn's NiftiMapsMasker on the components; mean: mean of each "
+                   "thresholded network's units, signed by z.")
+@click.option("--estimator", type=click.Choice(["ledoit-wolf", "empirical"]), default="ledoit-wolf",
+              show_default=True, help="Covariance estimator (nilearn's default is Ledoit-Wolf).")
+@click.option("--threshold", "-t", type=float, default=3.6, show_default=True,
+              help="|z| threshold of the networks' units (mean signals, IoU matching).")
+@click.option("--participant", default=None, help="Participant [default: from the image's name, or the only one].")
+@click.option("--task", default=None, help="Task of the runs [default: all].")
+@click.option("--site", default="mlp", show_default=True, help="Unit site.")
+@click.option("--compare", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A second components image: compare the connectomes after IoU matching.")
+@click.option("--compare-dataset", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              default=None, help="Dataset of --compare [default: DATASET].")
+@click.option("--compare-task", default=None, help="Task of --compare's runs [default: --task].")
+@click.option("--min-iou", type=float, default=0.1, show_default=True,
+              help="Matched pairs below this IoU are left out of the comparison.")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder [default: DATASET/derivatives/llm2nifti-connectivity].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def connectivity(components, dataset, kinds, signals, estimator, threshold, participant, task,
+                 site, compare, compare_dataset, compare_task, min_iou, output, quiet):
+    """Connectomes between the networks of COMPONENTS over DATASET's runs (nilearn).
+
+    Network time courses per run, ConnectivityMeasure across runs, a matrix figure with
+    networks ordered by depth; with --compare, the similarity of two connectomes after
+    matching their networks by IoU, against random matchings.
+    """
+    from llm2nifti.analysis import connectivity as run_connectivity
+
+    res = run_connectivity(components, dataset, participant=participant, task=task, site=site,
+                           kinds=_kinds(kinds), signals=signals, estimator=estimator,
+                           threshold=threshold, output=output, compare=compare,
+                           compare_dataset=compare_dataset, compare_task=compare_task,
+                           min_iou=min_iou, progress=not quiet)
+    click.echo(f"{len(res.names)} networks over {len(res.time_series)} run(s)")
+    for kind, paths in ((k, v) for k, v in res.paths.items() if isinstance(v, dict)):
+        click.echo(f"  {kind}: {paths['tsv']} (+ .png)")
+    if res.comparison is not None:
+        c = res.comparison
+        click.echo(f"  compared: {c['n_matched']} networks matched (IoU >= {c['min_iou']}), "
+                   f"mean IoU {c['pairs']['iou'].mean():.2f}")
+        for kind in res.connectomes:
+            s = c[kind]
+            click.echo(f"    {kind}: r = {s['r']:.3f} over {s['n_edges']} edges; random matchings "
+                       f"{s['null_low']:.3f} to {s['null_high']:.3f} (p = {s['p']:.3g})")
+        click.echo(f"  {res.paths['comparison']}")

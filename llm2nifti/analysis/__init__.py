@@ -18,6 +18,9 @@ _EXPORTS = {
     **{name: ".glm" for name in (
         "localize", "LocalizeResult", "fit_localizer", "contrast_label", "select_units",
         "localizer_events", "DEFAULT_CONTRAST")},
+    **{name: ".connectomes" for name in (
+        "connectivity", "ConnectivityResult", "network_time_series", "layer_depth",
+        "compare_connectomes", "KINDS")},
 }
 
 __all__ = list(_EXPORTS)

@@ -7,7 +7,8 @@ figures (PNG).
 from .._lazy import lazy_exports
 
 _EXPORTS = {"plot_interventions": ".figures", "plot_curve": ".figures", "plot_fnk": ".figures",
-            "METRICS": ".figures", "plot_flatmap": ".maps", "flat_values": ".maps"}
+            "METRICS": ".figures", "plot_flatmap": ".maps", "flat_values": ".maps",
+            "plot_connectome_matrix": ".matrices", "plot_connectome_pair": ".matrices"}
 
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
