@@ -103,6 +103,7 @@ from . import convert  # noqa: E402,F401
 from . import decompose_cmd  # noqa: E402,F401
 from . import evaluate_cmd  # noqa: E402,F401
 from . import localize_cmd  # noqa: E402,F401
+from . import report_cmd  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

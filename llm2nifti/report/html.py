@@ -1,0 +1,333 @@
+"""``report``: one self-contained HTML page per participant, like fMRIPrep's and nilearn's.
+
+The page gathers what the other commands left in the dataset (its runs, networks,
+recurrence, localizer maps, connectomes) and any evaluation folders given, draws what
+is not drawn yet (networks as layers x neurons flat maps, network sizes per layer), and
+embeds every image, so the page opens offline as one file. Each section says which
+command made it and how to read its numbers; sections whose data are absent are listed
+with the command that would make them.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .. import _version
+from ..errors import UsageError
+from .maps import flat_values
+
+__all__ = ["report", "Section", "PIPELINE_REPORT"]
+
+PIPELINE_REPORT = "llm2nifti-report"
+
+
+@dataclass
+class Section:
+    """One section of the page: what it shows, which command made it, what the numbers mean."""
+
+    id: str
+    title: str
+    command: str
+    meaning: str
+    blocks: list = field(default_factory=list)
+
+
+def _png(fig):
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _file_png(path):
+    return base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _table(frame, max_rows=40):
+    return frame.head(max_rows).to_html(index=False, escape=True, border=0, na_rep="n/a")
+
+
+def _dataset_section(ds, participant):
+    rows = []
+    for run in ds.runs(participant=participant):
+        meta = run.metadata()
+        start, stop = meta.get("TokenRange", [0, 0])
+        rows.append({"task": run.task, "site": run.site_kind, "run": run.run,
+                     "tokens": int(stop) - int(start)})
+    frame = pd.DataFrame(rows)
+    summary = frame.groupby(["task", "site"], sort=True).agg(
+        runs=("run", "count"), tokens=("tokens", "sum")).reset_index()
+    layouts = []
+    for site in summary["site"].unique():
+        lay = ds.layout(participant, site)
+        layouts.append({"site": site, "layers": len(lay.layers), "units per layer": lay.width,
+                        "units": lay.n_neurons, "grid": "x".join(map(str, lay.shape))})
+    info = next((p for p in ds.participants() if p["participant_id"] == f"sub-{participant}"), {})
+    return Section(
+        "dataset", "Dataset", "llm2nifti convert",
+        "Each token the model read is one volume (TR = 1 s); each unit is one voxel of the grid, "
+        "one layer per z slice. Tasks are the texts read; sites are the unit families recorded.",
+        [{"table": _table(pd.DataFrame([info])) if info else ""},
+         {"heading": "Runs", "table": _table(summary)},
+         {"heading": "Unit layouts", "table": _table(pd.DataFrame(layouts))}])
+
+
+def _membership_figure(nset, layout, names):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 4
+    rows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 1.5 * rows + 0.4), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        values = np.zeros(layout.n_neurons)
+        sub = nset.table[nset.table["network"] == name]
+        if len(sub):
+            values[layout.global_index(sub["layer"].to_numpy(), sub["neuron"].to_numpy())] = 1
+        image, _ = flat_values(values, layout)
+        ax.imshow(image, aspect="auto", origin="lower", cmap="Greys", vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_title(f"{name}: {len(sub)} units", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([0, image.shape[0] - 1], [layout.layers[0], layout.layers[-1]], fontsize=7)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle("units of each network: layers (rows, bottom = first) x neuron index", fontsize=9)
+    return fig
+
+
+def _sizes_figure(summary, layout):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts = summary[[f"layer_{l}" for l in layout.layers]].to_numpy(dtype=float)
+    fig, ax = plt.subplots(figsize=(9, 1 + 0.22 * len(summary)))
+    im = ax.imshow(counts, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_yticks(range(len(summary)), summary["network"], fontsize=7)
+    ax.set_xlabel("layer")
+    ax.set_xticks(range(0, len(layout.layers), max(1, len(layout.layers) // 15)))
+    ax.set_title("units per layer of each network", fontsize=9)
+    fig.colorbar(im, ax=ax, label="units", fraction=0.03)
+    return fig
+
+
+def _networks_section(ds, participant):
+    from ..neuronset import NeuronSet
+
+    folder = ds.root / "derivatives" / "llm2nifti-networks"
+    tables = sorted(folder.glob(f"sub-{participant}_*_networks.tsv"))
+    if not tables:
+        return None
+    blocks = []
+    for path in tables[:4]:
+        nset = NeuronSet.from_tsv(path)
+        layout = ds.layout(participant, nset.site)
+        stem = path.name[: -len("_networks.tsv")]
+        summary_path = path.with_name(f"{stem}_summary.tsv")
+        names = (pd.read_csv(summary_path, sep="\t")["network"].astype(str).tolist()
+                 if summary_path.is_file() else nset.names)
+        key = len(nset.union())
+        blocks.append({"heading": stem, "text": f"{len(names)} networks at the {nset.site} site; "
+                       f"{key} units ({key / layout.n_neurons:.1%}) belong to at least one (the key set)."})
+        blocks.append({"image": _png(_membership_figure(nset, layout, names)),
+                       "caption": "Each panel is one network drawn as a flat map: a dark pixel is a unit "
+                                  "of the network (wide layers are pooled: a pixel is dark when any "
+                                  "unit under it is)."})
+        if summary_path.is_file():
+            summary = pd.read_csv(summary_path, sep="\t", dtype={"network": str})
+            blocks.append({"image": _png(_sizes_figure(summary, layout)),
+                           "caption": "Network sizes per layer (from the summary table)."})
+            blocks.append({"table": _table(summary[["network", "size", "share", "n_positive",
+                                                    "n_negative", "peak_layer", "peak_z"]])})
+    return Section("networks", "Networks", "llm2nifti decompose, then llm2nifti networks",
+                   "A network is the set of units whose z-scored component map passes the "
+                   "threshold (|z| > 3.6 by default). Units are exact (layer, neuron) indices.",
+                   blocks)
+
+
+def _figures_section(paths, id_, title, command, meaning, caption):
+    blocks = [{"heading": p.stem, "image": _file_png(p), "caption": caption(p)} for p in paths]
+    return Section(id_, title, command, meaning, blocks) if blocks else None
+
+
+def _recurrence_section(ds, participant):
+    folder = ds.root / "derivatives" / "llm2nifti-recurrence"
+    paths = sorted(folder.glob(f"sub-{participant}_*recurrence.png")) + \
+        sorted(folder.glob(f"sub-{participant}_*layers.png"))
+    return _figures_section(
+        paths, "recurrence", "Recurrence", "llm2nifti recurrence",
+        "Each run (and each other seed) is decomposed on its own; its networks are matched one "
+        "to one to the group's templates by IoU of their units. A template recurs in a run when "
+        "the matched IoU exceeds 0.2.",
+        lambda p: "IoU of each template (rows) with its match in each run and seed (columns)"
+        if p.name.endswith("recurrence.png") else "Template sizes per layer")
+
+
+def _key_sets(ds, participant):
+    from ..neuronset import NeuronSet
+
+    folder = ds.root / "derivatives" / "llm2nifti-networks"
+    return {p.name[: -len("_networks.tsv")]: NeuronSet.from_tsv(p)
+            for p in sorted(folder.glob(f"sub-{participant}_*_networks.tsv"))}
+
+
+def _localizer_section(ds, participant):
+    from ..neuronset import NeuronSet
+
+    folder = ds.root / "derivatives" / "llm2nifti-glm" / f"sub-{participant}" / "func"
+    blocks = []
+    keys = _key_sets(ds, participant)
+    for png in sorted(folder.glob("*_flatmap.png")):
+        stem = png.name[: -len("_flatmap.png")]
+        meta_path = folder / f"{stem}_networks.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        text = f"Contrast {meta.get('Contrast', '?')}: {meta.get('NSelected', '?')} units selected " \
+               f"({json.dumps(meta.get('Selection', {}))})."
+        blocks.append({"heading": stem, "text": text, "image": _file_png(png),
+                       "caption": "t of the contrast per unit, layers (rows) x neuron index"})
+        loc = NeuronSet.from_tsv(folder / f"{stem}_networks.tsv")
+        rows = []
+        for name, nset in keys.items():
+            if nset.site != loc.site:
+                continue
+            n_units = meta.get("NNeurons") or ds.layout(participant, loc.site).n_neurons
+            a = set(map(tuple, loc.pairs().tolist()))
+            b = set(map(tuple, nset.union().pairs().tolist()))
+            rows.append({"ICA networks": name, "key set": len(b), "localizer units": len(a),
+                         "in both": len(a & b), "expected by chance": round(len(a) * len(b) / n_units, 1)})
+        if rows:
+            blocks.append({"text": "Overlap of the localizer units with each key set of the same site:",
+                           "table": _table(pd.DataFrame(rows))})
+    if not blocks:
+        return None
+    return Section("localizer", "Localizer", "llm2nifti localize",
+                   "A first-level GLM per unit (nilearn FirstLevelModel; no HRF, no drift, OLS) "
+                   "contrasts conditions of the localizer task; t > 0 means a higher activation "
+                   "for the first condition. The selected units form a networks.tsv.", blocks)
+
+
+def _connectivity_section(ds, participant):
+    folder = ds.root / "derivatives" / "llm2nifti-connectivity"
+    blocks = []
+    for png in sorted(folder.glob(f"sub-{participant}_*_connectome.png")):
+        blocks.append({"heading": png.stem, "image": _file_png(png),
+                       "caption": "Connectome between networks, ordered by depth (mean layer of "
+                                  "their units); the diagonal is blanked."})
+    for js in sorted(folder.glob(f"sub-{participant}_*_comparison.json")):
+        record = json.loads(js.read_text())
+        items = [f"{kind}: r = {v['r']:.3f} over {v['n_edges']} edges; random matchings "
+                 f"{v['null_low']:.3f} to {v['null_high']:.3f} (p = {v['p']:.3g})"
+                 for kind, v in record.get("Similarity", {}).items()]
+        blocks.append({"heading": js.stem, "text": f"{record.get('NMatched')} networks matched by "
+                       f"IoU (mean {record.get('MeanIoU', 0):.2f}).", "bullets": items})
+        for png in sorted(folder.glob(js.name.replace("_comparison.json", "_meas-*_comparison.png"))):
+            blocks.append({"image": _file_png(png), "caption": "The two connectomes, matched networks "
+                           "in the same order"})
+    if not blocks:
+        return None
+    return Section("connectivity", "Connectivity", "llm2nifti connectivity",
+                   "Network time courses per run (nilearn NiftiMapsMasker), then nilearn's "
+                   "ConnectivityMeasure across runs. A comparison correlates the edges of two "
+                   "connectomes after matching their networks by IoU; random matchings give the "
+                   "range expected by chance.", blocks)
+
+
+def _interventions_section(evaluations):
+    blocks = []
+    for folder in evaluations:
+        folder = Path(folder)
+        record = json.loads((folder / "evaluation.json").read_text())
+        blocks.append({"heading": str(folder.name), "bullets": record.get("verdicts", [])})
+        for name in ("interventions.png", "curve.png", "fnk.png"):
+            if (folder / name).is_file():
+                blocks.append({"image": _file_png(folder / name), "caption": name})
+    if not blocks:
+        return None
+    return Section("interventions", "Interventions", "llm2nifti evaluate",
+                   "Network units are inhibited, kept alone or amplified with hooks; controls are "
+                   "random sets with the same count per layer (over several seeds: the range is "
+                   "shown). 'not clearly' means the network lies inside the controls' range.",
+                   blocks)
+
+
+_ABSENT = {"networks": "Networks: run `llm2nifti decompose` then `llm2nifti networks`",
+           "recurrence": "Recurrence: run `llm2nifti recurrence`",
+           "localizer": "Localizer: run `llm2nifti localize`",
+           "connectivity": "Connectivity: run `llm2nifti connectivity`",
+           "interventions": "Interventions: run `llm2nifti evaluate`, then pass its folder with --evaluation"}
+
+
+def _evaluations(ds, evaluations):
+    found = [Path(p) for p in evaluations]
+    for folder in found:
+        if not (folder / "evaluation.json").is_file():
+            raise UsageError(f"{folder} holds no evaluation.json: pass the --output folder of "
+                             "`llm2nifti evaluate`")
+    found += [p.parent for p in sorted((ds.root / "derivatives").glob("*/evaluation.json"))]
+    return list(dict.fromkeys(found))
+
+
+def report(dataset, participant=None, output=None, evaluations=()):
+    """Write one self-contained HTML page per participant.
+
+    Parameters
+    ----------
+    dataset : path
+    participant : str, optional
+        Default: every participant.
+    output : path, optional
+        Folder (default ``DATASET/derivatives/llm2nifti-report``); pages ``sub-<label>.html``.
+    evaluations : sequence of path
+        Output folders of ``llm2nifti evaluate`` (folders under ``derivatives`` holding an
+        ``evaluation.json`` are found on their own).
+
+    Returns
+    -------
+    list of Path
+    """
+    import jinja2
+
+    from bids_llm.dataset import Dataset
+    from bids_llm.derivatives import derivative_dir
+    from bids_llm.io import write_text
+
+    ds = Dataset(dataset)
+    found = sorted({r.participant for r in ds.runs()})
+    if participant is not None and participant not in found:
+        raise UsageError(f"no participant {participant!r} in {ds.root}: it has {', '.join(found) or 'none'}")
+    evals = _evaluations(ds, evaluations)
+    out = Path(output) if output is not None else derivative_dir(
+        ds.root, PIPELINE_REPORT, "HTML reports, one page per participant")
+    env = jinja2.Environment(loader=jinja2.PackageLoader("llm2nifti.report", "templates"),
+                             autoescape=True)
+    template = env.get_template("report.html.j2")
+    pages = []
+    for p in [participant] if participant else found:
+        built = {"dataset": _dataset_section(ds, p), "networks": _networks_section(ds, p),
+                 "recurrence": _recurrence_section(ds, p), "localizer": _localizer_section(ds, p),
+                 "connectivity": _connectivity_section(ds, p),
+                 "interventions": _interventions_section(evals)}
+        info = next((r for r in ds.participants() if r["participant_id"] == f"sub-{p}"), {})
+        page = template.render(
+            participant=p, model=info.get("model", p), version=_version.__version__,
+            subtitle=f"{info.get('architecture', '')} model, scanned as a brain: {ds.root.resolve()}",
+            sections=[s for s in built.values() if s is not None],
+            missing=[_ABSENT[k] for k, s in built.items() if s is None])
+        path = out / f"sub-{p}.html"
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(path, page)
+        pages.append(path)
+    return pages
