@@ -187,6 +187,15 @@ def _prune(table, *extra, out="pruned"):
                       "--model", w.model, "--heldout", w.text, *extra]
 
 
+def _localize(stimuli, *extra):
+    return lambda w: ["localize", w.path("loc-out"), "--model", w.model, "--stimuli", stimuli(w), *extra]
+
+
+def _conditions_table(w):
+    return w.file("conds.tsv", "id\ttext\tcondition\na\tSome words.\tsentences\n"
+                  "b\tWords some.\tnonwords\n")
+
+
 CASES = [
     # convert
     ("convert-label-dotdot", _conv_label(".."), "letters and digits"),
@@ -288,6 +297,27 @@ CASES = [
     ("prune-residual-site", _prune(lambda w: w.table("res.tsv", ["FN00\tresidual\t0\t1\t4"])), "MLP"),
     ("prune-layer-99", _prune(lambda w: w.table("p99.tsv", ["FN00\tmlp\t99\t1\t4"])), "layer"),
     ("prune-missing-table", _prune(lambda w: w.path("none.tsv")), "not found"),
+    # localize
+    ("localize-no-condition", _localize(lambda w: w.file("plain.tsv", "id\ttext\na\tSome words.\n")),
+     "no condition column"),
+    ("localize-unknown-condition", _localize(_conditions_table, "-c", "sentences - pictures"),
+     "unknown condition(s) pictures"),
+    ("localize-bad-condition-name", _localize(lambda w: w.file(
+        "badcond.tsv", "id\ttext\tcondition\na\tSome words.\tsent ences\n")), "letters and digits"),
+    ("localize-top-zero", _localize(_conditions_table, "--top", "0"), "percentage"),
+    ("localize-task-without-conditions", lambda w: ["localize", w.ds, "--task", "text"],
+     "no trial_type column"),
+    # connectivity
+    ("connectivity-foreign-grid", lambda w: ["connectivity", _foreign_grid(w), "-d", w.ds], "grid"),
+    ("connectivity-kind-unknown", lambda w: ["connectivity", w.maps, "-d", w.ds, "--kind", "coherence"],
+     "unknown connectivity kind"),
+    ("connectivity-missing-image", lambda w: ["connectivity", w.path("none.nii"), "-d", w.ds],
+     "not found"),
+    # report
+    ("report-unknown-participant", lambda w: ["report", w.ds, "--participant", "nobody"],
+     "no participant 'nobody'"),
+    ("report-not-an-evaluation", lambda w: ["report", w.ds, "--evaluation", w.path("empty-dir")],
+     "no evaluation.json"),
 ]
 
 
@@ -319,7 +349,8 @@ def test_bad_input(world, name, build, message):
 def test_there_are_at_least_40_cases_over_every_command():
     assert len(CASES) >= 40 and len({c[0] for c in CASES}) == len(CASES)
     assert {c[0].split("-")[0] for c in CASES} >= {"convert", "sites", "decompose", "networks",
-                                                     "recurrence", "evaluate", "prune"}
+                                                     "recurrence", "evaluate", "prune", "localize",
+                                                     "connectivity", "report"}
 
 
 @pytest.mark.parametrize("code,message", [(errno.ENOSPC, "No space left on device"),

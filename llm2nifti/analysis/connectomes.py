@@ -127,6 +127,19 @@ def network_time_series(runs, components, maps, layout, mask, signals="maps", th
 ESTIMATORS = ("ledoit-wolf", "empirical")
 
 
+def _check_options(kinds, signals, estimator):
+    """Refuse unknown kinds, signals and estimators before any run is read."""
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown or not kinds:
+        raise UsageError(f"unknown connectivity kind {(unknown or [''])[0]!r}: choose from "
+                         f"{', '.join(KINDS)}")
+    if signals not in ("maps", "mean"):
+        raise UsageError(f"--signals {signals!r}: choose maps or mean")
+    if estimator not in ESTIMATORS:
+        raise UsageError(f"unknown covariance estimator {estimator!r}: choose "
+                         f"{' or '.join(ESTIMATORS)}")
+
+
 def _measure(time_series, kind, estimator="ledoit-wolf"):
     from nilearn.connectome import ConnectivityMeasure
     from sklearn.covariance import EmpiricalCovariance, LedoitWolf
@@ -191,6 +204,7 @@ def connectivity(components, dataset, *, participant=None, task=None, runs=None,
     """
     from .connectome_outputs import write_comparison, write_connectivity
 
+    _check_options(kinds, signals, estimator)
     res = _connectomes(components, dataset, participant, task, runs, site, kinds, signals,
                        threshold, progress, estimator)
     out = Path(output) if output is not None else None

@@ -191,7 +191,7 @@ def localize(dataset, *, model=None, stimuli="localizer", task=None, participant
     """
     from bids_llm.dataset import Dataset, is_dataset
 
-    from ..acquisition import LOCALIZER, scan, task_label
+    from ..acquisition import LOCALIZER, load_documents, scan, task_label
 
     if z_threshold is None and not 0 < float(top_percent) <= 100:
         raise UsageError(f"--top {top_percent}: give a percentage in (0, 100], e.g. 1")
@@ -199,6 +199,13 @@ def localize(dataset, *, model=None, stimuli="localizer", task=None, participant
     scanned = False
     if not (is_dataset(dataset) and Dataset(dataset).runs(participant=participant, task=task,
                                                           site=site)):
+        # Refuse stimuli without conditions, and contrasts they cannot make, before recording.
+        conditions = sorted({d.condition for d in load_documents(stimuli) if d.condition})
+        if not conditions:
+            raise UsageError(f"stimuli {stimuli} have no condition column: a localizer needs "
+                             "items of conditions (id, text, condition), or --stimuli localizer")
+        for expression in contrasts:
+            _check_contrast(expression, conditions)
         res = scan(dataset, model, stimuli, task=task, label=participant, neurons=site,
                    progress=progress, resume=True, **scan_options)
         participant, scanned = res.participant, True
