@@ -4,12 +4,13 @@ nilearn's entry point to a GLM looks for preprocessed runs in a derivative folde
 like fMRIPrep's (``..._space-<label>_desc-preproc_bold.nii``), and for a brain mask per
 run (``..._space-<label>_desc-brain_mask.nii``). Raw runs of a model scan need no
 preprocessing, so the view holds relative symbolic links to them (no copy; a hard link
-where the file system has no symbolic links), plus one link to the neuron mask per run::
+where the file system has no symbolic links), plus one link to the neuron mask per run;
+only the small JSON sidecars are written, with the ``SpatialReference`` a derivative needs::
 
     derivatives/llm2nifti-space/dataset_description.json
     derivatives/llm2nifti-space/sub-<m>/func/sub-<m>_task-<t>_run-01_space-neurons_desc-preproc_bold.nii  -> raw run
-    derivatives/llm2nifti-space/sub-<m>/func/sub-<m>_task-<t>_run-01_space-neurons_desc-preproc_bold.json  -> raw sidecar
-    derivatives/llm2nifti-space/sub-<m>/func/sub-<m>_task-<t>_run-01_space-neurons_desc-brain_mask.nii    -> neuron mask
+    derivatives/llm2nifti-space/sub-<m>/func/sub-<m>_task-<t>_run-01_space-neurons_desc-preproc_bold.json  the raw sidecar + SpatialReference
+    derivatives/llm2nifti-space/sub-<m>/func/sub-<m>_task-<t>_run-01_space-neurons_desc-brain_mask.nii    -> neuron mask (+ .json)
 
 The space label ``neurons`` says the grid is the dataset's neuron layout, not a brain
 template. Events stay in the raw dataset, where nilearn reads them.
@@ -17,10 +18,12 @@ template. Events stay in the raw dataset, where nilearn reads them.
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 from .derivatives import derivative_dir
+from .io import write_json
 from .naming import bids_name, inside, parse_name
 
 __all__ = ["space_view", "SPACE", "SPACE_PIPELINE"]
@@ -71,7 +74,16 @@ def space_view(root, runs, mask):
         stem = bids_name("bold", "", **keys).rsplit("_bold", 1)[0]
         bold = func / f"{stem}_space-{SPACE}_desc-preproc_bold{ext}"
         _link(run, bold)
-        _link(Path(str(run).split(".nii")[0] + ".json"), bold.with_name(bold.name.split(".nii")[0] + ".json"))
-        _link(Path(mask), func / f"{stem}_space-{SPACE}_desc-brain_mask.nii")
+        mask_link = func / f"{stem}_space-{SPACE}_desc-brain_mask.nii"
+        _link(Path(mask), mask_link)
+        # Sidecars are written (they are small and need a SpatialReference the raw ones lack).
+        raw = json.loads(Path(str(run).split(".nii")[0] + ".json").read_text())
+        reference = f"bids::derivatives/llm2nifti/{Path(mask).relative_to(Path(mask).parents[3]).as_posix()}"
+        write_json(bold.with_name(bold.name.split(".nii")[0] + ".json"), dict(
+            raw, SpatialReference=reference, SkullStripped=False,
+            Sources=[f"bids::{run.relative_to(Path(root)).as_posix()}"]))
+        write_json(mask_link.with_suffix(".json"), {
+            "SpatialReference": reference, "Type": "Brain",
+            "Description": "The dataset's neuron mask (every recorded unit)"})
         linked.append(bold)
     return linked

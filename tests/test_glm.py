@@ -143,6 +143,21 @@ def test_first_level_from_bids_finds_the_runs(planted):
     assert link.is_symlink() and link.resolve() == Dataset(root).runs()[0].path.resolve()
 
 
+def test_raw_dataset_and_derivatives_are_valid_bids(planted):
+    """The raw localizer and the space view validate; the GLM derivative with its .bidsignore."""
+    import subprocess
+
+    from test_bids import validator
+
+    root = planted[0]
+    localize(root, task=TASK, progress=False)
+    for folder in (root, root / "derivatives" / "llm2nifti-space", root / "derivatives" / "llm2nifti-glm"):
+        r = subprocess.run([validator(), str(folder), "--format", "json"], capture_output=True,
+                           text=True, timeout=300)
+        issues = json.loads(r.stdout)["issues"]["issues"]
+        assert [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"] == [], folder
+
+
 def test_bad_contrasts_and_tasks(planted, tmp_path):
     root = planted[0]
     with pytest.raises(UsageError, match="unknown condition.*pictures.*conditions are nonwords, "

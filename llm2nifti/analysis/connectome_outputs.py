@@ -50,7 +50,9 @@ def _folder(dataset, out):
 
     root = dataset.root if isinstance(dataset, Dataset) else Path(dataset)
     return derivative_dir(root, PIPELINE_CONNECTIVITY,
-                          "Connectomes between networks (nilearn ConnectivityMeasure)")
+                          "Connectomes between networks (nilearn ConnectivityMeasure)",
+                          ignore=("*_connectome.*", "*_timeseries.tsv", "*_connectivity.json",
+                                  "*_matches.tsv", "*_comparison.*"))
 
 
 def write_connectivity(res, components, dataset, out, kinds, signals, estimator):

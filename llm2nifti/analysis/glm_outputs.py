@@ -48,7 +48,8 @@ def write_localizer(result, ds, runs, layout, contrasts, top_percent, z_threshol
 
     run0 = runs[0]
     participant, task, acq = run0.participant, run0.task, run0.acq
-    folder = output or derivative_dir(ds.root, PIPELINE_GLM, "GLM localizer statistical maps")
+    folder = output or derivative_dir(ds.root, PIPELINE_GLM, "GLM localizer statistical maps",
+                                      ignore=("*_statmap.*", "*_networks.*", "*_flatmap.png"))
     dof = sum(int(len(d)) - int(np.linalg.matrix_rank(d.to_numpy())) for d in result.glm.design_matrices_)
     common = {"Runs": [f"bids::{r.path.relative_to(ds.root)}" for r in runs],
               "Conditions": result.conditions, "Design": _design_summary(result.glm),

@@ -310,7 +310,7 @@ def report(dataset, participant=None, output=None, evaluations=()):
         raise UsageError(f"no participant {participant!r} in {ds.root}: it has {', '.join(found) or 'none'}")
     evals = _evaluations(ds, evaluations)
     out = Path(output) if output is not None else derivative_dir(
-        ds.root, PIPELINE_REPORT, "HTML reports, one page per participant")
+        ds.root, PIPELINE_REPORT, "HTML reports, one page per participant", ignore=("*.html",))
     env = jinja2.Environment(loader=jinja2.PackageLoader("llm2nifti.report", "templates"),
                              autoescape=True)
     template = env.get_template("report.html.j2")
