@@ -83,9 +83,9 @@ def planted(tmp_path):
     rng = np.random.default_rng(7)
     selective = np.sort(rng.choice(layout.n_neurons, size=6, replace=False))
     effects = {c: np.zeros(layout.n_neurons) for c in CONDITIONS}
-    effects["sentences"][selective] = 3.0  # only these units prefer sentences
-    effects["words"][:] = 0.5  # a shared effect the contrast must cancel
-    effects["nonwords"][:] = 0.5
+    for c in CONDITIONS:  # a shared effect of reading anything, which the contrast cancels
+        effects[c][:] = 0.5
+    effects["sentences"][selective] += 3.0  # only these units prefer sentences
     layout, data, kinds = make_localizer(tmp_path / "ds", effects)
     return tmp_path / "ds", layout, selective, data, kinds
 
@@ -99,9 +99,14 @@ def test_planted_units_come_back_exactly(planted):
     found = NeuronSet.from_tsv(entry["networks_tsv"])
     assert found.names == ["sentencesMinusNonwords"]
     assert sorted(found.global_index(layout).tolist()) == selective.tolist()
-    # the selective units stand far above every other one
+    # the selective units stand far above every other one, whose t is noise around 0
     others = np.delete(entry["t"], selective)
     assert entry["t"][selective].min() > 5 * max(others.max(), 1)
+    assert abs(others.mean()) < 0.3 and 0.7 < others.std() < 1.3
+    # against the baseline (BOS tokens), the shared effect is found in every unit
+    res = localize(root, task=TASK, contrasts=["nonwords"], z_threshold=3.0, progress=False)
+    t = res.contrasts["nonwords"]["t"]
+    assert (t > 0).all() and t.mean() > 2
 
 
 def test_t_equals_ols_by_hand(planted):
