@@ -135,6 +135,12 @@ class Decomposition(BaseEstimator):
     alpha : float
         DictLearning sparsity.
     verbose : int
+    scheduler : None, "threads", "processes", "tcp://host:port" or dask.distributed.Client
+        Where the fast backend's per-run reductions run (see
+        :mod:`llm2nifti.analysis.scheduling`); the group SVD and FastICA stay here.
+        The same seed gives the same maps whatever the scheduler.
+    workers : int
+        Worker processes of ``scheduler="processes"``.
 
     Attributes
     ----------
@@ -152,7 +158,10 @@ class Decomposition(BaseEstimator):
     """
 
     def __init__(self, method="canica", n_components=20, n_init=10, random_state=0,
-                 backend="nilearn", n_jobs=1, device="cpu", alpha=10.0, verbose=0):
+                 backend="nilearn", n_jobs=1, device="cpu", alpha=10.0, verbose=0,
+                 scheduler=None, workers=2):
+        self.scheduler = scheduler
+        self.workers = workers
         self.method = method
         self.n_components = n_components
         self.n_init = n_init
@@ -174,6 +183,9 @@ class Decomposition(BaseEstimator):
             raise UsageError("n_components and n_init must be at least 1")
         if not runs:
             raise UsageError("no runs to decompose: check the participant/task/run filters")
+        if self.scheduler not in (None, "threads") and self.backend != "fast":
+            raise UsageError("--scheduler distributes the fast backend's per-run work: add "
+                             "--backend fast (nilearn's backend parallelises with --n-jobs)")
 
     def fit(self, runs, layout):
         """Decompose ``runs``.
@@ -207,10 +219,16 @@ class Decomposition(BaseEstimator):
         t0 = time.perf_counter()
         if self.backend == "fast":
             from . import fastica
+            from .scheduling import dask_client, map_runs, reduce_run
 
+            with dask_client(self.scheduler, self.workers) as client:
+                reduced = None if client is None else map_runs(
+                    reduce_run, paths, client, progress=bool(self.verbose), desc="reduce runs",
+                    n_components=self.n_components, random_state=self.random_state,
+                    device=self.device, threads=1)
             maps, info = fastica.canica([_load_fn(r) for r in runs], self.n_components,
                                         n_init=self.n_init, random_state=self.random_state,
-                                        device=self.device)
+                                        device=self.device, reduced=reduced)
             self.components_ = maps.astype(np.float32)
             self.singular_values_ = np.asarray(info.pop("singular_values"))
             self.info_ = info
@@ -286,7 +304,7 @@ def _entities(runs, desc):
 
 def decompose(dataset, *, participant=None, task=None, run=None, site="mlp", method="canica",
               backend="nilearn", n_components=20, n_init=10, random_state=0, n_jobs=1,
-              device="cpu", alpha=10.0, desc=None, threads=None):
+              device="cpu", alpha=10.0, desc=None, threads=None, scheduler=None, workers=2):
     """Decompose a dataset's runs and write a BIDS derivative.
 
     Parameters
@@ -303,6 +321,8 @@ def decompose(dataset, *, participant=None, task=None, run=None, site="mlp", met
         BIDS ``desc`` label of the outputs (letters and digits; default: ``method``).
     threads : int, optional
         torch CPU threads.
+    scheduler, workers :
+        Where per-run work runs (see :class:`Decomposition`).
 
     Returns
     -------
@@ -340,7 +360,8 @@ def decompose(dataset, *, participant=None, task=None, run=None, site="mlp", met
     runs, layout = select_runs(ds, participant, task, run, site)
     est = Decomposition(method=method, n_components=n_components, n_init=n_init,
                         random_state=random_state, backend=backend, n_jobs=n_jobs,
-                        device=device, alpha=alpha).fit(runs, layout)
+                        device=device, alpha=alpha, scheduler=scheduler,
+                        workers=workers).fit(runs, layout)
     t0 = time.perf_counter()
     ev, ev_total = explained_variance(runs, est.components_, device=device if backend == "fast" else "cpu")
     ev_seconds = time.perf_counter() - t0

@@ -245,7 +245,7 @@ def fastica_restarts(components, n_init=10, random_state=0, max_iter=200, tol=1e
 
 
 def canica(load_runs, n_components=20, n_init=10, random_state=0, device="cpu",
-           n_oversamples=10):
+           n_oversamples=10, reduced=None):
     """CanICA on runs loaded one at a time.
 
     Parameters
@@ -257,6 +257,9 @@ def canica(load_runs, n_components=20, n_init=10, random_state=0, device="cpu",
     device : str or torch.device
     n_oversamples : int
         Extra dimensions of the per-run randomized SVD.
+    reduced : list of array, optional
+        The runs already reduced (``run_pca`` of each z-scored run, e.g. by Dask workers:
+        :func:`llm2nifti.analysis.scheduling.reduce_run`); ``load_runs`` is then not read.
 
     Returns
     -------
@@ -265,7 +268,11 @@ def canica(load_runs, n_components=20, n_init=10, random_state=0, device="cpu",
         ``singular_values`` of the group SVD and the FastICA details.
     """
     device = torch.device(device)
-    reduced = []
+    if reduced is not None:
+        reduced = [torch.as_tensor(np.asarray(r), device=device) for r in reduced]
+        load_runs = ()
+    else:
+        reduced = []
     for load in load_runs:
         # a copy: z-scoring works in place and must not touch the caller's array
         Z = torch.tensor(np.asarray(load(), dtype=np.float32), device=device)

@@ -114,7 +114,8 @@ def _match_rows(unit, kind, nset, names, t_masks, t_names, layout, iou_threshold
 def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", templates=None,
                method="canica", backend="fast", n_components=20, n_init=10, random_state=0,
                n_seeds=3, threshold=3.6, two_sided=True, top_k=None, iou_threshold=0.2,
-               device="cpu", n_jobs=1, threads=None, output=None, figures=True):
+               device="cpu", n_jobs=1, threads=None, output=None, figures=True,
+               scheduler=None, workers=2):
     """Recurrence of networks across runs and stability across seeds.
 
     Parameters
@@ -137,20 +138,18 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
         Default ``DATASET/derivatives/llm2nifti-recurrence``.
     figures : bool
         Write the PNG figures.
+    scheduler, workers :
+        Where the fast backend's per-run reductions run (see
+        :mod:`llm2nifti.analysis.scheduling`): one cluster serves every decomposition.
 
     Returns
     -------
     RecurrenceResult
     """
-    import nibabel as nib
-
     from bids_llm.dataset import Dataset
-    from bids_llm.io import write_json, write_text
-    from bids_llm.naming import inside
 
-    from .. import _version
     from .decomposition import Decomposition, select_runs
-    from .selection import load_maps, summarize
+    from .selection import summarize
 
     if threads is not None:
         from ..models import set_threads
@@ -163,9 +162,32 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     runs, layout = select_runs(ds, participant, task, run, site)
 
-    def fit(selected, k, seed):
-        return Decomposition(method=method, n_components=k, n_init=n_init, random_state=seed,
-                             backend=backend, n_jobs=n_jobs, device=device).fit(selected, layout)
+    from .scheduling import dask_client
+
+    with dask_client(scheduler, workers) as client:
+        def fit(selected, k, seed):
+            return Decomposition(method=method, n_components=k, n_init=n_init, random_state=seed,
+                                 backend=backend, n_jobs=n_jobs, device=device,
+                                 scheduler=client).fit(selected, layout)
+
+        table, t_set, t_names = _recurrence_rows(fit, runs, layout, templates, n_components,
+                                                 random_state, n_seeds, threshold, two_sided,
+                                                 top_k, iou_threshold)
+    sizes = summarize(t_set, layout, names=t_names).set_index("network")
+    summary = _template_summary(table, t_names, sizes, iou_threshold)
+    return _write_recurrence(ds, runs, layout, table, summary, sizes, t_set, t_names, output,
+                             figures, iou_threshold, templates, method, backend, n_components,
+                             n_init, random_state, n_seeds, dict(threshold=threshold,
+                                                                 two_sided=bool(two_sided),
+                                                                 top_k=top_k))
+
+
+def _recurrence_rows(fit, runs, layout, templates, n_components, random_state, n_seeds,
+                     threshold, two_sided, top_k, iou_threshold):
+    """Templates, then each run and each other seed matched to them: the result table."""
+    import nibabel as nib
+
+    from .selection import load_maps
 
     if templates is not None:
         t_maps = load_maps(templates, layout)
@@ -187,9 +209,17 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
         log.info("run %s decomposed", r.run)
     for s in range(1, n_seeds + 1):
         rows += match(f"seed-{random_state + s}", "seed", fit(runs, len(t_names), random_state + s))
-    table = pd.DataFrame(rows)
-    sizes = summarize(t_set, layout, names=t_names).set_index("network")
-    summary = _template_summary(table, t_names, sizes, iou_threshold)
+    return pd.DataFrame(rows), t_set, t_names
+
+
+def _write_recurrence(ds, runs, layout, table, summary, sizes, t_set, t_names, output, figures,
+                      iou_threshold, templates, method, backend, n_components, n_init,
+                      random_state, n_seeds, select):
+    """The recurrence derivative: tables, templates, figures and the JSON record."""
+    from bids_llm.io import write_json, write_text
+    from bids_llm.naming import inside
+
+    from .. import _version
 
     out = Path(output) if output is not None else inside(ds.root, "derivatives", "llm2nifti-recurrence")
     paths = _output_paths(out, runs, method)
