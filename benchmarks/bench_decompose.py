@@ -4,6 +4,7 @@ Usage::
 
     llm2nifti convert /tmp/ds_demo --max-tokens 4096 -q
     python benchmarks/bench_decompose.py /tmp/ds_demo -k 20 --n-init 10 --threads 2
+    python benchmarks/bench_decompose.py /tmp/ds_demo -k 20,64 --n-init 10 --threads 2   # several k, one run
 
 Each backend runs in its own process (so peak memory is its own): the wall time
 of the fit, the process's peak resident memory (and the part above the
@@ -64,7 +65,7 @@ def match(a, b):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dataset")
-    p.add_argument("-k", type=int, default=20)
+    p.add_argument("-k", default="20", help="Components; several as 20,64 (one table each, then a summary).")
     p.add_argument("--n-init", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
@@ -80,8 +81,20 @@ def main():
     p.add_argument("--out", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
+        args.k = int(args.k)
         return worker(args)
+    summary = []
+    for k in [int(x) for x in str(args.k).split(",")]:
+        args.k = k
+        summary.append(compare(args))
+    if len(summary) > 1:
+        print("\nsummary")
+        for line in summary:
+            print("  " + line)
 
+
+def compare(args):
+    """Run each backend on one k in its own process; print the table; return a summary line."""
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "OPENBLAS_NUM_THREADS": str(args.threads)}
     results, maps = {}, {}
@@ -118,11 +131,15 @@ def main():
     print(f"{'peak RSS - imports (MiB)':28s}" + "".join(
         f"{results[n]['peak_rss_mib'] - results[n]['rss_after_imports_mib']:14.1f}" for n in names))
     a = names[0]
+    line = f"k={args.k}:"
     for b in names[1:]:
         r = match(maps[a], maps[b])
         print(f"speed-up {a}/{b}: {results[a]['wall_s'] / results[b]['wall_s']:.1f}x")
         print(f"matched |r| ({a} vs {b}, Hungarian): mean {r.mean():.3f}, median {np.median(r):.3f}, "
               f"min {r.min():.3f}; {int((r >= 0.9).sum())}/{len(r)} components >= 0.9")
+        line += (f" {a} {results[a]['wall_s']:.1f} s, {b} {results[b]['wall_s']:.1f} s "
+                 f"({results[a]['wall_s'] / results[b]['wall_s']:.1f}x), matched |r| mean {r.mean():.3f}")
+    return line
 
 
 if __name__ == "__main__":
