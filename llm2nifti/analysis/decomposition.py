@@ -187,7 +187,7 @@ class Decomposition(BaseEstimator):
             raise UsageError("--scheduler distributes the fast backend's per-run work: add "
                              "--backend fast (nilearn's backend parallelises with --n-jobs)")
 
-    def fit(self, runs, layout):
+    def fit(self, runs, layout, reduced=None):
         """Decompose ``runs``.
 
         Parameters
@@ -195,6 +195,10 @@ class Decomposition(BaseEstimator):
         runs : list of Run or path
             4D bold images of one neuron layout.
         layout : NeuronLayout
+        reduced : list of ndarray, optional
+            Fast backend: each run's reduction already made
+            (:func:`~llm2nifti.analysis.scheduling.reduce_run` with this estimator's
+            ``n_components`` and ``random_state``), shared between decompositions.
 
         Returns
         -------
@@ -221,8 +225,8 @@ class Decomposition(BaseEstimator):
             from . import fastica
             from .scheduling import dask_client, map_runs, reduce_run
 
-            with dask_client(self.scheduler, self.workers) as client:
-                reduced = None if client is None else map_runs(
+            with dask_client(self.scheduler if reduced is None else None, self.workers) as client:
+                reduced = reduced if client is None else map_runs(
                     reduce_run, paths, client, progress=bool(self.verbose), desc="reduce runs",
                     n_components=self.n_components, random_state=self.random_state,
                     device=self.device, threads=1)

@@ -165,10 +165,14 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
     from .scheduling import dask_client
 
     with dask_client(scheduler, workers) as client:
+        reductions = _Reductions(runs, client, device)
+
         def fit(selected, k, seed):
-            return Decomposition(method=method, n_components=k, n_init=n_init, random_state=seed,
-                                 backend=backend, n_jobs=n_jobs, device=device,
-                                 scheduler=client).fit(selected, layout)
+            est = Decomposition(method=method, n_components=k, n_init=n_init, random_state=seed,
+                                backend=backend, n_jobs=n_jobs, device=device)
+            if backend != "fast":
+                return est.fit(selected, layout)
+            return est.fit(selected, layout, reduced=reductions.of(selected, k, seed))
 
         table, t_set, t_names = _recurrence_rows(fit, runs, layout, templates, n_components,
                                                  random_state, n_seeds, threshold, two_sided,
@@ -180,6 +184,29 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
                              n_init, random_state, n_seeds, dict(threshold=threshold,
                                                                  two_sided=bool(two_sided),
                                                                  top_k=top_k))
+
+
+class _Reductions:
+    """Each run's CanICA reduction, computed once per (components, seed) and shared.
+
+    The group decomposition and each run's own use the same reductions; all runs are
+    reduced together, so that on a Dask cluster they run in parallel.
+    """
+
+    def __init__(self, runs, client, device):
+        self.runs, self.client, self.device = runs, client, device
+        self.cache = {}
+
+    def of(self, selected, k, seed):
+        from .scheduling import map_runs, reduce_run
+
+        if (k, seed) not in self.cache:
+            self.cache = {(k, seed): map_runs(  # one seed at a time in memory
+                reduce_run, [str(r.path) for r in self.runs], self.client, desc="reduce runs",
+                n_components=k, random_state=seed, device=self.device,
+                threads=None if self.client is None else 1)}
+        reduced = self.cache[(k, seed)]
+        return [reduced[self.runs.index(r)] for r in selected]
 
 
 def _recurrence_rows(fit, runs, layout, templates, n_components, random_state, n_seeds,
