@@ -9,6 +9,7 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     "scan": ".convert", "ScanResult": ".convert",
     "Recorder": ".recording", "record": ".recording", "hook_tensor": ".recording",
+    "pinned_buffer": ".recording",
     **{name: ".stimuli" for name in (
         "Document", "TokenStream", "load_documents", "tokenize_documents", "make_runs",
         "MAX_RUN_TOKENS", "LOCALIZER", "builtin_corpus_path", "BUILTIN_CORPORA", "task_label",

@@ -23,7 +23,7 @@ from ..errors import UsageError
 from ..interrupts import deferred, handle_signals
 from ..layout import NeuronLayout
 from ..models import DEFAULT_MODEL, load_model, model_label, set_threads, weights_hash
-from .recording import Recorder
+from .recording import Recorder, pinned_buffer
 from .unitstats import RunningStats
 from ..sites import resolve_site
 from .stimuli import BUILTIN_CORPORA, load_documents, make_runs, task_label, tokenize_documents
@@ -389,8 +389,9 @@ def record_runs(plan, result):
                     pending.result()
                     pending = pool.submit(_add_saved_run, stats, writer.bold_path(r, ext))
                 continue
-            if buffers[slot] is None:
-                buffers[slot] = layout.empty_buffer(longest)
+            if buffers[slot] is None:  # page-locked on a GPU: copies need not wait
+                buffers[slot] = (pinned_buffer(layout, longest) if device_t.type == "cuda"
+                                 else layout.empty_buffer(longest))
             buf = buffers[slot][: stop - start]  # its previous write was waited for below
             slot ^= 1
             ids = torch.as_tensor(stream.ids[start:stop]).reshape(1, -1).to(device_t)

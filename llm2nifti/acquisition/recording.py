@@ -5,7 +5,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["Recorder", "record", "hook_tensor"]
+__all__ = ["Recorder", "record", "hook_tensor", "pinned_buffer"]
+
+
+def pinned_buffer(layout, n_volumes):
+    """A zeroed run buffer (as :meth:`NeuronLayout.empty_buffer`) in page-locked memory.
+
+    Copies from a GPU into page-locked memory can run asynchronously; the numpy array
+    returned keeps its torch storage alive.
+    """
+    shape = layout.empty_buffer(0).shape[1:]
+    return torch.zeros((int(n_volumes), *shape), dtype=torch.float32, pin_memory=True).numpy()
 
 
 def hook_tensor(site, args, output):
@@ -26,7 +36,10 @@ class Recorder:
         Write a batch-of-one forward pass straight into this float32 buffer
         (a :meth:`NeuronLayout.empty_buffer`): ``buffer[t, k, :width]`` receives the
         neurons of the ``k``-th layer of the site. Without it, activations are
-        kept as tensors in :attr:`activations_`.
+        kept as tensors in :attr:`activations_`. On a GPU, with a page-locked buffer
+        (:func:`pinned_buffer`), each layer's activations are cast to float32 on the GPU
+        and copied to the host on a copy stream of their own, without waiting, while
+        the next layers compute; the buffer is complete when the context exits.
 
     Attributes
     ----------
@@ -50,6 +63,11 @@ class Recorder:
     def __enter__(self):
         self.activations_ = {layer: [] for layer in self.site.layers}
         target = None if self.buffer is None else torch.from_numpy(self.buffer)
+        self._copy_stream = None
+        if target is not None and torch.cuda.is_available() and target.is_pinned():
+            device = next(self.model.parameters()).device
+            if device.type == "cuda":
+                self._copy_stream = torch.cuda.Stream(device)
         try:
             for k, (layer, module) in enumerate(self.site.modules(self.model)):
                 self._handles.append(self._attach(module, layer, k, target))
@@ -67,7 +85,10 @@ class Recorder:
             if target is not None:
                 if act.shape[0] != 1:
                     raise ValueError("recording into a buffer needs a batch of one")
-                target[: act.shape[1], k, :width].copy_(act[0], non_blocking=False)
+                if self._copy_stream is not None and act.is_cuda:
+                    self._copy_async(target[: act.shape[1], k, :width], act[0])
+                else:
+                    target[: act.shape[1], k, :width].copy_(act[0], non_blocking=False)
             else:
                 self.activations_[layer].append(act.to("cpu", torch.float32))
 
@@ -80,6 +101,14 @@ class Recorder:
             store(hook_tensor(site, args, output))
         return module.register_forward_hook(post_hook)
 
+    def _copy_async(self, dst, act):
+        """GPU -> page-locked host copy on the copy stream, after the kernels that made ``act``."""
+        src = act.to(torch.float32)  # on the compute stream, on the GPU
+        self._copy_stream.wait_stream(torch.cuda.current_stream(act.device))
+        with torch.cuda.stream(self._copy_stream):
+            dst.copy_(src, non_blocking=True)
+        src.record_stream(self._copy_stream)  # not freed before the copy has read it
+
     def _remove(self):
         for h in self._handles:
             h.remove()
@@ -87,6 +116,8 @@ class Recorder:
 
     def __exit__(self, *exc):
         self._remove()
+        if self._copy_stream is not None:
+            self._copy_stream.synchronize()  # every copy has landed in the buffer
         return False
 
     def matrix(self):
