@@ -1,0 +1,49 @@
+"""localize, connectivity and report from the command line, on a tiny model."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from llm2nifti.acquisition import localizer_documents
+from llm2nifti.cli.main import main
+from llm2nifti.neuronset import NeuronSet
+
+
+def test_localize_connectivity_report(tmp_path, tiny_model_dir):
+    table = tmp_path / "loc.jsonl"
+    table.write_text("".join(json.dumps({"id": d.id, "text": d.text, "condition": d.condition})
+                             + "\n" for d in localizer_documents(n_items=9)))
+    ds = tmp_path / "ds"
+    run = CliRunner().invoke
+    r = run(main, ["localize", str(ds), "--model", str(tiny_model_dir), "--stimuli", str(table),
+                   "--run-tokens", "500", "--threads", "1", "--top", "5", "-q",
+                   "-c", "sentences - nonwords", "-c", "sentences - words"])
+    assert r.exit_code == 0, r.output
+    assert "recorded the localizer first" in r.output
+    tables = sorted((ds / "derivatives" / "llm2nifti-glm").rglob("*_networks.tsv"))
+    assert [t.name.split("contrast-")[1] for t in tables] == [
+        "sentencesMinusNonwords_networks.tsv", "sentencesMinusWords_networks.tsv"]
+    n_units = 2 * 128  # tiny Llama: 2 layers x 128 MLP units
+    assert len(NeuronSet.from_tsv(tables[0])) == round(n_units * 5 / 100)
+    r = run(main, ["localize", str(ds), "--task", "loc", "-q"])  # the runs are there: fit only
+    assert r.exit_code == 0 and "recorded" not in r.output, r.output
+
+    r = run(main, ["decompose", str(ds), "--task", "loc", "--backend", "fast", "-k", "3",
+                   "--n-init", "2", "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    zmaps = next((ds / "derivatives" / "llm2nifti-canica").rglob("*desc-canicaZ_bold.nii"))
+    r = run(main, ["connectivity", str(zmaps), "-d", str(ds), "--kind", "correlation,tangent",
+                   "--compare", str(zmaps), "--min-iou", "0", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "3 networks matched" in r.output and "r = 1.000" in r.output
+    r = run(main, ["networks", str(zmaps), "-d", str(ds)])
+    assert r.exit_code == 0, r.output
+
+    r = run(main, ["report", str(ds)])
+    assert r.exit_code == 0, r.output
+    (page_path,) = (ds / "derivatives" / "llm2nifti-report").glob("sub-*.html")
+    page = page_path.read_text()
+    for section in ("dataset", "networks", "localizer", "connectivity"):
+        assert f'<section id="{section}"' in page
