@@ -29,6 +29,13 @@ def test_localize_connectivity_report(tmp_path, tiny_model_dir):
     assert len(NeuronSet.from_tsv(tables[0])) == round(n_units * 5 / 100)
     r = run(main, ["localize", str(ds), "--task", "loc", "-q"])  # the runs are there: fit only
     assert r.exit_code == 0 and "recorded" not in r.output, r.output
+    # the localizer's networks.tsv is read unchanged by prune (and evaluate, tested elsewhere)
+    heldout = tmp_path / "heldout.txt"
+    heldout.write_text("A short text to measure perplexity on, read by the pruned model.\n")
+    r = run(main, ["prune", str(tables[0]), "--output", str(tmp_path / "pruned"), "--model",
+                   str(tiny_model_dir), "--heldout", str(heldout)])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "pruned" / "config.json").is_file()
 
     r = run(main, ["decompose", str(ds), "--task", "loc", "--backend", "fast", "-k", "3",
                    "--n-init", "2", "--threads", "1"])
