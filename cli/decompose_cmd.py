@@ -85,7 +85,8 @@ def decompose(dataset, participant, task, run, site, method, backend, n_componen
     res = run_decompose(dataset, participant=participant, task=task, run=_runs(run), site=site,
                         method=method, backend=backend, n_components=n_components, n_init=n_init,
                         random_state=random_state, n_jobs=n_jobs, device=device, alpha=alpha,
-                        desc=desc, threads=threads, scheduler=scheduler, workers=workers)
+                        desc=desc, threads=threads, scheduler=scheduler, workers=workers,
+                        progress=True)
     est = res.estimator
     click.echo(f"{method} ({backend}): {n_components} components from {est.n_runs_} run(s), "
                f"{est.n_tokens_} tokens in {est.fit_seconds_:.1f} s; explained variance "
@@ -160,7 +161,8 @@ def recurrence(dataset, participant, task, run, site, templates, method, backend
                          n_seeds=n_seeds, threshold=_threshold(threshold, top_k),
                          two_sided=not one_sided, top_k=top_k, iou_threshold=iou_threshold,
                          device=device, n_jobs=n_jobs, threads=threads, output=output,
-                         figures=not no_figures, scheduler=scheduler, workers=workers)
+                         figures=not no_figures, scheduler=scheduler, workers=workers,
+                         progress=True)
     s = res.summary
     n_runs = int((res.table["kind"] == "run").sum() / max(len(s), 1))
     click.echo(f"{len(s)} templates over {n_runs} run(s): mean recurrence {s['recurrence'].mean():.2f}, "

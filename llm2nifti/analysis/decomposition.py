@@ -141,6 +141,8 @@ class Decomposition(BaseEstimator):
         The same seed gives the same maps whatever the scheduler.
     workers : int
         Worker processes of ``scheduler="processes"``.
+    progress : bool
+        A progress bar over the fast backend's runs.
 
     Attributes
     ----------
@@ -159,7 +161,8 @@ class Decomposition(BaseEstimator):
 
     def __init__(self, method="canica", n_components=20, n_init=10, random_state=0,
                  backend="nilearn", n_jobs=1, device="cpu", alpha=10.0, verbose=0,
-                 scheduler=None, workers=2):
+                 scheduler=None, workers=2, progress=False):
+        self.progress = progress
         self.scheduler = scheduler
         self.workers = workers
         self.method = method
@@ -225,12 +228,13 @@ class Decomposition(BaseEstimator):
             from . import fastica
             from .scheduling import dask_client, map_runs, reduce_run
 
-            with dask_client(self.scheduler if reduced is None else None, self.workers) as client:
-                reduced = reduced if client is None else map_runs(
-                    reduce_run, paths, client, progress=bool(self.verbose), desc="reduce runs",
-                    n_components=self.n_components, random_state=self.random_state,
-                    device=self.device, threads=1)
-            maps, info = fastica.canica([_load_fn(r) for r in runs], self.n_components,
+            if reduced is None:
+                with dask_client(self.scheduler, self.workers) as client:
+                    reduced = map_runs(
+                        reduce_run, paths, client, progress=self.progress, desc="reduce runs",
+                        n_components=self.n_components, random_state=self.random_state,
+                        device=self.device, threads=None if client is None else 1)
+            maps, info = fastica.canica((), self.n_components,
                                         n_init=self.n_init, random_state=self.random_state,
                                         device=self.device, reduced=reduced)
             self.components_ = maps.astype(np.float32)
@@ -308,7 +312,8 @@ def _entities(runs, desc):
 
 def decompose(dataset, *, participant=None, task=None, run=None, site="mlp", method="canica",
               backend="nilearn", n_components=20, n_init=10, random_state=0, n_jobs=1,
-              device="cpu", alpha=10.0, desc=None, threads=None, scheduler=None, workers=2):
+              device="cpu", alpha=10.0, desc=None, threads=None, scheduler=None, workers=2,
+              progress=False):
     """Decompose a dataset's runs and write a BIDS derivative.
 
     Parameters
@@ -325,8 +330,8 @@ def decompose(dataset, *, participant=None, task=None, run=None, site="mlp", met
         BIDS ``desc`` label of the outputs (letters and digits; default: ``method``).
     threads : int, optional
         torch CPU threads.
-    scheduler, workers :
-        Where per-run work runs (see :class:`Decomposition`).
+    scheduler, workers, progress :
+        Where per-run work runs, and a progress bar (see :class:`Decomposition`).
 
     Returns
     -------
@@ -365,7 +370,7 @@ def decompose(dataset, *, participant=None, task=None, run=None, site="mlp", met
     est = Decomposition(method=method, n_components=n_components, n_init=n_init,
                         random_state=random_state, backend=backend, n_jobs=n_jobs,
                         device=device, alpha=alpha, scheduler=scheduler,
-                        workers=workers).fit(runs, layout)
+                        workers=workers, progress=progress).fit(runs, layout)
     t0 = time.perf_counter()
     ev, ev_total = explained_variance(runs, est.components_, device=device if backend == "fast" else "cpu")
     ev_seconds = time.perf_counter() - t0

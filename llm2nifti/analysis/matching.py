@@ -115,7 +115,7 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
                method="canica", backend="fast", n_components=20, n_init=10, random_state=0,
                n_seeds=3, threshold=3.6, two_sided=True, top_k=None, iou_threshold=0.2,
                device="cpu", n_jobs=1, threads=None, output=None, figures=True,
-               scheduler=None, workers=2):
+               scheduler=None, workers=2, progress=False):
     """Recurrence of networks across runs and stability across seeds.
 
     Parameters
@@ -141,6 +141,8 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
     scheduler, workers :
         Where the fast backend's per-run reductions run (see
         :mod:`llm2nifti.analysis.scheduling`): one cluster serves every decomposition.
+    progress : bool
+        Progress bars over the runs' reductions (one per seed).
 
     Returns
     -------
@@ -165,7 +167,7 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
     from .scheduling import dask_client
 
     with dask_client(scheduler, workers) as client:
-        reductions = _Reductions(runs, client, device)
+        reductions = _Reductions(runs, client, device, progress)
 
         def fit(selected, k, seed):
             est = Decomposition(method=method, n_components=k, n_init=n_init, random_state=seed,
@@ -193,8 +195,8 @@ class _Reductions:
     reduced together, so that on a Dask cluster they run in parallel.
     """
 
-    def __init__(self, runs, client, device):
-        self.runs, self.client, self.device = runs, client, device
+    def __init__(self, runs, client, device, progress=False):
+        self.runs, self.client, self.device, self.progress = runs, client, device, progress
         self.cache = {}
 
     def of(self, selected, k, seed):
@@ -202,7 +204,8 @@ class _Reductions:
 
         if (k, seed) not in self.cache:
             self.cache = {(k, seed): map_runs(  # one seed at a time in memory
-                reduce_run, [str(r.path) for r in self.runs], self.client, desc="reduce runs",
+                reduce_run, [str(r.path) for r in self.runs], self.client, self.progress,
+                desc=f"reduce runs (seed {seed})",
                 n_components=k, random_state=seed, device=self.device,
                 threads=None if self.client is None else 1)}
         reduced = self.cache[(k, seed)]
