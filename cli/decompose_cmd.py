@@ -28,6 +28,7 @@ def _selection_options(f):
 
 
 def _decomposition_options(f):
+    f = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(f)
     f = click.option("--workers", type=int, default=2, show_default=True,
                      help="Worker processes of --scheduler processes.")(f)
     f = click.option("--scheduler", default="threads", show_default=True,
@@ -71,7 +72,7 @@ def _threshold(threshold, top_k):
 @click.option("--alpha", type=float, default=10.0, show_default=True, help="DictLearning sparsity.")
 @click.option("--desc", default=None, help="BIDS desc label of the outputs [default: the method].")
 def decompose(dataset, participant, task, run, site, method, backend, n_components, n_init,
-              random_state, n_jobs, device, threads, scheduler, workers, alpha, desc):
+              random_state, n_jobs, device, threads, scheduler, workers, quiet, alpha, desc):
     """Decompose the runs of DATASET into maps over neurons (a BIDS derivative).
 
     \b
@@ -86,7 +87,7 @@ def decompose(dataset, participant, task, run, site, method, backend, n_componen
                         method=method, backend=backend, n_components=n_components, n_init=n_init,
                         random_state=random_state, n_jobs=n_jobs, device=device, alpha=alpha,
                         desc=desc, threads=threads, scheduler=scheduler, workers=workers,
-                        progress=True)
+                        progress=not quiet)
     est = res.estimator
     click.echo(f"{method} ({backend}): {n_components} components from {est.n_runs_} run(s), "
                f"{est.n_tokens_} tokens in {est.fit_seconds_:.1f} s; explained variance "
@@ -145,8 +146,8 @@ def networks(components, dataset, participant, site, threshold, one_sided, top_k
               help="Folder of tables and figures [default: DATASET/derivatives/llm2nifti-recurrence].")
 @click.option("--no-figures", is_flag=True, help="Skip the PNG figures.")
 def recurrence(dataset, participant, task, run, site, templates, method, backend, n_components,
-               n_init, random_state, n_jobs, device, threads, scheduler, workers, n_seeds, threshold,
-               one_sided, top_k, iou_threshold, output, no_figures):
+               n_init, random_state, n_jobs, device, threads, scheduler, workers, quiet, n_seeds,
+               threshold, one_sided, top_k, iou_threshold, output, no_figures):
     """Decompose each run of DATASET alone and tell how often the group's networks recur.
 
     Networks are matched to the templates one to one by the IoU of their neuron sets; writes a
@@ -162,7 +163,7 @@ def recurrence(dataset, participant, task, run, site, templates, method, backend
                          two_sided=not one_sided, top_k=top_k, iou_threshold=iou_threshold,
                          device=device, n_jobs=n_jobs, threads=threads, output=output,
                          figures=not no_figures, scheduler=scheduler, workers=workers,
-                         progress=True)
+                         progress=not quiet)
     s = res.summary
     n_runs = int((res.table["kind"] == "run").sum() / max(len(s), 1))
     click.echo(f"{len(s)} templates over {n_runs} run(s): mean recurrence {s['recurrence'].mean():.2f}, "

@@ -367,7 +367,7 @@ def test_full_or_read_only_disk(world, monkeypatch, tmp_path, code, message, com
         args = ["convert", out, "--model", world.model, "--text", world.text, "-q"]
     else:
         out = world.dataset_copy(f"ds-{code}-{tmp_path.name}")
-        args = ["decompose", out, "--backend", "fast", "-k", "2", "--n-init", "1"]
+        args = ["decompose", out, "--backend", "fast", "-k", "2", "--n-init", "1", "-q"]
     def data_files():  # lock files aside
         return {p: v for p, v in _snapshot(out).items() if not p.name.endswith(".lock")} \
             if out.exists() else {}
