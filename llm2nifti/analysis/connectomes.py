@@ -27,8 +27,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
-from .matching import iou_matrix, match_networks
-from .selection import _participant_from_name, _stem, load_maps, maps_to_neurons, network_names
+from .matching import _masks, iou_matrix, match_networks
+from .selection import _participant_of, load_maps, maps_to_neurons, network_names
 
 __all__ = ["connectivity", "ConnectivityResult", "network_time_series", "layer_depth",
            "compare_connectomes", "KINDS", "ESTIMATORS", "PIPELINE_CONNECTIVITY"]
@@ -91,11 +91,12 @@ def layer_depth(maps, layout, threshold=3.6):
 
 
 def network_time_series(runs, components, maps, layout, mask, signals="maps", threshold=3.6,
-                        progress=True):
+                        progress=True, nset=None):
     """``(tokens, networks)`` time series of each run.
 
     ``signals="maps"``: nilearn's NiftiMapsMasker (least squares on the maps);
-    ``"mean"``: mean of each network's units (|z| > ``threshold``), signed by z.
+    ``"mean"``: mean of each network's units (|z| > ``threshold``, or the given ``nset``
+    from :func:`~llm2nifti.analysis.selection.maps_to_neurons`), signed by z.
     """
     from bids_llm.dataset import load_run
 
@@ -108,7 +109,8 @@ def network_time_series(runs, components, maps, layout, mask, signals="maps", th
         masker = NiftiMapsMasker(maps_img=str(components), mask_img=str(mask),
                                  resampling_target=None, standardize=None).fit()
     else:
-        nset = maps_to_neurons(maps, layout, threshold=threshold)
+        if nset is None:
+            nset = maps_to_neurons(maps, layout, threshold=threshold)
         weights = np.zeros((len(maps), layout.n_neurons))
         for i, name in enumerate(network_names(len(maps))):
             sel = nset.table[nset.table["network"] == name]
@@ -144,8 +146,6 @@ def _measure(time_series, kind, estimator="ledoit-wolf"):
     from nilearn.connectome import ConnectivityMeasure
     from sklearn.covariance import EmpiricalCovariance, LedoitWolf
 
-    if kind not in KINDS:
-        raise UsageError(f"unknown connectivity kind {kind!r}: choose from {', '.join(KINDS)}")
     if kind == "tangent" and len(time_series) < 2:
         raise UsageError("the tangent kind compares runs to their group mean: it needs at least "
                          "2 runs (select more with --runs, or use correlation)")
@@ -153,9 +153,6 @@ def _measure(time_series, kind, estimator="ledoit-wolf"):
     if flat:
         raise UsageError(f"run(s) {flat[:5]} have a network whose time course is constant: "
                          "use --signals maps, or a components image without empty maps")
-    if estimator not in ESTIMATORS:
-        raise UsageError(f"unknown covariance estimator {estimator!r}: choose "
-                         f"{' or '.join(ESTIMATORS)}")
     cov = (LedoitWolf(store_precision=False) if estimator == "ledoit-wolf"
            else EmpiricalCovariance(store_precision=False))
     measure = ConnectivityMeasure(kind=kind, cov_estimator=cov, standardize="zscore_sample")
@@ -225,9 +222,7 @@ def _connectomes(components, dataset, participant, task, runs, site, kinds, sign
 
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     if participant is None:
-        participant = _participant_from_name(components)
-        if participant not in {r.participant for r in ds.runs(site=site)}:
-            participant = None
+        participant = _participant_of(components, ds, site)
     layout = ds.layout(participant, site)
     selected = ds.runs(participant=participant, task=task, run=runs, site=site)
     if not selected:
@@ -235,17 +230,13 @@ def _connectomes(components, dataset, participant, task, runs, site, kinds, sign
     participant = selected[0].participant
     ds.check_runs(selected)
     maps = load_maps(components, layout)
-    ts = network_time_series(selected, components, maps, layout, ds.mask_path(participant, site),
-                             signals, threshold, progress)
     nset = maps_to_neurons(maps, layout, threshold=threshold)
+    ts = network_time_series(selected, components, maps, layout, ds.mask_path(participant, site),
+                             signals, threshold, progress, nset=nset)
     names = network_names(len(maps))
-    masks = np.zeros((len(maps), layout.n_neurons), dtype=bool)
-    for i, name in enumerate(names):
-        if name in nset.names:
-            masks[i, nset.select(name).global_index(layout)] = True
     depth = layer_depth(maps, layout, threshold)
-    res = ConnectivityResult(names, np.argsort(depth, kind="stable"), depth, ts, masks=masks,
-                             layout=layout)
+    res = ConnectivityResult(names, np.argsort(depth, kind="stable"), depth, ts,
+                             masks=_masks(nset, layout, names), layout=layout)
     for kind in kinds:
         res.connectomes[kind], res.per_run[kind] = _measure(ts, kind, estimator)
     return res

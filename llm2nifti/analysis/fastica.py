@@ -30,7 +30,7 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["zscore_", "run_pca", "group_pca", "fastica_restarts", "canica"]
+__all__ = ["zscore_", "run_pca", "reduce_array", "group_pca", "fastica_restarts", "canica"]
 
 _INT32_MAX = np.iinfo(np.int32).max
 
@@ -107,6 +107,16 @@ def run_pca(Z, n_components, random_state=0, n_oversamples=10):
     Uhat, s, _ = torch.linalg.svd(B, full_matrices=False)
     U = Q @ Uhat[:, :k]  # (V, k)
     return (U * s[:k]).T
+
+
+def reduce_array(X, n_components, random_state=0, n_oversamples=10, device="cpu"):
+    """One run's reduction: :func:`run_pca` of a z-scored float32 copy of ``X`` (T, V).
+
+    The copy is made on ``device``; z-scoring works in place and never touches ``X``.
+    """
+    Z = torch.tensor(np.asarray(X, dtype=np.float32), device=torch.device(device))
+    zscore_(Z)
+    return run_pca(Z, n_components, random_state, n_oversamples=n_oversamples)
 
 
 def group_pca(reduced, n_components, random_state=0):
@@ -274,11 +284,7 @@ def canica(load_runs, n_components=20, n_init=10, random_state=0, device="cpu",
     else:
         reduced = []
     for load in load_runs:
-        # a copy: z-scoring works in place and must not touch the caller's array
-        Z = torch.tensor(np.asarray(load(), dtype=np.float32), device=device)
-        zscore_(Z)
-        reduced.append(run_pca(Z, n_components, random_state, n_oversamples=n_oversamples))
-        del Z
+        reduced.append(reduce_array(load(), n_components, random_state, n_oversamples, device))
     R = torch.cat(reduced)
     del reduced
     comps, s = group_pca(R, n_components, random_state)

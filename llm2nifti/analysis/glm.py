@@ -130,6 +130,11 @@ def fit_localizer(run_paths, events, mask, t_r=1.0):
         return glm.fit([str(p) for p in run_paths], events=events)
 
 
+def _check_top(top_percent):
+    if not 0 < float(top_percent) <= 100:
+        raise UsageError(f"--top {top_percent}: give a percentage in (0, 100], e.g. 1")
+
+
 def select_units(t, z, layout, name, top_percent=1.0, z_threshold=None):
     """Units kept for a contrast: the top ``top_percent`` % by t, or ``z > z_threshold``.
 
@@ -138,8 +143,7 @@ def select_units(t, z, layout, name, top_percent=1.0, z_threshold=None):
     if z_threshold is not None:
         idx = np.flatnonzero(z > float(z_threshold))
     else:
-        if not 0 < float(top_percent) <= 100:
-            raise UsageError(f"--top {top_percent}: give a percentage in (0, 100], e.g. 1")
+        _check_top(top_percent)
         n = max(1, int(round(layout.n_neurons * float(top_percent) / 100)))
         order = np.lexsort((np.arange(len(t)), -t))
         idx = np.sort(order[:n])
@@ -193,8 +197,8 @@ def localize(dataset, *, model=None, stimuli="localizer", task=None, participant
 
     from ..acquisition import LOCALIZER, load_documents, scan, task_label
 
-    if z_threshold is None and not 0 < float(top_percent) <= 100:
-        raise UsageError(f"--top {top_percent}: give a percentage in (0, 100], e.g. 1")
+    if z_threshold is None:
+        _check_top(top_percent)  # before anything is recorded
     task = task or (LOCALIZER if str(stimuli) == LOCALIZER else task_label(Path(stimuli).stem))
     scanned = False
     if not (is_dataset(dataset) and Dataset(dataset).runs(participant=participant, task=task,

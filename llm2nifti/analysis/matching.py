@@ -189,10 +189,11 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
 
 
 class _Reductions:
-    """Each run's CanICA reduction, computed once per (components, seed) and shared.
+    """Each run's CanICA reduction, computed once per (run, components, seed) and shared.
 
-    The group decomposition and each run's own use the same reductions; all runs are
-    reduced together, so that on a Dask cluster they run in parallel.
+    The group decomposition and each run's own use the same reductions; the runs missing
+    from the cache are reduced together, so that on a Dask cluster they run in parallel.
+    Only the current seed's reductions are kept in memory.
     """
 
     def __init__(self, runs, client, device, progress=False):
@@ -202,14 +203,15 @@ class _Reductions:
     def of(self, selected, k, seed):
         from .scheduling import map_runs, reduce_run
 
-        if (k, seed) not in self.cache:
-            self.cache = {(k, seed): map_runs(  # one seed at a time in memory
-                reduce_run, [str(r.path) for r in self.runs], self.client, self.progress,
-                desc=f"reduce runs (seed {seed})",
-                n_components=k, random_state=seed, device=self.device,
-                threads=None if self.client is None else 1)}
-        reduced = self.cache[(k, seed)]
-        return [reduced[self.runs.index(r)] for r in selected]
+        self.cache = {key: v for key, v in self.cache.items() if key[2] == seed}
+        missing = [r for r in selected if (r.path, k, seed) not in self.cache]
+        if missing:
+            reduced = map_runs(reduce_run, [str(r.path) for r in missing], self.client,
+                               self.progress, desc=f"reduce runs (seed {seed})",
+                               n_components=k, random_state=seed, device=self.device,
+                               threads=None if self.client is None else 1)
+            self.cache.update({(r.path, k, seed): a for r, a in zip(missing, reduced)})
+        return [self.cache[(r.path, k, seed)] for r in selected]
 
 
 def _recurrence_rows(fit, runs, layout, templates, n_components, random_state, n_seeds,

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import UsageError
@@ -78,21 +77,18 @@ def reduce_run(path, n_components, random_state=0, n_oversamples=10, device="cpu
     """One run's CanICA reduction, read from ``path`` where this function runs.
 
     Returns the ``(n_components, n_neurons)`` float32 array of
-    :func:`llm2nifti.analysis.fastica.run_pca` on the z-scored run.
+    :func:`llm2nifti.analysis.fastica.reduce_array` on the run.
     """
     import torch
 
     from bids_llm.dataset import load_run
 
-    from .fastica import run_pca, zscore_
+    from .fastica import reduce_array
 
     if threads is not None:
         torch.set_num_threads(int(threads))
     X, _ = load_run(path, mmap=True)
-    Z = torch.tensor(np.asarray(X, dtype=np.float32), device=torch.device(device))
-    del X
-    zscore_(Z)
-    return run_pca(Z, n_components, random_state, n_oversamples=n_oversamples).cpu().numpy()
+    return reduce_array(X, n_components, random_state, n_oversamples, device).cpu().numpy()
 
 
 def map_runs(fn, items, client=None, progress=False, desc="runs", **kwargs):

@@ -224,6 +224,12 @@ def _participant_from_name(path):
     return ents.get("sub")
 
 
+def _participant_of(components, ds, site):
+    """The ``sub-`` entity of a components image's name when ``ds`` has it at ``site``, else None."""
+    participant = _participant_from_name(components)
+    return participant if participant in {r.participant for r in ds.runs(site=site)} else None
+
+
 def networks(components, dataset, *, participant=None, site="mlp", threshold=3.6, two_sided=True,
              top_k=None, output=None):
     """Map a components image to neuron networks and write the tables.
@@ -261,10 +267,7 @@ def networks(components, dataset, *, participant=None, site="mlp", threshold=3.6
 
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     if participant is None:
-        participant = _participant_from_name(components)
-        known = {r.participant for r in ds.runs(site=site)}
-        if participant not in known:
-            participant = None
+        participant = _participant_of(components, ds, site)
     layout = ds.layout(participant, site)
     maps = load_maps(components, layout)
     nset = maps_to_neurons(maps, layout, threshold=threshold, two_sided=two_sided, top_k=top_k)
