@@ -44,6 +44,11 @@ def _link(target, link):
     os.replace(tmp, link)
 
 
+def _in_dataset(path, root):
+    """``path`` relative to the dataset's root, as a BIDS URI path (both resolved)."""
+    return Path(os.path.relpath(Path(path).resolve(), Path(root).resolve())).as_posix()
+
+
 def space_view(root, runs, mask):
     """Write (or refresh) the links of ``runs`` and their mask in ``derivatives/llm2nifti-space``.
 
@@ -78,10 +83,10 @@ def space_view(root, runs, mask):
         _link(Path(mask), mask_link)
         # Sidecars are written (they are small and need a SpatialReference the raw ones lack).
         raw = json.loads(Path(str(run).split(".nii")[0] + ".json").read_text())
-        reference = f"bids::derivatives/llm2nifti/{Path(mask).relative_to(Path(mask).parents[3]).as_posix()}"
+        reference = f"bids::{_in_dataset(mask, root)}"
         write_json(bold.with_name(bold.name.split(".nii")[0] + ".json"), dict(
             raw, SpatialReference=reference, SkullStripped=False,
-            Sources=[f"bids::{run.relative_to(Path(root)).as_posix()}"]))
+            Sources=[f"bids::{_in_dataset(run, root)}"]))
         write_json(mask_link.with_suffix(".json"), {
             "SpatialReference": reference, "Type": "Brain",
             "Description": "The dataset's neuron mask (every recorded unit)"})

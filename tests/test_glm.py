@@ -146,6 +146,10 @@ def test_first_level_from_bids_finds_the_runs(planted):
     link = root / "derivatives" / "llm2nifti-space" / "sub-toy" / "func" / \
         "sub-toy_task-loc_run-01_space-neurons_desc-preproc_bold.nii"
     assert link.is_symlink() and link.resolve() == Dataset(root).runs()[0].path.resolve()
+    # the sidecar's BIDS URIs name files of the dataset
+    sidecar = json.loads(link.with_name(link.name.replace(".nii", ".json")).read_text())
+    for uri in [sidecar["SpatialReference"], *sidecar["Sources"]]:
+        assert uri.startswith("bids::") and (root / uri[len("bids::"):]).is_file(), uri
 
 
 def test_raw_dataset_and_derivatives_are_valid_bids(planted):
