@@ -197,8 +197,7 @@ class DatasetWriter:
         """Write ``(4, n_neurons)`` layer-major statistics (mean, std, peak, peak token)."""
         layout = self.layout
         buf = layout.empty_buffer(len(volumes), dtype=np.float64)
-        buf[:, :, :layout.width] = np.asarray(volumes).reshape(len(volumes), len(layout.layers),
-                                                               layout.width)
+        layout.fill_buffer(buf, np.asarray(volumes))
         save_img(layout.buffer_to_img(buf, tr=1.0), self.unit_stats_path)
         write_json(self.unit_stats_path.with_suffix(".json"), {
             "TaskName": self.task, "RepetitionTime": 1.0, "SkullStripped": False,

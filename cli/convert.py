@@ -8,7 +8,7 @@ import click
 
 from .main import main, model_options
 
-_NEURONS = click.Choice(["mlp", "mlp-out", "attn", "residual"])
+_NEURONS = click.Choice(["mlp", "mlp-out", "attn", "residual", "experts", "mixer"])
 
 
 def _model_options(f):
@@ -27,10 +27,16 @@ def _model_options(f):
               help="Text file, folder of .txt files, .jsonl/.tsv table, or a built-in corpus "
                    "(lee, lee-test, pang-lee) [default: lee, 300 news articles].")
 @click.option("--neurons", type=_NEURONS, default="mlp", show_default=True,
-              help="mlp: MLP hidden neurons; mlp-out: the MLP's output (the paper's units); attn: "
-                   "the heads' outputs (input of the attention output projection); residual: each "
-                   "block's output.")
-@click.option("--layers", default=None, help="Layer subset, e.g. 0-11 or 5,7 [default: all].")
+              help="mlp: MLP hidden neurons (every routed and shared expert's in a mixture of "
+                   "experts); mlp-out: the MLP's output (the paper's units); attn: the heads' outputs "
+                   "(input of the attention output projection); residual: each block's output; "
+                   "experts: each expert's routing weight; mixer: a state-space mixer's units. "
+                   "`llm2nifti sites MODEL` lists what a model has.")
+@click.option("--layers", default=None,
+              help="Layer subset, e.g. 0-11 or 5,7 [default: every layer with these units].")
+@click.option("--experts", default=None,
+              help="Mixture of experts, --neurons mlp or experts: the experts recorded, e.g. 0-7 "
+                   "[default: all].")
 @click.option("--run-tokens", type=int, default=None,
               help="Tokens (volumes) per run; one forward pass each; at most 32767 and the context "
                    "window [default: 1024, or the context window if shorter].")
@@ -49,7 +55,7 @@ def _model_options(f):
               help="Cache of converted GGUF models [default: $LLM2NIFTI_CACHE or $XDG_CACHE_HOME/llm2nifti].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_model_options
-def convert(output, model, gguf_file, text, neurons, layers, run_tokens, max_tokens, task, label, encoding,
+def convert(output, model, gguf_file, text, neurons, layers, experts, run_tokens, max_tokens, task, label, encoding,
             id_column, text_column, no_bos, compress, resume, overwrite, threads, cache_dir, quiet,
             device, dtype, trust_remote_code):
     """Record a model reading text; write 4D NIfTI runs into the BIDS-like dataset OUTPUT.
@@ -58,7 +64,8 @@ def convert(output, model, gguf_file, text, neurons, layers, run_tokens, max_tok
     """
     from llm2nifti.acquisition.convert import scan
 
-    res = scan(output, model, text, neurons=neurons, layers=layers, run_tokens=run_tokens,
+    res = scan(output, model, text, neurons=neurons, layers=layers, experts=experts,
+               run_tokens=run_tokens,
                max_tokens=max_tokens, task=task, label=label, device=device, dtype=dtype,
                compress=compress, resume=resume, overwrite=overwrite,
                trust_remote_code=trust_remote_code, encoding=encoding, bos=not no_bos,
@@ -80,18 +87,36 @@ def convert(output, model, gguf_file, text, neurons, layers, run_tokens, max_tok
 @click.option("--gguf-file", default=None, help="Which GGUF file of a MODEL folder holding several.")
 @click.option("--trust-remote-code", is_flag=True,
               help="Let transformers run the model's own code (off: only for models you trust).")
-def sites(model, gguf_file, trust_remote_code):
-    """List the neuron sites of MODEL (default: the embedded model) and their neuron counts.
+@click.option("--per-layer", is_flag=True, help="One line per layer and site: modules and widths.")
+def sites(model, gguf_file, trust_remote_code, per_layer):
+    """List the unit sites of MODEL (default: the embedded model) and their unit counts.
 
     MODEL is a Hugging Face folder, a .gguf file, ollama:NAME[:TAG] or a cached Hugging Face id.
-    Reads the model's configuration only: no weights are loaded.
+    Reads the model's configuration only: no weights are loaded. Sites a model lacks are
+    listed with the reason.
     """
+    from llm2nifti.errors import UsageError
     from llm2nifti.models import load_skeleton
     from llm2nifti.sites import SITE_KINDS, resolve_site
 
     lm = load_skeleton(model, trust_remote_code=trust_remote_code, gguf_file=gguf_file)
     click.echo(f"{lm.config.name_or_path} ({lm.config.model_type})")
     click.echo("site\thook\tmodule\tlayers\twidth\tneurons")
+    found = []
     for kind in SITE_KINDS:
-        s = resolve_site(lm, kind)
-        click.echo(f"{kind}\t{s.hook}\t{s.module_template}\t{len(s.layers)}\t{s.width}\t{s.n_neurons}")
+        try:
+            s = resolve_site(lm, kind)
+        except UsageError as exc:
+            click.echo(f"{kind}\t-\t({exc})\t0\t0\t0")
+            continue
+        found.append(s)
+        width = s.width if s.uniform else f"{min(s.widths)}-{s.width}"
+        click.echo(f"{kind}\t{s.hook}\t{s.module_template}\t{len(s.layers)}\t{width}\t{s.n_neurons}")
+    if per_layer:
+        click.echo("\nsite\tlayer\tunits\tparts (module hook width [experts])")
+        for s in found:
+            for layer in s.layers:
+                parts = "; ".join(f"{p.module} {p.hook} {p.width}"
+                                  + (f" [{len(p.experts)} experts]" if p.experts else "")
+                                  for p in s.parts(layer))
+                click.echo(f"{s.kind}\t{layer}\t{s.width_of(layer)}\t{parts}")

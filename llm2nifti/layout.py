@@ -72,11 +72,19 @@ class NeuronLayout:
         self.nx, self.ny = fold_shape(site.width)
         self.shape = (self.nx, self.ny, len(site.layers))
         self.affine = np.eye(4)
+        self.widths = np.asarray(site.widths, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.widths)]).astype(np.int64)
 
     # ------------------------------------------------------------------ sizes
     @property
     def width(self):
+        """Units of the widest layer (every layer's, when they agree)."""
         return self.site.width
+
+    @property
+    def uniform(self):
+        """True when every layer has :attr:`width` units."""
+        return bool(np.all(self.widths == self.width))
 
     @property
     def layers(self):
@@ -87,8 +95,9 @@ class NeuronLayout:
         return self.site.n_neurons
 
     def __repr__(self):
+        width = self.width if self.uniform else f"{int(self.widths.min())}-{self.width}"
         return (f"NeuronLayout(site={self.site.kind!r}, arch={self.site.architecture!r}, "
-                f"layers={len(self.layers)}, width={self.width}, grid={self.shape})")
+                f"layers={len(self.layers)}, width={width}, grid={self.shape})")
 
     def __eq__(self, other):
         return isinstance(other, NeuronLayout) and self.site == other.site
@@ -105,44 +114,72 @@ class NeuronLayout:
                 f"layer {layer} is not in this layout (layers {self.layers[0]}-{self.layers[-1]})"
             ) from None
 
+    def _slices(self, layer):
+        return np.vectorize(self._slice_of)(layer) if np.ndim(layer) else self._slice_of(layer)
+
+    def width_of(self, layer):
+        """Units of ``layer`` (arrays broadcast)."""
+        return self.widths[self._slices(layer)]
+
     def neuron_to_voxel(self, layer, neuron):
         """Voxel ``(i, j, k)`` of ``neuron`` in ``layer`` (arrays broadcast)."""
         neuron = np.asarray(neuron)
-        if np.any((neuron < 0) | (neuron >= self.width)):
-            raise UsageError(f"neuron index out of range 0-{self.width - 1}")
-        k = np.vectorize(self._slice_of)(layer) if np.ndim(layer) else self._slice_of(layer)
+        k = self._slices(layer)
+        if np.any((neuron < 0) | (neuron >= self.widths[k])):
+            raise UsageError(f"neuron index out of range 0-{self.width - 1}" if self.uniform else
+                             "neuron index out of range of its layer's width")
         return neuron % self.nx, neuron // self.nx, k
 
     def voxel_to_neuron(self, i, j, k):
         """``(layer, neuron)`` at voxel ``(i, j, k)``; raises for padding voxels."""
         i, j, k = np.asarray(i), np.asarray(j), np.asarray(k)
         neuron = j * self.nx + i
-        if np.any(neuron >= self.width) or np.any((k < 0) | (k >= len(self.layers))):
+        if np.any((k < 0) | (k >= len(self.layers))) or np.any(neuron >= self.widths[k]):
             raise UsageError("voxel outside the neuron mask")
         return np.asarray(self.layers)[k], neuron
 
     def global_index(self, layer, neuron):
-        """Layer-major index ``k * width + neuron`` of ``(layer, neuron)``."""
-        k = np.vectorize(self._slice_of)(layer) if np.ndim(layer) else self._slice_of(layer)
-        return np.asarray(k) * self.width + np.asarray(neuron)
+        """Layer-major index of ``(layer, neuron)``: the units of the layers before it, plus ``neuron``.
+
+        With one width for every layer this is ``k * width + neuron``.
+        """
+        return self.offsets[self._slices(layer)] + np.asarray(neuron)
 
     def neurons(self, index=None):
         """``(layer, neuron)`` arrays for layer-major global indices (all by default)."""
         g = np.arange(self.n_neurons) if index is None else np.asarray(index)
-        return np.asarray(self.layers)[g // self.width], g % self.width
+        if self.uniform:
+            return np.asarray(self.layers)[g // self.width], g % self.width
+        k = np.searchsorted(self.offsets, g, side="right") - 1
+        return np.asarray(self.layers)[k], g - self.offsets[k]
+
+    def per_layer(self, values):
+        """Split layer-major ``values`` (last axis) into ``{layer: values of the layer}``."""
+        values = np.asarray(values)
+        return {l: values[..., self.offsets[k]:self.offsets[k + 1]] for k, l in enumerate(self.layers)}
+
+    def pad_layers(self, values, fill=np.nan):
+        """Layer-major ``values`` as a ``(..., n_slices, width)`` array, ``fill`` past each layer's width."""
+        values = np.asarray(values)
+        if self.uniform:
+            return values.reshape(values.shape[:-1] + (len(self.layers), self.width))
+        out = np.full(values.shape[:-1] + (len(self.layers), self.width), fill,
+                      dtype=np.result_type(values.dtype, np.asarray(fill).dtype))
+        for k in range(len(self.layers)):
+            out[..., k, :self.widths[k]] = values[..., self.offsets[k]:self.offsets[k + 1]]
+        return out
 
     # ---------------------------------------------------------------- images
     def mask(self):
         """Boolean ``(nx, ny, nz)`` array: True at voxels that hold a neuron."""
-        flat = np.zeros((len(self.layers), self.ny * self.nx), dtype=bool)
-        flat[:, : self.width] = True
+        flat = np.arange(self.ny * self.nx)[None, :] < self.widths[:, None]
         return flat.reshape(len(self.layers), self.ny, self.nx).transpose(2, 1, 0)
 
     def labels(self):
         """int32 ``(nx, ny, nz)`` array: ``global index + 1`` at neurons, 0 elsewhere."""
         flat = np.zeros((len(self.layers), self.ny * self.nx), dtype=np.int32)
-        flat[:, : self.width] = np.arange(1, self.n_neurons + 1, dtype=np.int32).reshape(
-            len(self.layers), self.width)
+        for k, w in enumerate(self.widths):
+            flat[k, :w] = np.arange(self.offsets[k] + 1, self.offsets[k + 1] + 1, dtype=np.int32)
         return flat.reshape(len(self.layers), self.ny, self.nx).transpose(2, 1, 0)
 
     def mask_img(self):
@@ -198,8 +235,23 @@ class NeuronLayout:
         if X.ndim != 2 or X.shape[1] != self.n_neurons:
             raise ValueError(f"expected (T, {self.n_neurons}) activations, got {X.shape}")
         buf = self.empty_buffer(X.shape[0], dtype=dtype)
-        buf[:, :, : self.width] = X.reshape(X.shape[0], len(self.layers), self.width)
+        self.fill_buffer(buf, X)
         return self.buffer_to_data(buf)
+
+    def fill_buffer(self, buf, X):
+        """Write layer-major ``(T, n_neurons)`` values into a :meth:`empty_buffer`."""
+        if self.uniform:
+            buf[:, :, : self.width] = X.reshape(X.shape[0], len(self.layers), self.width)
+            return buf
+        for k, w in enumerate(self.widths):
+            buf[:, k, :w] = X[:, self.offsets[k]:self.offsets[k + 1]]
+        return buf
+
+    def from_buffer(self, buf):
+        """Layer-major ``(T, n_neurons)`` values of a filled :meth:`empty_buffer`."""
+        if self.uniform:
+            return buf[:, :, : self.width].reshape(buf.shape[0], self.n_neurons)
+        return np.concatenate([buf[:, k, :w] for k, w in enumerate(self.widths)], axis=1)
 
     def unfold(self, data):
         """Unfold ``(nx, ny, nz[, T])`` data (or an image) into ``(T, n_neurons)``.
@@ -217,7 +269,7 @@ class NeuronLayout:
             raise UsageError(f"image grid {data.shape[:3]} does not match the layout's {self.shape}")
         # (nx, ny, nz, T) -> (T, nz, ny, nx) -> (T, nz, ny*nx)
         flat = data.transpose(3, 2, 1, 0).reshape(data.shape[3], len(self.layers), -1)
-        X = flat[:, :, : self.width].reshape(data.shape[3], self.n_neurons)
+        X = self.from_buffer(flat)
         return X[0] if squeeze else X
 
     def to_img(self, X, tr=1.0, dtype=np.float32):

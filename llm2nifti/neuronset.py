@@ -79,10 +79,14 @@ class NeuronSet:
             raise UsageError(f"the neuron table names layer(s) {outside[:5]}, which the model's "
                              f"{site.kind} site lacks (layers {site.layers[0]}-{site.layers[-1]}): "
                              "use the table made from a scan of this model")
-        if len(t) and int(t["neuron"].max()) >= site.width:
-            raise UsageError(f"the neuron table names neuron {int(t['neuron'].max())}, but the "
-                             f"model's {site.kind} site has {site.width} per layer: use the table "
-                             "made from a scan of this model")
+        widths = t["layer"].map(dict(zip(site.layers, site.widths)))
+        over = t["neuron"] >= widths
+        if over.any():
+            row = t[over].iloc[0]
+            raise UsageError(f"the neuron table names neuron {int(row['neuron'])} of layer "
+                             f"{int(row['layer'])}, but the model's {site.kind} site has "
+                             f"{site.width_of(int(row['layer']))} there: use the table made from a "
+                             "scan of this model")
         return self
 
     @classmethod

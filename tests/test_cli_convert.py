@@ -38,20 +38,20 @@ def _bad_inputs(tmp_path, model_dir, text_file):
     full = tmp_path / "full"
     full.mkdir()
     (full / "x.txt").write_text("x")
-    from transformers import OPTConfig, OPTForCausalLM
+    from transformers import MambaConfig, MambaForCausalLM
 
-    opt = tmp_path / "opt"
-    OPTForCausalLM(OPTConfig(vocab_size=258, hidden_size=32, num_hidden_layers=1, ffn_dim=64,
-                             num_attention_heads=2, word_embed_proj_dim=32)).save_pretrained(opt)
+    ssm = tmp_path / "mamba"
+    MambaForCausalLM(MambaConfig(vocab_size=258, hidden_size=32, num_hidden_layers=1, state_size=4,
+                                 expand=2, conv_kernel=2)).save_pretrained(ssm)
     from conftest import byte_tokenizer
-    byte_tokenizer().save_pretrained(opt)
+    byte_tokenizer().save_pretrained(ssm)
     no_weights = tmp_path / "no-weights"
     no_weights.mkdir()
     m = ["--model", model_dir]
     return [
         (["--model", tmp_path / "no-such-model"], "not found"),
         (["--model", no_weights], "has no config.json"),
-        (["--model", opt], "unsupported architecture 'opt'"),
+        (["--model", ssm], "this mamba model has no mlp units: its sites are residual, mixer"),
         (m + ["--text", empty], "holds no text"),
         (m + ["--text", binary], "looks binary"),
         (m + ["--text", latin], "--encoding"),

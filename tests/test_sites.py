@@ -13,10 +13,10 @@ def test_llama_mlp_site_is_down_proj_input(llama):
     assert site.hook == "pre" and site.width == 128 and site.layers == (0, 1)
 
 
-def test_gpt2_mlp_site_is_act_output(gpt2):
+def test_gpt2_mlp_site_is_c_proj_input(gpt2):
     site = resolve_site(gpt2)
-    assert site.module_name(0) == "transformer.h.0.mlp.act"
-    assert site.hook == "post" and site.width == 256
+    assert site.module_name(0) == "transformer.h.0.mlp.c_proj"
+    assert site.hook == "pre" and site.width == 256
 
 
 def test_residual_site_width_is_hidden_size(llama):
@@ -31,7 +31,7 @@ def test_gpt_neox_and_gemma3_resolve():
     neox = GPTNeoXForCausalLM(GPTNeoXConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
                                             num_attention_heads=4, intermediate_size=96))
     s = resolve_site(neox)
-    assert s.module_name(1) == "gpt_neox.layers.1.mlp.act" and s.width == 96
+    assert s.module_name(1) == "gpt_neox.layers.1.mlp.dense_4h_to_h" and s.width == 96
     gemma = Gemma3ForCausalLM(Gemma3TextConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2,
                                                num_attention_heads=2, num_key_value_heads=1,
                                                head_dim=16, intermediate_size=48))
@@ -39,13 +39,19 @@ def test_gpt_neox_and_gemma3_resolve():
     assert s.module_name(0) == "model.layers.0.mlp.down_proj" and s.width == 48
 
 
-def test_unsupported_architecture_names_supported_ones():
+def test_opt_fc2_under_the_layer_is_found_from_structure():
     from transformers import OPTConfig, OPTForCausalLM
 
     opt = OPTForCausalLM(OPTConfig(vocab_size=64, hidden_size=32, num_hidden_layers=1,
                                    ffn_dim=64, num_attention_heads=2, word_embed_proj_dim=32))
-    with pytest.raises(UsageError, match="unsupported architecture 'opt'.*gpt2.*llama"):
-        resolve_site(opt)
+    s = resolve_site(opt)
+    assert s.module_name(0) == "model.decoder.layers.0.fc2" and s.hook == "pre" and s.width == 64
+    assert resolve_site(opt, "attn").module_name(0) == "model.decoder.layers.0.self_attn.out_proj"
+
+
+def test_a_site_the_model_lacks_is_refused_naming_the_sites_it_has(llama):
+    with pytest.raises(UsageError, match="no experts units: its sites are mlp, mlp-out, attn, residual"):
+        resolve_site(llama, "experts")
 
 
 @pytest.mark.parametrize("spec, expected", [("0-2", (0, 1, 2)), ("5,7", (5, 7)),

@@ -8,7 +8,7 @@ from .._lazy import lazy_exports
 
 _EXPORTS = {
     "scan": ".convert", "ScanResult": ".convert",
-    "Recorder": ".recording", "record": ".recording", "hook_tensor": ".recording",
+    "Recorder": ".recording", "record": ".recording",
     "pinned_buffer": ".recording",
     **{name: ".stimuli" for name in (
         "Document", "TokenStream", "load_documents", "tokenize_documents", "make_runs",

@@ -121,10 +121,13 @@ class ScanSettings:
         news corpus.
     participant, task : str
         BIDS labels (defaults: from the model's name and the text).
-    neurons : {"mlp", "mlp-out", "attn", "residual"}
+    neurons : {"mlp", "mlp-out", "attn", "residual", "experts", "mixer"}
         Which units (see :class:`llm2nifti.sites.Site`).
     layers : str or sequence of int, optional
-        Layer subset, e.g. ``"0-11"``; default all.
+        Layer subset, e.g. ``"0-11"``; default every layer that has the units.
+    experts : str or sequence of int, optional
+        Mixture-of-experts models, ``mlp`` and ``experts`` units: the experts recorded,
+        e.g. ``"0-7"``; default all.
     run_tokens : int, optional
         Tokens per run (one forward pass each); at most 32,767 and the context
         window. Default: 1024, or the context window if it is shorter.
@@ -161,6 +164,7 @@ class ScanSettings:
     task: str
     neurons: str = "mlp"
     layers: object = None
+    experts: object = None
     run_tokens: int | None = None
     max_tokens: int | None = None
     encoding: str | None = None
@@ -259,7 +263,7 @@ def plan_scan(settings, loaded=None):
     lm, tokenizer = loaded if loaded is not None else load_model(
         s.model, device=s.device, dtype=s.dtype, trust_remote_code=s.trust_remote_code,
         cache=s.cache, gguf_file=s.gguf_file)
-    site = resolve_site(lm, s.neurons, s.layers)
+    site = resolve_site(lm, s.neurons, s.layers, experts=s.experts)
     layout = NeuronLayout(site)
     stream = tokenize_documents(documents, tokenizer, max_tokens=s.max_tokens, bos=s.bos)
     context = _context_window(lm)
@@ -315,10 +319,20 @@ def _write_dataset_files(plan):
     write_json(writer.plan_path, record)
     writer.add_participant({
         "model": plan.settings.model, "architecture": site.architecture, "n_layers": site.n_layers,
-        "neurons_per_layer": site.width if site.kind == "mlp" else resolve_site(lm, "mlp").width,
+        "neurons_per_layer": _mlp_width(lm, site),
         "n_parameters": sum(p.numel() for p in lm.parameters()),
         "weights_sha256": record["weights_sha256"],
     })
+
+
+def _mlp_width(lm, site):
+    """MLP neurons of the widest layer (participants.tsv), or n/a for a model without an MLP."""
+    if site.kind == "mlp":
+        return site.width
+    try:
+        return resolve_site(lm, "mlp").width
+    except UsageError:
+        return "n/a"
 
 
 def _common_sidecar(plan):
@@ -419,7 +433,7 @@ def record_runs(plan, result):
 
 def _write_run(writer, stats, layout, buf, r, img, sidecar, events, ext):
     """Writer-thread job: add the run to the unit statistics, then save it."""
-    stats.update(buf[:, :, :layout.width])
+    stats.update(buf[:, :, :layout.width] if layout.uniform else layout.from_buffer(buf))
     return writer.write_run(r, img, sidecar, events, ext)
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["Recorder", "record", "hook_tensor", "pinned_buffer"]
+from .. import experts
+
+__all__ = ["Recorder", "record", "pinned_buffer"]
 
 
 def pinned_buffer(layout, n_volumes):
@@ -18,15 +20,8 @@ def pinned_buffer(layout, n_volumes):
     return torch.zeros((int(n_volumes), *shape), dtype=torch.float32, pin_memory=True).numpy()
 
 
-def hook_tensor(site, args, output):
-    """The neuron tensor a hook sees at ``site`` (module input or output)."""
-    if site.hook == "pre":
-        return args[0]
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
 class Recorder:
-    """Context manager that records the neurons of ``site`` during forward passes.
+    """Context manager that records the units of ``site`` during forward passes.
 
     Parameters
     ----------
@@ -34,12 +29,19 @@ class Recorder:
     site : Site
     buffer : ndarray of shape (T, n_slices, >= width), optional
         Write a batch-of-one forward pass straight into this float32 buffer
-        (a :meth:`NeuronLayout.empty_buffer`): ``buffer[t, k, :width]`` receives the
-        neurons of the ``k``-th layer of the site. Without it, activations are
+        (a :meth:`NeuronLayout.empty_buffer`): ``buffer[t, k, :width_k]`` receives the
+        units of the ``k``-th layer of the site. Without it, activations are
         kept as tensors in :attr:`activations_`. On a GPU, with a page-locked buffer
         (:func:`pinned_buffer`), each layer's activations are cast to float32 on the GPU
         and copied to the host on a copy stream of their own, without waiting, while
         the next layers compute; the buffer is complete when the context exits.
+
+    Notes
+    -----
+    Hooks only read: the model computes exactly what it computes without them. Units of
+    fused experts (``experts`` and ``routing`` parts of the site) are computed again from
+    the experts module's inputs and weights (:mod:`llm2nifti.experts`); an expert's units
+    are 0 on the tokens not routed to it.
 
     Attributes
     ----------
@@ -62,6 +64,7 @@ class Recorder:
 
     def __enter__(self):
         self.activations_ = {layer: [] for layer in self.site.layers}
+        self._pieces = {}
         target = None if self.buffer is None else torch.from_numpy(self.buffer)
         self._copy_stream = None
         if target is not None and torch.cuda.is_available() and target.is_pinned():
@@ -69,37 +72,42 @@ class Recorder:
             if device.type == "cuda":
                 self._copy_stream = torch.cuda.Stream(device)
         try:
-            for k, (layer, module) in enumerate(self.site.modules(self.model)):
-                self._handles.append(self._attach(module, layer, k, target))
+            for k, layer in enumerate(self.site.layers):
+                offset = 0
+                parts = self.site.parts(layer)
+                for p, part in enumerate(parts):
+                    module = _get(self.model, part.module)
+                    store = self._store(layer, k, p, len(parts), offset, part.width, target)
+                    self._handles.append(_attach(module, part, store))
+                    offset += part.width
         except BaseException:
             self._remove()
             raise
         return self
 
-    def _attach(self, module, layer, k, target):
-        site = self.site
-        width = site.width
-
+    def _store(self, layer, k, p, n_parts, offset, width, target):
+        """The function a part's hook calls with its ``(batch, T, width)`` units."""
         def store(act):
             act = act.detach()
+            if act.ndim == 2:  # experts see flattened (tokens, .) rows of a batch of one
+                act = act.unsqueeze(0)
             if target is not None:
                 if act.shape[0] != 1:
                     raise ValueError("recording into a buffer needs a batch of one")
+                dst = target[: act.shape[1], k, offset:offset + width]
                 if self._copy_stream is not None and act.is_cuda:
-                    self._copy_async(target[: act.shape[1], k, :width], act[0])
+                    self._copy_async(dst, act[0])
                 else:
-                    target[: act.shape[1], k, :width].copy_(act[0], non_blocking=False)
-            else:
+                    dst.copy_(act[0], non_blocking=False)
+            elif n_parts == 1:
                 self.activations_[layer].append(act.to("cpu", torch.float32))
-
-        if site.hook == "pre":
-            def pre_hook(mod, args):
-                store(args[0])
-            return module.register_forward_pre_hook(pre_hook)
-
-        def post_hook(mod, args, output):
-            store(hook_tensor(site, args, output))
-        return module.register_forward_hook(post_hook)
+            else:  # the layer's parts are joined once the last one has run
+                pieces = self._pieces.setdefault(layer, [None] * n_parts)
+                pieces[p] = act.to("cpu", torch.float32)
+                if all(x is not None for x in pieces):
+                    self.activations_[layer].append(torch.cat(pieces, -1))
+                    self._pieces[layer] = [None] * n_parts
+        return store
 
     def _copy_async(self, dst, act):
         """GPU -> page-locked host copy on the copy stream, after the kernels that made ``act``."""
@@ -133,6 +141,55 @@ class Recorder:
                 raise RuntimeError("nothing was recorded: run a forward pass inside the context")
             per_layer.append(torch.cat(chunks, 0))
         return torch.cat(per_layer, 1).numpy()
+
+
+def _get(model, dotted):
+    for part in dotted.split("."):
+        model = model[int(part)] if part.isdigit() else getattr(model, part)
+    return model
+
+
+def _attach(module, part, store):
+    """Register the hook that reads ``part`` of ``module`` and hands its units to ``store``."""
+    if part.hook == "pre":
+        def pre_hook(mod, args, kwargs):
+            store(args[0] if args else next(iter(kwargs.values())))
+        return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    if part.hook == "post":
+        def post_hook(mod, args, output):
+            store(output[0] if isinstance(output, (tuple, list)) else output)
+        return module.register_forward_hook(post_hook)
+    if part.hook == "routing":
+        def routing_hook(mod, args, kwargs):
+            _, index, weights = experts.routing_inputs(args, kwargs)
+            store(experts.routing_matrix(index, weights, part.experts))
+        return module.register_forward_pre_hook(routing_hook, with_kwargs=True)
+    if part.hook == "experts":
+        read = _read_dense if part.kernel == "dense" else _read_routed
+
+        def experts_hook(mod, args, kwargs, output):
+            store(read(mod, part, args, kwargs))
+        return module.register_forward_hook(experts_hook, with_kwargs=True)
+    raise ValueError(f"unknown hook kind {part.hook!r}")
+
+
+def _read_routed(mod, part, args, kwargs):
+    """``(tokens, width)`` hidden neurons of the routed experts of ``part``."""
+    x, index, _ = experts.routing_inputs(args, kwargs)
+    width = part.expert_width
+    out = x.new_zeros((x.shape[0], len(part.experts) * width))
+    for j, e in enumerate(part.experts):
+        rows = (index == e).any(-1).nonzero().squeeze(-1)
+        if rows.numel():
+            out[rows, j * width:(j + 1) * width] = experts.expert_hidden(mod, e, x[rows]).to(out.dtype)
+    return out
+
+
+def _read_dense(mod, part, args, kwargs):
+    """``(tokens, width)`` hidden neurons of experts that run on every (router-scaled) token."""
+    x = args[0] if args else next(iter(kwargs.values()))
+    h = experts.dense_hidden(mod, x)  # (experts, tokens, width)
+    return torch.cat([h[e] for e in part.experts], dim=-1)
 
 
 @torch.inference_mode()

@@ -85,7 +85,7 @@ def layer_depth(maps, layout, threshold=3.6):
     weights = np.where(z > threshold, z, 0.0)
     empty = weights.sum(axis=1) == 0
     weights[empty] = z[empty]
-    profile = weights.reshape(len(z), len(layout.layers), layout.width).sum(axis=2)
+    profile = layout.pad_layers(weights, fill=0.0).sum(axis=2)
     profile = profile / np.maximum(profile.sum(axis=1, keepdims=True), 1e-30)
     return profile @ np.asarray(layout.layers, dtype=np.float64)
 

@@ -425,7 +425,9 @@ class EvaluationResult:
 
 
 def _check_layout(layout, site):
-    if (layout.site.width, layout.site.n_layers) != (site.width, site.n_layers):
+    if (layout.site.width, layout.site.n_layers) != (site.width, site.n_layers) or any(
+            l in site.layers and site.width_of(l) != w
+            for l, w in zip(layout.site.layers, layout.site.widths)):
         raise UsageError(
             f"the scan's neurons ({layout.site.n_layers} layers x {layout.site.width}) do not match "
             f"the model's ({site.n_layers} x {site.width}): evaluate the model that was scanned")

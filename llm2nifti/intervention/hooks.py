@@ -35,9 +35,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .. import experts
 from ..errors import UsageError
 from ..neuronset import NeuronSet
-from ..sites import SITE_KINDS, Site, resolve_site
+from ..sites import SITE_KINDS, Site, _get, resolve_site
 
 __all__ = ["Intervention", "intervene", "attach", "as_per_layer", "MODES", "ABLATIONS"]
 
@@ -82,8 +83,8 @@ def _selected(selected, site):
 
 
 def _others(selected, site):
-    everything = np.arange(site.width, dtype=np.int64)
-    return {l: np.setdiff1d(everything, selected.get(l, ()), assume_unique=True)
+    return {l: np.setdiff1d(np.arange(site.width_of(l), dtype=np.int64), selected.get(l, ()),
+                            assume_unique=True)
             for l in site.layers}
 
 
@@ -145,10 +146,84 @@ def _post_hook(apply):
     return hook
 
 
-def _register(module, site, apply):
-    if site.hook == "pre":
+def _routing_hook(part, apply):
+    """Edit the routing weights of ``part.experts`` in an experts module's inputs."""
+    def hook(mod, args, kwargs):
+        x, index, weights = experts.routing_inputs(args, kwargs)
+        edited = apply(experts.routing_matrix(index, weights, part.experts))
+        new = weights.clone()
+        for j, e in enumerate(part.experts):
+            hit = index == e
+            new = torch.where(hit, edited[:, j:j + 1].to(new.dtype), new)
+        if len(args) >= 3:
+            return (x, index, new) + tuple(args[3:]), kwargs
+        key = list(kwargs)[2 - len(args)]  # the third routing input came as a keyword
+        return args, dict(kwargs, **{key: new})
+    return hook
+
+
+def _experts_hook(part, apply):
+    """Add to an experts module's output the change that edited hidden neurons make."""
+    width = part.expert_width
+
+    def routed(mod, args, kwargs, output):
+        x, index, weights = experts.routing_inputs(args, kwargs)
+        out = output.clone()
+        for j, e in enumerate(part.experts):
+            edit = apply.only(j * width, (j + 1) * width)
+            rows = (index == e).any(-1).nonzero().squeeze(-1)
+            if edit is None or not rows.numel():
+                continue
+            h = experts.expert_hidden(mod, e, x[rows])
+            delta = experts.expert_output(mod, e, edit(h)) - experts.expert_output(mod, e, h)
+            w = (weights[rows] * (index[rows] == e)).sum(-1, keepdim=True)
+            out.index_add_(0, rows, (delta * w).to(out.dtype))
+        return out
+
+    def dense(mod, args, kwargs, output):
+        x = args[0] if args else next(iter(kwargs.values()))
+        h = experts.dense_hidden(mod, x)
+        routed_rows = (x.view(h.shape[0], -1, x.shape[-1]) != 0).any(-1, keepdim=True)
+        new = h.clone()
+        for j, e in enumerate(part.experts):
+            edit = apply.only(j * width, (j + 1) * width)
+            if edit is not None:
+                new[e] = torch.where(routed_rows[e], edit(h[e]), h[e])
+        return output + experts.dense_output(mod, new - h).to(output.dtype)
+
+    return dense if part.kernel == "dense" else routed
+
+
+def _register(module, part, apply):
+    if part.hook == "pre":
         return module.register_forward_pre_hook(_pre_hook(apply), with_kwargs=True)
-    return module.register_forward_hook(_post_hook(apply))
+    if part.hook == "post":
+        return module.register_forward_hook(_post_hook(apply))
+    if part.hook == "routing":
+        return module.register_forward_pre_hook(_routing_hook(part, apply), with_kwargs=True)
+    return module.register_forward_hook(_experts_hook(part, apply), with_kwargs=True)
+
+
+class _PartEdit:
+    """A layer's edit restricted to the units ``[lo, hi)`` of one part, renumbered from 0."""
+
+    def __init__(self, idx, value, transform, scale):
+        self.idx, self.value, self.transform, self.scale = idx, value, transform, scale
+        self._cache = {}
+
+    def only(self, lo, hi):
+        keep = (self.idx >= lo) & (self.idx < hi)
+        if not keep.any():
+            return None
+        idx = self.idx[keep] - lo
+        value = self.value[keep] if torch.is_tensor(self.value) else self.value
+        return _PartEdit(idx, value, self.transform, self.scale)
+
+    def __call__(self, x):
+        idx = self._cache.get(x.device)
+        if idx is None:
+            idx = self._cache[x.device] = self.idx.to(x.device)
+        return self.transform(x, idx, self.value, self.scale)
 
 
 def _resolve(model, site, neurons):
@@ -167,9 +242,9 @@ def _check_neurons(selected, site):
         raise UsageError(f"neurons in layer(s) {outside}, which the site does not cover "
                          f"(layers {site.layers[0]}-{site.layers[-1]})")
     for layer, idx in selected.items():
-        if idx.min() < 0 or idx.max() >= site.width:
+        if idx.min() < 0 or idx.max() >= site.width_of(layer):
             raise UsageError(f"neuron index out of range in layer {layer}: "
-                             f"this site has {site.width} neurons per layer")
+                             f"this site has {site.width_of(layer)} neurons in that layer")
 
 
 def _check_ablation(mode, ablation, value, means):
@@ -192,11 +267,12 @@ def _per_layer_means(means, site):
         out = {int(l): np.asarray(v, dtype=np.float64).ravel() for l, v in means.items()}
     else:
         flat = np.asarray(means, dtype=np.float64).ravel()
-        if flat.size != len(site.layers) * site.width:
+        if flat.size != site.n_neurons:
             raise UsageError(f"means hold {flat.size} values; the site's {len(site.layers)} "
-                             f"layers x {site.width} units need {len(site.layers) * site.width}")
-        out = {l: flat[k * site.width:(k + 1) * site.width] for k, l in enumerate(site.layers)}
-    bad = [l for l in site.layers if l not in out or out[l].size != site.width]
+                             f"layers need {site.n_neurons}")
+        offsets = np.concatenate([[0], np.cumsum(site.widths)])
+        out = {l: flat[offsets[k]:offsets[k + 1]] for k, l in enumerate(site.layers)}
+    bad = [l for l in site.layers if l not in out or out[l].size != site.width_of(l)]
     if bad:
         raise UsageError(f"means lack layer(s) {bad[:5]} or have the wrong width: pass the "
                          "neuron_stats of a scan of this site")
@@ -278,31 +354,29 @@ class Intervention:
         self.means_ = None if self.ablation == "zero" else _per_layer_means(self.means, site)
 
     def _transform(self, layer):
-        """The function a hook applies to ``layer``'s neuron tensor."""
-        idx_cpu = torch.as_tensor(self.targets_[layer], dtype=torch.long)
-        cache = {}
-        transform = _MODES[self.mode].transform
+        """The edit a hook applies to ``layer``'s units (:class:`_PartEdit`, whole layer)."""
+        idx = torch.as_tensor(self.targets_[layer], dtype=torch.long)
         value = 0.0 if self.value is None else float(self.value)
         scale = 1.0 if self.scale is None else float(self.scale)
         if self.means_ is not None:  # mean-ablation: each unit takes its mean over the scan
             value = torch.as_tensor(self.means_[layer][self.targets_[layer]], dtype=torch.float32)
-
-        def apply(x):
-            idx = cache.get(x.device)
-            if idx is None:
-                idx = cache[x.device] = idx_cpu.to(x.device)
-            return transform(x, idx, value, scale)
-
-        return apply
+        return _PartEdit(idx, value, _MODES[self.mode].transform, scale)
 
     def attach(self):
         """Register the hooks and return ``self``; call :meth:`remove` to undo."""
         if self._handles:
             raise RuntimeError("this intervention is already attached")
         try:
-            for layer, module in self.site_.modules(self.model):
-                if layer in self.targets_:
-                    self._handles.append(_register(module, self.site_, self._transform(layer)))
+            for layer in self.site_.layers:
+                if layer not in self.targets_:
+                    continue
+                edit, offset = self._transform(layer), 0
+                for part in self.site_.parts(layer):
+                    local = edit.only(offset, offset + part.width)
+                    if local is not None:
+                        module = _get(self.model, part.module)
+                        self._handles.append(_register(module, part, local))
+                    offset += part.width
         except BaseException:
             self.remove()
             raise

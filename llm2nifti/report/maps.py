@@ -20,7 +20,7 @@ def flat_values(values, layout, max_columns=MAX_COLUMNS):
     per_column : int
         Neurons per column (1 when the layer fits).
     """
-    v = np.asarray(values, dtype=np.float64).reshape(len(layout.layers), layout.width)
+    v = layout.pad_layers(np.asarray(values, dtype=np.float64), fill=0.0)
     per = int(np.ceil(layout.width / max_columns))
     if per == 1:
         return v, 1
