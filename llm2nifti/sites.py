@@ -238,6 +238,15 @@ class Site:
                                  "or several modules: use Site.parts")
             yield layer, _get(model, parts[0].module)
 
+    @property
+    def expert_selection(self):
+        """The experts an ``mlp`` or ``experts`` site of a mixture of experts covers, or None (all)."""
+        for _, parts in self.layer_parts:
+            for p in parts:
+                if p.experts:
+                    return p.experts
+        return None
+
     def groups(self, layer):
         """Per unit of ``layer``, the expert it belongs to (-1: shared or dense), or None.
 
@@ -399,7 +408,7 @@ def _fused_experts(m):
 
     if isinstance(m, nn.modules.conv._ConvNd):
         return False
-    return any(p.ndim == 3 for p in m.parameters(recurse=False))
+    return any(p.ndim == 3 and min(p.shape) > 1 for p in m.parameters(recurse=False))
 
 
 _ROLE_PATTERNS = (  # (role, pattern on the class name, then on the attribute name)
@@ -461,10 +470,7 @@ def _reader(block, hidden, skip=()):
         return None
     direct = [(n, m) for n, m in linears if "." not in n] or linears
     writes = [(n, m) for n, m in direct if _io(m)[1] == hidden]
-    if not writes:
-        return None
-    wide = [(n, m) for n, m in writes if _io(m)[0] != hidden]
-    return (wide or writes)[-1]
+    return writes[-1] if writes else None  # the last one registered: down after gate and up, o after q
 
 
 def _join(*names):

@@ -106,8 +106,8 @@ def count(per_layer):
     return int(sum(len(v) for v in per_layer.values()))
 
 
-def random_like(key, widths, seed=0, exclude=None):
-    """Uniform random neurons, as many per layer as ``key`` has.
+def random_like(key, widths, seed=0, exclude=None, groups=None):
+    """Uniform random neurons, as many per layer (and per expert) as ``key`` has.
 
     Parameters
     ----------
@@ -118,16 +118,29 @@ def random_like(key, widths, seed=0, exclude=None):
     exclude : dict of int -> ndarray, optional
         Neurons never drawn (e.g. :func:`massive_neurons`); a layer keeps as many
         neurons as it can when fewer are left than ``key`` has there.
+    groups : dict of int -> ndarray, optional
+        Per layer, a group label per unit (the expert of each unit of a mixture of experts,
+        :meth:`~llm2nifti.sites.Site.groups`): units are drawn with the key's count in each
+        group of the layer.
     """
     rng = np.random.default_rng(seed)
     out = {}
     for layer in sorted(key):
         w = int(widths if np.isscalar(widths) else widths[layer])
-        if exclude is None:
+        if exclude is None and (groups is None or groups.get(layer) is None):
             out[layer] = np.sort(rng.choice(w, size=len(key[layer]), replace=False))
             continue
         pool = np.setdiff1d(np.arange(w), (exclude or {}).get(layer, ()))
-        out[layer] = np.sort(rng.choice(pool, size=min(len(key[layer]), pool.size), replace=False))
+        label = None if groups is None else groups.get(layer)
+        if label is None:
+            out[layer] = np.sort(rng.choice(pool, size=min(len(key[layer]), pool.size), replace=False))
+            continue
+        chosen = []
+        for g in np.unique(label[key[layer]]):
+            need = int(np.sum(label[key[layer]] == g))
+            in_group = pool[label[pool] == g]
+            chosen.append(rng.choice(in_group, size=min(need, in_group.size), replace=False))
+        out[layer] = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, dtype=np.int64)
     return out
 
 

@@ -78,7 +78,7 @@ class Condition:
 def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit", "retain"),
                     controls=CONTROLS, amplify=(), amplify_controls=True, curve=(), curve_seeds=None,
                     curve_sets=(), massive_factor=100.0, spread_bins=20, ablations=("zero",),
-                    fnk_sets=()):
+                    fnk_sets=(), groups=None):
     """The conditions of an evaluation.
 
     Parameters
@@ -87,7 +87,7 @@ def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit",
         The networks; the key set is their union.
     stats : pandas.DataFrame
         Per-neuron statistics (:func:`llm2nifti.intervention.controls.neuron_stats`).
-    width : int
+    width : int or dict of int -> int
         Neurons per layer.
     seeds : sequence of int
         Seeds of the random controls.
@@ -117,6 +117,9 @@ def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit",
         FN@k (:func:`llm2nifti.intervention.fnk.fn_at_k`): each union is retained and
         inhibited (``retain key @k=10``, group ``fnk``), against random sets of the same
         count per layer (``curve_seeds``).
+    groups : dict of int -> ndarray, optional
+        Per layer, the expert of each unit (mixture-of-experts sites): the random controls
+        keep the key set's count per layer *and* per expert.
 
     Returns
     -------
@@ -130,7 +133,7 @@ def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit",
         raise UsageError("the network table holds no neurons: lower the threshold of `networks`")
     sets = {"key": [(None, key)]}
     if "random" in controls:
-        sets["random"] = [(s, C.random_like(key, width, s)) for s in seeds]
+        sets["random"] = [(s, C.random_like(key, width, s, groups=groups)) for s in seeds]
     if "spread-matched" in controls:
         sets["spread-matched"] = [(s, C.spread_matched(key, stats, s, spread_bins)) for s in seeds]
     if "top-spread" in controls:
@@ -139,7 +142,8 @@ def plan_conditions(nset, stats, width, seeds=(0, 1, 2, 3, 4), modes=("inhibit",
     if "key-minus-massive" in controls:
         sets["key-minus-massive"] = [(None, C.without(key, massive))]
     if "random-minus-massive" in controls:
-        sets["random-minus-massive"] = [(s, C.random_like(key, width, s, exclude=massive))
+        sets["random-minus-massive"] = [(s, C.random_like(key, width, s, exclude=massive,
+                                                          groups=groups))
                                         for s in seeds]
     bad = sorted(set(ablations) - {"zero", "mean"})
     if bad or not ablations:
@@ -546,12 +550,14 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
         set_threads(threads)
     lm, tok = loaded if loaded is not None else load_model(model, device=device, dtype=dtype,
                                                             cache=cache, gguf_file=gguf_file)
-    site = resolve_site(lm, nset.site, layout.site.layers)
+    site = resolve_site(lm, nset.site, layout.site.layers, experts=layout.site.expert_selection)
     _check_layout(layout, site)
     _check_weights(ds, layout, lm, participant)
     stats = C.neuron_stats(ds, participant, site=nset.site)
     seed_list = list(range(int(seeds)))
-    conditions = plan_conditions(nset, stats, site.width, seeds=seed_list, controls=controls,
+    groups = {l: site.groups(l) for l in site.layers if site.groups(l) is not None} or None
+    conditions = plan_conditions(nset, stats, dict(zip(site.layers, site.widths)), seeds=seed_list,
+                                 controls=controls, groups=groups,
                                  amplify=amplify, amplify_controls=amplify_controls, curve=curve,
                                  curve_seeds=curve_seeds, massive_factor=massive_factor,
                                  curve_sets=[(_curve_label(p), NeuronSet.from_tsv(p))
