@@ -408,7 +408,9 @@ def _fused_experts(m):
 
     if isinstance(m, nn.modules.conv._ConvNd):
         return False
-    return any(p.ndim == 3 and min(p.shape) > 1 for p in m.parameters(recurse=False))
+    return any(p.ndim == 3 and min(p.shape) > 1 for p in m.parameters(recurse=False)) and (
+        hasattr(m, "num_experts") or "expert" in type(m).__name__.lower()
+        or any(hasattr(m, a) for a in ("down_proj", "gate_up_proj", "up_proj")))
 
 
 _ROLE_PATTERNS = (  # (role, pattern on the class name, then on the attribute name)
@@ -422,8 +424,8 @@ def _listed_experts(mod):
     """True for a block that keeps its experts as a list of MLP modules."""
     import torch.nn as nn
 
-    return any(isinstance(m, nn.ModuleList) and len(m) > 1 and not _is_linear(m[0])
-               for m in mod.modules())
+    return any(isinstance(m, nn.ModuleList) and len(m) > 1 and "expert" in name.lower()
+               and not _is_linear(m[0]) for name, m in mod.named_modules())
 
 
 def _role(name, mod):

@@ -28,7 +28,7 @@ SMALL = {
     "qk_rope_head_dim": 8, "qk_nope_head_dim": 8, "v_head_dim": 16, "kv_lora_rank": 16,
     "q_lora_rank": 16, "linear_num_value_heads": 4, "linear_num_key_heads": 2,
     "linear_key_head_dim": 16, "linear_value_head_dim": 16, "global_head_dim": 16,
-    "sliding_window": 64, "intermediate_size_mlp": 128, "attention_chunk_size": 64, "num_nextn_predict_layers": 0,
+    "sliding_window": 64, "intermediate_size_mlp": 128, "rotary_dim": 8, "moe_k": 2, "attention_chunk_size": 64, "num_nextn_predict_layers": 0,
 }
 VOCAB = 512
 LAYERS = 4
@@ -94,10 +94,26 @@ def shrink_config(model_type, layers=LAYERS):
             for derived in ("head_dim", "qk_head_dim"):
                 if derived not in over[sub] or derived == "qk_head_dim":
                     over[sub].pop(derived, None)
-    cfg = AutoConfig.for_model(model_type, **over)
+    n = over.get("num_hidden_layers", d.get("num_hidden_layers"))
+    if "attn_layer_indices" in d and d["attn_layer_indices"] is None and isinstance(n, int):
+        over["attn_layer_indices"] = [n - 1]  # a hybrid whose default has no attention layer
+    types = over.get("layer_types", d.get("layer_types"))
+    if isinstance(types, list) and len(set(types)) == 1 and "linear" in str(types[0]):
+        for full in ("full_attention", "attention"):  # one attention layer, as real checkpoints have
+            try:
+                return _finish(AutoConfig.for_model(model_type, **dict(over, layer_types=types[:-1] + [full])))
+            except Exception:  # noqa: BLE001 -- the type names its attention layers otherwise
+                continue
+    return _finish(AutoConfig.for_model(model_type, **over))
+
+
+def _finish(cfg):
     tc = _text_config(cfg)
-    hs, heads = getattr(tc, "hidden_size", None), getattr(tc, "num_attention_heads", None)
-    if isinstance(hs, int) and isinstance(heads, int) and getattr(tc, "head_dim", 0) is None:
+    try:
+        hs, heads, hd = tc.hidden_size, tc.num_attention_heads, tc.head_dim
+    except Exception:  # noqa: BLE001 -- absent, or a per-layer attribute (Gemma 4)
+        return cfg
+    if isinstance(hs, int) and isinstance(heads, int) and hd is None:
         tc.head_dim = hs // heads
     return cfg
 

@@ -312,3 +312,29 @@ def test_layout_with_a_width_per_layer_round_trips_and_numbers_units_in_order():
         layout.neuron_to_voxel(0, 6)  # past layer 0's width
     assert NeuronLayout.from_dict(layout.to_dict()) == layout
     assert list(site.groups(3)) == [0] * 4 + [1] * 4 + [-1] * 3 and site.groups(0) is None
+
+
+# ------------------------------------------------------------- end to end
+def test_scan_of_a_dense_then_moe_model_reads_back_exactly(models, tmp_path, tokenizer, text_file):
+    """convert -> NIfTI -> nilearn's masker and load_run give the recorder's units, layer widths differing."""
+    from nilearn.maskers import MultiNiftiMasker
+
+    from bids_llm.dataset import Dataset, load_run
+    from bids_llm.events import read_events
+    from llm2nifti.acquisition.convert import scan
+
+    m = models("deepseek_v3", first_k_dense_replace=1)
+    res = scan(tmp_path / "ds", "tiny-deepseek", str(text_file), loaded=(m, tokenizer), label="moe",
+               run_tokens=64, max_tokens=128, progress=False, threads=1)
+    site = resolve_site(m, "mlp")
+    ds = Dataset(res.root)
+    assert ds.layout("moe", "mlp") == NeuronLayout(site) and not res.layout.uniform
+    run = ds.runs()[0]
+    ids = read_events(run.events_path)["token_id"].to_numpy()
+    expected = record(m, site, ids)
+    X, neurons = load_run(run)
+    np.testing.assert_array_equal(X, expected)
+    assert neurons["layer"].value_counts()[0] == site.width_of(0) != site.width_of(1)
+    masked = MultiNiftiMasker(mask_img=str(ds.mask_path("moe")), smoothing_fwhm=None, detrend=False,
+                              standardize=None).fit_transform([str(run.path)])[0]
+    np.testing.assert_array_equal(res.layout.from_masked(masked), expected)

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from .. import experts
+from ..errors import UsageError
 
 __all__ = ["Recorder", "record", "pinned_buffer"]
 
@@ -91,6 +92,10 @@ class Recorder:
             act = act.detach()
             if act.ndim == 2:  # experts see flattened (tokens, .) rows of a batch of one
                 act = act.unsqueeze(0)
+            if act.ndim != 3 or act.shape[-1] != width:
+                raise UsageError(f"the {self.site.kind} units of layer {layer} come as "
+                                 f"{tuple(act.shape)}, not (batch, tokens, {width}): this model "
+                                 "computes that site another way; choose another --neurons")
             if target is not None:
                 if act.shape[0] != 1:
                     raise ValueError("recording into a buffer needs a batch of one")
