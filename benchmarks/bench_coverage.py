@@ -74,8 +74,7 @@ def build(model_type):
         return None, "encoder-decoder"
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(cfg).eval()
-    if getattr(_text_config(model.config), "is_decoder", None) is False or hasattr(
-            _text_config(model.config), "type_vocab_size"):
+    if hasattr(_text_config(model.config), "type_vocab_size"):  # BERT's kind, run as a decoder
         return model, "encoder"
     return model, None
 

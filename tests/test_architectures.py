@@ -338,3 +338,16 @@ def test_scan_of_a_dense_then_moe_model_reads_back_exactly(models, tmp_path, tok
     masked = MultiNiftiMasker(mask_img=str(ds.mask_path("moe")), smoothing_fwhm=None, detrend=False,
                               standardize=None).fit_transform([str(run.path)])[0]
     np.testing.assert_array_equal(res.layout.from_masked(masked), expected)
+
+
+def test_recording_into_a_buffer_refuses_modules_that_did_not_run_or_ran_twice(models):
+    m = models("llama")
+    site = resolve_site(m, "mlp")
+    layout = NeuronLayout(site)
+    with pytest.raises(UsageError, match=r"layer\(s\) \[0, 1, 2, 3\] did not run"):
+        with Recorder(m, site, buffer=layout.empty_buffer(IDS.shape[1])):
+            pass  # no forward pass: nothing would have been written
+    with pytest.raises(UsageError, match="runs more than once in one forward pass"):
+        with Recorder(m, site, buffer=layout.empty_buffer(IDS.shape[1])):
+            logits(m)
+            logits(m)

@@ -66,6 +66,7 @@ class Recorder:
     def __enter__(self):
         self.activations_ = {layer: [] for layer in self.site.layers}
         self._pieces = {}
+        self._calls = {}
         target = None if self.buffer is None else torch.from_numpy(self.buffer)
         self._copy_stream = None
         if target is not None and torch.cuda.is_available() and target.is_pinned():
@@ -89,6 +90,11 @@ class Recorder:
     def _store(self, layer, k, p, n_parts, offset, width, target):
         """The function a part's hook calls with its ``(batch, T, width)`` units."""
         def store(act):
+            self._calls[(layer, p)] = self._calls.get((layer, p), 0) + 1
+            if target is not None and self._calls[(layer, p)] > 1:
+                raise UsageError(f"{self.site.parts(layer)[p].module} runs more than once in one "
+                                 "forward pass (a model that loops over its layers): llm2nifti "
+                                 "records modules that run once per token")
             act = act.detach()
             if act.ndim == 2:  # experts see flattened (tokens, .) rows of a batch of one
                 act = act.unsqueeze(0)
@@ -131,6 +137,13 @@ class Recorder:
         self._remove()
         if self._copy_stream is not None:
             self._copy_stream.synchronize()  # every copy has landed in the buffer
+        if exc[0] is None and self.buffer is not None:
+            idle = sorted({l for l in self.site.layers for p in range(len(self.site.parts(l)))
+                           if (l, p) not in self._calls})
+            if idle:
+                raise UsageError(f"the {self.site.kind} modules of layer(s) {idle[:8]} did not run "
+                                 "while the model read the text (layers that need another input, "
+                                 "such as images): choose --layers without them")
         return False
 
     def matrix(self):
@@ -143,7 +156,9 @@ class Recorder:
         for layer in self.site.layers:
             chunks = [t.reshape(-1, t.shape[-1]) for t in self.activations_[layer]]
             if not chunks:
-                raise RuntimeError("nothing was recorded: run a forward pass inside the context")
+                raise RuntimeError(f"nothing was recorded at layer {layer}: run a forward pass "
+                                   "inside the context (a layer that needs another input, such as "
+                                   "images, does not run on text alone)")
             per_layer.append(torch.cat(chunks, 0))
         return torch.cat(per_layer, 1).numpy()
 
