@@ -38,7 +38,7 @@ from llm2nifti.layout import NeuronLayout
 from llm2nifti.sites import SITE_KINDS
 
 from .derivatives import derivative_dir
-from .events import read_events
+from .events import documents_tsv, read_documents, read_events
 from .io import TMP_PREFIX, save_img, sha256_file, write_json, write_text
 from .naming import bids_name, inside, parse_name
 
@@ -68,6 +68,12 @@ EVENTS_JSON = {
     "token_id": {"Description": "Token id in the model's vocabulary"},
     "document_id": {"Description": "Identifier of the document the token belongs to"},
     "position": {"Description": "Position of the token in its document (0: the BOS token)"},
+    "char_start": {"Description": "First character of the document's text the token covers "
+                                  "(the tokenizer's offset mapping; n/a: the BOS token)"},
+    "char_end": {"Description": "One past the last character the token covers"},
+    "word_index": {"Description": "Word of the document the token belongs to (0-based; words are "
+                                  "maximal runs of non-whitespace characters; n/a: none). The "
+                                  "texts are in stimuli/task-<label>_documents.tsv"},
 }
 
 
@@ -272,6 +278,35 @@ class DatasetWriter:
     def _ours(self, filename):
         ents, _ = parse_name(filename)
         return ents.get("task") == self.task and ents.get("acq") == self.acq
+
+    @property
+    def documents_path(self):
+        """The texts this task's documents hold (BIDS ``stimuli/``), for the word axis."""
+        return inside(self.root, "stimuli", bids_name("documents", ".tsv", task=self.task))
+
+    def check_documents(self, documents):
+        """The task's stimuli table, refused when it gives one of ``documents``' ids another text."""
+        path = self.documents_path
+        known = read_documents(path) if path.is_file() else {}
+        for doc_id, text in documents:
+            if known.get(doc_id, text) != text:
+                raise UsageError(
+                    f"task {self.task} already holds document {doc_id!r} with another text: "
+                    "pass another --task for other texts")
+        return known
+
+    def write_documents(self, documents):
+        """Add ``(document_id, text)`` pairs to the task's stimuli table.
+
+        Refused when the table already holds one of the ids with another text: two
+        participants of one task must have read the same documents.
+        """
+        path = self.documents_path
+        with self.shared():
+            known = self.check_documents(documents)
+            new = dict(known, **dict(documents))
+            if new != known or not path.is_file():
+                write_text(path, documents_tsv(new.items()))
 
     def init_dataset(self):
         """Write the top-level files if missing (a second model adds to them)."""
@@ -532,6 +567,11 @@ class Dataset:
         layout = self.layout(participant, site)
         values = layout.unfold(nib.load(str(path)))
         return dict(zip(meta.get("Volumes", UNIT_STATS), values))
+
+    def documents(self, task):
+        """``{document_id: text}`` of the task's stimuli table, or None (older datasets)."""
+        path = inside(self.root, "stimuli", bids_name("documents", ".tsv", task=task))
+        return read_documents(path) if path.is_file() else None
 
     def mask_path(self, participant, site=DEFAULT_SITE):
         return inside(self.root, "derivatives", PIPELINE, f"sub-{participant}", "anat",

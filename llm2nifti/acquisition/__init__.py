@@ -15,6 +15,9 @@ _EXPORTS = {
         "MAX_RUN_TOKENS", "LOCALIZER", "builtin_corpus_path", "BUILTIN_CORPORA", "task_label",
         "separator_token")},
     "localizer_documents": ".localizer", "CONDITIONS": ".localizer",
+    **{name: ".words" for name in (
+        "WORD_RULE", "POOLS", "word_spans", "token_spans", "token_words", "WordIndex",
+        "word_index", "participant_words", "only_choice", "words_dataset", "PIPELINE_WORDS")},
 }
 
 __all__ = list(_EXPORTS)

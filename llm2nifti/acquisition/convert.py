@@ -277,6 +277,7 @@ def plan_scan(settings, loaded=None):
 
     writer = DatasetWriter(s.output, s.participant, s.task, layout, conditions=conditions)
     writer.check_layout()
+    writer.check_documents(_documents_read(stream))
     record = {
         "model": s.model, "weights_sha256": None, "site": site.to_dict(),
         "task": s.task, "run_tokens": int(run_tokens), "n_tokens": len(stream),
@@ -315,6 +316,7 @@ def _write_dataset_files(plan):
     if record["weights_sha256"] is None:  # ~0.5 s for 135M parameters: overlaps run 1
         record["weights_sha256"] = weights_hash(lm)
     writer.init_dataset()
+    writer.write_documents(_documents_read(plan.stream))
     writer.write_layout()
     write_json(writer.plan_path, record)
     writer.add_participant({
@@ -323,6 +325,12 @@ def _write_dataset_files(plan):
         "n_parameters": sum(p.numel() for p in lm.parameters()),
         "weights_sha256": record["weights_sha256"],
     })
+
+
+def _documents_read(stream):
+    """``(id, text)`` of the documents the stream holds tokens of (the stimuli table)."""
+    return [(stream.documents[d].id, stream.documents[d].text)
+            for d in sorted(set(stream.document.tolist()))]
 
 
 def _mlp_width(lm, site):
@@ -363,7 +371,9 @@ def _run_files(plan, common, token_text, doc_ids, r, start, stop):
                        for d, p in zip(stream.document[start:stop], stream.position[start:stop])]
     events = events_tsv(token_text[start:stop], stream.ids[start:stop],
                         [doc_ids[d] for d in stream.document[start:stop]],
-                        stream.position[start:stop], tr=TR, trial_types=trial_types)
+                        stream.position[start:stop], tr=TR, trial_types=trial_types,
+                        spans=(stream.char_start[start:stop], stream.char_end[start:stop],
+                               stream.word[start:stop]))
     return sidecar, events
 
 

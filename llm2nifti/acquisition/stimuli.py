@@ -136,8 +136,8 @@ def load_documents(source=None, encoding=None, id_column="id", text_column="text
 
     Parameters
     ----------
-    source : str or path, optional
-        None or a built-in name (``"lee"``, the default: 300 news articles;
+    source : str, path or list of Document, optional
+        Documents as they are, or None or a built-in name (``"lee"``, the default: 300 news articles;
         ``"lee-test"``: 50 other articles; ``"pang-lee"``: 200 sentiment sentences;
         ``"localizer"``: sentences, shuffled words and nonwords, see
         :func:`~llm2nifti.acquisition.localizer.localizer_documents`),
@@ -159,6 +159,11 @@ def load_documents(source=None, encoding=None, id_column="id", text_column="text
     """
     if source is None:
         source = "lee"
+    if isinstance(source, (list, tuple)) and all(isinstance(d, Document) for d in source):
+        docs = list(source)
+        if not docs:
+            raise UsageError("no documents given: pass at least one")
+        return docs
     if str(source) == LOCALIZER:
         from .localizer import localizer_documents
 
@@ -207,12 +212,20 @@ class TokenStream:
     position : ndarray of int
         Position of each token inside its document (the BOS token is 0).
     documents : list of Document
+    char_start, char_end : ndarray of int
+        Character span of each token in its document's text (-1 for the BOS token).
+    word : ndarray of int
+        Index of the word each token belongs to within its document, under
+        :data:`~llm2nifti.acquisition.words.WORD_RULE` (-1: none).
     """
 
     ids: np.ndarray
     document: np.ndarray
     position: np.ndarray
     documents: list
+    char_start: np.ndarray | None = None
+    char_end: np.ndarray | None = None
+    word: np.ndarray | None = None
 
     def __len__(self):
         return len(self.ids)
@@ -241,24 +254,29 @@ def tokenize_documents(documents, tokenizer, max_tokens=None, bos=True):
     """
     if max_tokens is not None and max_tokens < 1:
         raise UsageError(f"--max-tokens must be at least 1, got {max_tokens}")
+    from .words import token_spans, token_words
+
     sep = separator_token(tokenizer) if bos else None
-    ids, doc, pos, total = [], [], [], 0
+    columns, total = [], 0  # per document: ids, document, position, char_start, char_end, word
     for d, document in enumerate(documents):
-        toks = tokenizer(document.text, add_special_tokens=False)["input_ids"]
+        toks, starts, ends = token_spans(document.text, tokenizer)
+        words = token_words(starts, ends, document.text)
         if sep is not None:
             toks = [sep] + list(toks)
+            starts, ends, words = (np.concatenate([[-1], a]) for a in (starts, ends, words))
         if not toks:
             continue
-        ids.append(np.asarray(toks, dtype=np.int64))
-        doc.append(np.full(len(toks), d, dtype=np.int64))
-        pos.append(np.arange(len(toks), dtype=np.int64))
-        total += len(toks)
+        n = len(toks)
+        columns.append((np.asarray(toks, dtype=np.int64), np.full(n, d, dtype=np.int64),
+                        np.arange(n, dtype=np.int64), starts, ends, words))
+        total += n
         if max_tokens is not None and total >= max_tokens:
             break
-    if not ids:
+    if not columns:
         raise UsageError("the stimulus produced no tokens: pass a non-empty text")
-    cat = [np.concatenate(a)[:max_tokens] for a in (ids, doc, pos)]
-    return TokenStream(*cat, documents=list(documents))
+    ids, doc, pos, start, end, word = (np.concatenate(a).astype(np.int64)[:max_tokens]
+                                       for a in zip(*columns))
+    return TokenStream(ids, doc, pos, list(documents), start, end, word)
 
 
 def make_runs(n_tokens, run_tokens=1024, context=None, starts=None):
