@@ -68,6 +68,8 @@ def main(verbose):
     llm2nifti prune NETWORKS_TSV                save a smaller model without the other neurons
     llm2nifti localize DATASET                  GLM localizer: sentences vs nonwords, per unit
     llm2nifti connectivity COMPONENTS -d DATASET  connectomes between networks (nilearn)
+    llm2nifti words DATASET                     word-level runs: one volume per word
+    llm2nifti fingerprint DATASET -r A -c B     compare models as subjects (fingerprint, ISC, RSA)
     llm2nifti report DATASET                    one HTML page per participant
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
@@ -104,6 +106,7 @@ from . import decompose_cmd  # noqa: E402,F401
 from . import evaluate_cmd  # noqa: E402,F401
 from . import localize_cmd  # noqa: E402,F401
 from . import report_cmd  # noqa: E402,F401
+from . import compare_cmd  # noqa: E402,F401
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

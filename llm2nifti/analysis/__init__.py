@@ -21,6 +21,14 @@ _EXPORTS = {
     **{name: ".connectomes" for name in (
         "connectivity", "ConnectivityResult", "network_time_series", "layer_depth",
         "compare_connectomes", "KINDS")},
+    **{name: ".compare" for name in (
+        "correlation_matrix", "match_score", "Alignment", "align", "null_scores",
+        "lineage_verdict", "intermodel_correlation")},
+    **{name: ".fingerprints" for name in (
+        "fingerprint", "FingerprintResult", "ParticipantNetworks", "participant_networks",
+        "random_copies", "PIPELINE_FINGERPRINT")},
+    **{name: ".rsa" for name in (
+        "LayerSimilarity", "layer_similarity", "rsa_matrix", "linear_cka", "rdm_vectors")},
 }
 
 __all__ = list(_EXPORTS)

@@ -24,6 +24,8 @@ _EXPORTS = {
         "EvaluationResult", "CONTROLS")},
     **{name: ".pruning" for name in ("prune_model", "prune", "PruneReport", "count_parameters",
                                    "forward_speed")},
+    **{name: ".variants" for name in ("permute_units", "random_init", "finetune", "derive",
+                                    "VARIANTS")},
 }
 
 __all__ = list(_EXPORTS)

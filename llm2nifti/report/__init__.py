@@ -9,6 +9,7 @@ from .._lazy import lazy_exports
 _EXPORTS = {"plot_interventions": ".figures", "plot_curve": ".figures", "plot_fnk": ".figures",
             "METRICS": ".figures", "plot_flatmap": ".maps", "flat_values": ".maps",
             "plot_connectome_matrix": ".matrices", "plot_connectome_pair": ".matrices",
+            "plot_fingerprint": ".comparison", "plot_depths": ".comparison", "plot_rsa": ".comparison",
             "report": ".html", "Section": ".html"}
 
 __all__ = list(_EXPORTS)

@@ -1,0 +1,118 @@
+"""``llm2nifti words`` and ``llm2nifti fingerprint``: several models on one word axis."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .main import main
+
+
+def _who(f):
+    f = click.option("--site", default=None,
+                     help="Neuron site (acq entity) [default: the only one].")(f)
+    f = click.option("--task", default=None, help="BIDS task label [default: the only one].")(f)
+    f = click.option("--pool", type=click.Choice(["mean", "last"]), default="mean",
+                     show_default=True,
+                     help="A word's value: the mean over its tokens, or its last token.")(f)
+    return f
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--participant", default=None, help="BIDS participant label [default: the only one].")
+@_who
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder of the word-level dataset [default: DATASET/derivatives/llm2nifti-words].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def words(dataset, participant, site, task, pool, output, quiet):
+    """Write word-level runs: each volume is one word (its tokens pooled), so that models with
+    different tokenizers share one time axis. The output is a dataset nilearn and
+    `llm2nifti decompose` read as they read the scan.
+    """
+    from llm2nifti.acquisition import words_dataset as write_words
+
+    paths = write_words(dataset, participant=participant, task=task, site=site, pool=pool,
+                        output=output, progress=not quiet)
+    for p in paths:
+        click.echo(f"Wrote {p}")
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--reference", "-r", required=True, help="Participant label of the reference model.")
+@click.option("--candidate", "-c", "candidates", multiple=True, required=True,
+              help="Participant whose lineage is asked about (repeatable).")
+@click.option("--independent", "-i", "independent", multiple=True,
+              help="Participant known to be unrelated to the reference (repeatable).")
+@click.option("--random-copies", type=int, default=0, show_default=True,
+              help="Scan this many randomly initialised copies of the reference's architecture "
+                   "and use them as independent models.")
+@_who
+@click.option("--networks", "networks", multiple=True, metavar="PARTICIPANT=TSV",
+              help="A participant's networks.tsv instead of its CanICA maps (repeatable).")
+@click.option("--n-permutations", type=int, default=1000, show_default=True,
+              help="Draws of the stimulus null.")
+@click.option("--n-components", "-k", type=int, default=20, show_default=True,
+              help="CanICA components of a participant that has no decomposition yet.")
+@click.option("--threshold", "-t", type=float, default=3.6, show_default=True,
+              help="|z| threshold of the networks.")
+@click.option("--no-rsa", is_flag=True, help="Skip the layer x layer RSA and CKA.")
+@click.option("--random-state", type=int, default=0, show_default=True, help="Seed.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder [default: DATASET/derivatives/llm2nifti-fingerprint].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def fingerprint(dataset, reference, candidates, independent, random_copies, site, task, pool,
+                networks, n_permutations, n_components, threshold, no_rsa, random_state,
+                threads, output, quiet):
+    """Functional-network fingerprints: is each candidate's network structure the reference's,
+    beyond what reading the same text gives (stimulus null), and closer than independent
+    models (lineage)? Also inter-model correlation (3+ models) and layer x layer RSA.
+    """
+    from llm2nifti.analysis import fingerprint as run
+
+    tables = {}
+    for item in networks:
+        who, sep, path = item.partition("=")
+        if not sep or not who or not path:
+            raise click.BadParameter(f"{item!r}: give PARTICIPANT=path/to/networks.tsv",
+                                     param_hint="--networks")
+        tables[who] = Path(path)
+    res = run(dataset, reference, candidates, independent=independent, n_random=random_copies,
+              task=task, site=site, pool=pool, n_permutations=n_permutations,
+              threshold=threshold, n_components=n_components, random_state=random_state,
+              rsa=not no_rsa, networks=tables, output=output, threads=threads,
+              progress=not quiet)
+    for r in res.summary.itertuples():
+        click.echo(f"sub-{r.participant} ({r.role}): score {r.score:.3f} (null mean "
+                   f"{r.null_mean:.3f}, 95th {r.null_95:.3f}; p = {r.p:.3g}; {r.n_above}/"
+                   f"{r.n_matched} pairs > 0.5) -> {r.verdict}")
+    click.echo(f"Wrote {res.paths['summary']}")
+
+
+@main.command()
+@click.argument("output", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--kind", type=click.Choice(["permuted", "finetuned", "random"]), required=True,
+              help="permuted: MLP neurons reordered (same function); finetuned: a short "
+                   "fine-tune on --text; random: same architecture, random weights.")
+@click.option("--model", "-m", default=None,
+              help="Model to derive from [default: the embedded SmolLM2-135M-Instruct].")
+@click.option("--gguf-file", default=None, help="Which GGUF file of a --model folder holding several.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--text", default="pang-lee", show_default=True, help="Fine-tuning text.")
+@click.option("--steps", type=int, default=300, show_default=True, help="Fine-tuning steps.")
+@click.option("--lr", type=float, default=5e-5, show_default=True, help="Fine-tuning learning rate.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def derive(output, kind, model, gguf_file, seed, text, steps, lr, threads, overwrite, quiet):
+    """Save a variant of a model whose lineage is known (for `fingerprint`): a unit-permuted
+    copy, a fine-tuned copy, or a randomly initialised one. Pruned copies: `llm2nifti prune`.
+    """
+    from llm2nifti.intervention import derive as make
+
+    path = make(output, kind, model=model, gguf_file=gguf_file, seed=seed, text=text,
+                steps=steps, lr=lr, threads=threads, overwrite=overwrite, progress=not quiet)
+    click.echo(f"Wrote {path}")
