@@ -153,6 +153,10 @@ def test_fingerprint_cli_writes_its_outputs(readers):
         assert any(n.endswith(suffix) for n in names), suffix
     summary = pd.read_csv(folder / "sub-a_task-planted_fingerprint.tsv", sep="\t")
     assert summary.set_index("participant").loc["b", "verdict"] == "derived"
+    page = CliRunner().invoke(main, ["report", str(root), "--participant", "a"])
+    assert page.exit_code == 0, page.output
+    html = (root / "derivatives" / "llm2nifti-report" / "sub-a.html").read_text()
+    assert "Fingerprints" in html and "derived" in html and html.count("data:image/png") >= 3
 
 
 @pytest.mark.parametrize("args, message", [

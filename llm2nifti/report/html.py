@@ -245,6 +245,32 @@ def _connectivity_section(ds, participant):
                    "range expected by chance.", blocks)
 
 
+def _fingerprint_section(ds, participant):
+    folder = ds.root / "derivatives" / "llm2nifti-fingerprint" / f"sub-{participant}"
+    blocks = []
+    for tsv in sorted(folder.glob(f"sub-{participant}_*_fingerprint.tsv")):
+        summary = pd.read_csv(tsv, sep="\t")
+        cols = [c for c in ("participant", "role", "score", "n_above", "n_matched", "null_mean",
+                            "null_95", "p", "null", "n_words", "verdict", "reason") if c in summary]
+        blocks.append({"heading": tsv.stem, "table": _table(summary[cols])})
+    for png in sorted(folder.glob(f"sub-{participant}_*.png")):
+        blocks.append({"heading": png.stem, "image": _file_png(png),
+                       "caption": "Heat map: Spearman r of every network pair at word level "
+                                  "(matched pairs boxed), beside the score's null. Depth: each "
+                                  "matched pair's relative depth in both models. RSA: RDM "
+                                  "correlation of every layer pair (dots: corrected p <= .05)."})
+    for tsv in sorted(folder.glob(f"sub-{participant}_*_isc.tsv")):
+        blocks.append({"heading": "Inter-model correlation", "table": _table(pd.read_csv(tsv, sep="\t"))})
+    if not blocks:
+        return None
+    return Section("fingerprint", "Fingerprints", "llm2nifti fingerprint",
+                   "This participant is the reference. Score: mean Spearman r of its networks "
+                   "matched one to one with another model's, on the words both read. 'Beyond "
+                   "chance' is judged against documents paired with other documents (p); "
+                   "'derived' needs, in addition, a score above every independent model's.",
+                   blocks)
+
+
 def _interventions_section(evaluations):
     blocks = []
     for folder in evaluations:
@@ -267,7 +293,8 @@ _ABSENT = {"networks": "Networks: run `llm2nifti decompose` then `llm2nifti netw
            "recurrence": "Recurrence: run `llm2nifti recurrence`",
            "localizer": "Localizer: run `llm2nifti localize`",
            "connectivity": "Connectivity: run `llm2nifti connectivity`",
-           "interventions": "Interventions: run `llm2nifti evaluate`, then pass its folder with --evaluation"}
+           "interventions": "Interventions: run `llm2nifti evaluate`, then pass its folder with --evaluation",
+           "fingerprint": "Fingerprints: run `llm2nifti fingerprint -r PARTICIPANT -c OTHER`"}
 
 
 def _evaluations(ds, evaluations):
@@ -319,6 +346,7 @@ def report(dataset, participant=None, output=None, evaluations=()):
         built = {"dataset": _dataset_section(ds, p), "networks": _networks_section(ds, p),
                  "recurrence": _recurrence_section(ds, p), "localizer": _localizer_section(ds, p),
                  "connectivity": _connectivity_section(ds, p),
+                 "fingerprint": _fingerprint_section(ds, p),
                  "interventions": _interventions_section(evals)}
         info = next((r for r in ds.participants() if r["participant_id"] == f"sub-{p}"), {})
         page = template.render(
