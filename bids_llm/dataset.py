@@ -444,7 +444,8 @@ The images share one identity affine: with nilearn, always pass the dataset's ma
 standardize="zscore_sample"; never resample.
 
 Events: one row per token (onset, duration, token text, token id, document id, position in
-the document).
+the document, the characters of the document it covers and the word it belongs to). The texts
+read are in stimuli/task-<label>_documents.tsv.
 """
 
 
