@@ -30,7 +30,8 @@ from ..errors import UsageError
 from .matching import _masks, iou_matrix, match_networks
 from .selection import _participant_of, load_maps, maps_to_neurons, network_names
 
-__all__ = ["connectivity", "ConnectivityResult", "network_time_series", "layer_depth",
+__all__ = ["connectivity", "ConnectivityResult", "network_time_series", "network_weights",
+           "layer_depth",
            "compare_connectomes", "KINDS", "ESTIMATORS", "PIPELINE_CONNECTIVITY"]
 
 KINDS = ("correlation", "partial correlation", "tangent")
@@ -90,6 +91,22 @@ def layer_depth(maps, layout, threshold=3.6):
     return profile @ np.asarray(layout.layers, dtype=np.float64)
 
 
+def network_weights(nset, layout, names):
+    """``(networks, n_neurons)`` weights whose product with a run is each network's signed mean.
+
+    Each unit of network ``names[i]`` weighs ``sign(z) / size`` (1 / size without a ``z``
+    column); a network without units has a zero row.
+    """
+    weights = np.zeros((len(names), layout.n_neurons))
+    for i, name in enumerate(names):
+        sel = nset.table[nset.table["network"] == name]
+        if len(sel):
+            idx = layout.global_index(sel["layer"].to_numpy(), sel["neuron"].to_numpy())
+            z = sel["z"].to_numpy() if "z" in sel else np.ones(len(sel))
+            weights[i, idx] = np.sign(z) / len(sel)
+    return weights
+
+
 def network_time_series(runs, components, maps, layout, mask, signals="maps", threshold=3.6,
                         progress=True, nset=None):
     """``(tokens, networks)`` time series of each run.
@@ -111,12 +128,7 @@ def network_time_series(runs, components, maps, layout, mask, signals="maps", th
     else:
         if nset is None:
             nset = maps_to_neurons(maps, layout, threshold=threshold)
-        weights = np.zeros((len(maps), layout.n_neurons))
-        for i, name in enumerate(network_names(len(maps))):
-            sel = nset.table[nset.table["network"] == name]
-            if len(sel):
-                idx = layout.global_index(sel["layer"].to_numpy(), sel["neuron"].to_numpy())
-                weights[i, idx] = np.sign(sel["z"].to_numpy()) / len(sel)
+        weights = network_weights(nset, layout, network_names(len(maps)))
     for run in tqdm(runs, desc="time series", unit="run", disable=not progress):
         if signals == "maps":
             out.append(masker.transform(str(run.path)).astype(np.float64))

@@ -81,6 +81,7 @@ def participant_networks(ds, participant, task, site, *, pool="mean", threshold=
 
     from ..acquisition import participant_words
     from ..neuronset import NeuronSet
+    from .connectomes import network_weights
     from .selection import load_maps, maps_to_neurons, network_names
 
     runs, slices, index = participant_words(ds, participant, task, site)
@@ -95,14 +96,12 @@ def participant_networks(ds, participant, task, site, *, pool="mean", threshold=
     else:
         nset = NeuronSet.from_tsv(networks_tsv)
         names = list(nset.names)
-    weights, depth = np.zeros((len(names), layout.n_neurons)), np.zeros(len(names))
-    for i, name in enumerate(names):
-        sel = nset.table[nset.table["network"] == name]
-        if len(sel):
-            idx = layout.global_index(sel["layer"].to_numpy(), sel["neuron"].to_numpy())
-            z = sel["z"].to_numpy() if "z" in sel else np.ones(len(sel))
-            weights[i, idx] = np.sign(z) / len(sel)
-            depth[i] = np.average(sel["layer"].to_numpy(), weights=np.abs(z)) / layout.site.n_layers
+    weights = network_weights(nset, layout, names)
+    table = nset.table  # depth: mean layer of each network's units, weighted by |z|
+    w = np.abs(table["z"].to_numpy()) if "z" in table else np.ones(len(table))
+    sums = table.assign(_w=w, _lw=w * table["layer"]).groupby("network")[["_lw", "_w"]].sum()
+    depth = ((sums["_lw"] / sums["_w"]).reindex(names).fillna(0.0).to_numpy()
+             / layout.site.n_layers)
     kept = np.flatnonzero(np.abs(weights).sum(axis=1) > 0)
     if not len(kept):
         raise UsageError(f"sub-{participant}'s networks have no unit (|z| > {threshold}): "
@@ -147,12 +146,12 @@ def random_copies(ds, reference, task, site, n, *, seed=0, threads=None, progres
                           for e in r.events()["document_id"])
     documents = [Document(d, texts[d]) for d in order]
     layers = list(ds.layout(reference, site).site.layers)
-    labels = []
+    labels, own = [], weights_hash(lm)
     for i in range(n):
         label = f"{reference}rand{seed + i}"
         torch.manual_seed(seed + i)
         copy = AutoModelForCausalLM.from_config(lm.config).eval()
-        if weights_hash(copy) == weights_hash(lm):  # the reference is itself a seeded init
+        if weights_hash(copy) == own:  # the reference is itself a seeded init
             raise UsageError(f"the random copy of seed {seed + i} has the reference's own "
                              "weights: pass another --random-state")
         scan(ds.root, f"{_model_of(ds, reference)} (random init, seed {seed + i})", documents,
