@@ -379,3 +379,83 @@ def test_full_or_read_only_disk(world, monkeypatch, tmp_path, code, message, com
     assert r.exit_code == 2, (r.output, r.exception)
     assert len(lines) == 1 and lines[0].startswith(f"Error: {message}") and "then run" in lines[0]
     assert data_files() == before, "a file was written"
+
+
+# ------------------------------------------------------------------ memory
+MEMORY_CASES = [
+    ("convert", lambda w: ["convert", w.path("mem-out"), "--model", w.model, "--text", w.text, "-q"],
+     "--run-tokens"),
+    ("words", lambda w: ["words", w.ds], "--run-tokens"),
+    ("decompose-fast", _decompose(), "fewer components"),
+    ("decompose-nilearn", lambda w: ["decompose", w.ds, "-k", "2", "--n-init", "1"], "--backend fast"),
+    ("networks", _networks(lambda w: w.maps), "fewer components"),
+    ("recurrence", lambda w: ["recurrence", w.ds, "-k", "2", "--n-init", "1", "--n-seeds", "0"],
+     "fewer components"),
+    ("connectivity", lambda w: ["connectivity", w.maps, "-d", w.ds], "fewer components"),
+    ("localize", _localize(_conditions_table), "--run-tokens"),
+    ("evaluate-k", _evaluate(lambda w: w.networks, "--k", "2"), "fewer components"),
+]
+
+
+@pytest.mark.parametrize("name,build,advice", MEMORY_CASES, ids=[c[0] for c in MEMORY_CASES])
+def test_memory_guard_refuses_before_writing(world, monkeypatch, name, build, advice):
+    """Every command that loads images refuses work beyond a memory limit the test sets."""
+    args = _resolve(build(world), world)
+    monkeypatch.setenv("LLM2NIFTI_MEMORY_LIMIT", "20kB")
+    before = _snapshot(world.root)
+    r = CliRunner().invoke(main, args)
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2, (args, r.output, r.exception)
+    assert len(lines) == 1 and "needs about" in lines[0], r.output
+    assert "20.0 kB is available (LLM2NIFTI_MEMORY_LIMIT)" in lines[0], lines[0]
+    assert advice in lines[0], lines[0]
+    assert _snapshot(world.root) == before, "something was written"
+
+
+def test_memory_estimate_grows_with_the_input_and_passes_under_a_roomy_limit(world, monkeypatch):
+    from llm2nifti.memory import decomposition_bytes, run_shapes
+
+    shapes = run_shapes(sorted(world.ds.rglob("*_bold.nii"))[:1])
+    small = decomposition_bytes(shapes, 2, "fast")
+    assert decomposition_bytes(shapes * 4, 2, "fast") > small  # more runs, more reductions
+    assert decomposition_bytes([(t * 8, v) for t, v in shapes], 2, "fast") > 2 * small
+    assert decomposition_bytes(shapes, 2, "nilearn") > small
+    monkeypatch.setenv("LLM2NIFTI_MEMORY_LIMIT", "4GB")
+    r = CliRunner().invoke(main, ["networks", str(world.maps), "--dataset", str(world.ds),
+                                  "--output", str(world.path("roomy-net"))])
+    assert r.exit_code == 0, r.output
+
+
+@pytest.mark.parametrize("command", ["networks", "connectivity"])
+def test_a_raw_run_where_components_belong_is_refused(world, command):
+    run = str(world.run1)
+    args = (["networks", run, "--dataset", str(world.ds), "--output", str(world.path("raw-net"))]
+            if command == "networks" else ["connectivity", run, "-d", str(world.ds)])
+    before = _snapshot(world.root)
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 2, r.output
+    line = r.output.strip().splitlines()
+    assert len(line) == 1 and "is a converted run" in line[0] and "token volumes" in line[0], r.output
+    assert "llm2nifti decompose" in line[0]
+    assert _snapshot(world.root) == before
+
+
+def test_memory_limit_that_is_not_a_size_is_one_line(world, monkeypatch):
+    monkeypatch.setenv("LLM2NIFTI_MEMORY_LIMIT", "lots")
+    r = CliRunner().invoke(main, _resolve(_decompose()(world), world))
+    assert r.exit_code == 2 and "is not a size" in r.output
+
+
+def test_memory_guard_of_fingerprint_reads(world, monkeypatch):
+    """`fingerprint` reads each participant's runs: refused past the limit, nothing written."""
+    from bids_llm.dataset import Dataset
+    from llm2nifti.analysis.fingerprints import participant_networks
+    from llm2nifti.errors import UsageError
+
+    ds = Dataset(world.ds)
+    run = ds.runs()[0]
+    monkeypatch.setenv("LLM2NIFTI_MEMORY_LIMIT", "20kB")
+    before = _snapshot(world.root)
+    with pytest.raises(UsageError, match="needs about .* 20.0 kB is available"):
+        participant_networks(ds, run.participant, run.task, "mlp")
+    assert _snapshot(world.root) == before

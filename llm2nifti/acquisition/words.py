@@ -276,6 +276,13 @@ def words_dataset(dataset, *, participant=None, task=None, site=None, pool="mean
     ds.check_runs(runs)
     first = runs[0]
     layout = ds.layout(first.participant, first.site_kind)
+    from ..memory import check_fits, run_shapes
+
+    # two source runs kept (float32), one in float64 while pooled, the pooled words (float64)
+    largest = max(t * v for t, v in run_shapes(runs)) * 4
+    check_fits(6 * largest, f"pooling runs of {largest // 4 // layout.n_neurons} tokens x "
+                            f"{layout.n_neurons} neurons into words",
+               "convert with a smaller --run-tokens so that runs are smaller")
     root = (derivative_dir(ds.root, PIPELINE_WORDS, "Word-level runs") if output is None
             else Path(output))
     writer = DatasetWriter(root, first.participant, first.task, layout, name="Word-level runs")

@@ -241,6 +241,7 @@ def _connectomes(components, dataset, participant, task, runs, site, kinds, sign
         raise UsageError(f"no runs in {ds.root} for task={task}, runs={runs}, site={site}")
     participant = selected[0].participant
     ds.check_runs(selected)
+    _check_memory(components, selected, layout, len(kinds))
     maps = load_maps(components, layout)
     nset = maps_to_neurons(maps, layout, threshold=threshold)
     ts = network_time_series(selected, components, maps, layout, ds.mask_path(participant, site),
@@ -252,6 +253,23 @@ def _connectomes(components, dataset, participant, task, runs, site, kinds, sign
     for kind in kinds:
         res.connectomes[kind], res.per_run[kind] = _measure(ts, kind, estimator)
     return res
+
+
+def _check_memory(components, runs, layout, n_kinds):
+    """Refuse a raw run given as components, and connectomes that would not fit in memory."""
+    from ..memory import check_fits, image_shape, require_maps, run_shapes
+
+    if not isinstance(components, (str, Path)) or not Path(components).is_file():
+        return  # load_maps names the problem
+    require_maps(components, "connectivity")
+    shape = image_shape(components)
+    k = shape[3] if len(shape) == 4 else 1
+    shapes = run_shapes(runs)
+    v = layout.n_neurons
+    need = (3 * k * v * 8 + 3 * max(t * n for t, n in shapes) * 4
+            + k * sum(t for t, _ in shapes) * 8 + 4 * n_kinds * len(runs) * k * k * 8)
+    check_fits(need, f"connectivity of {k} networks over {len(runs)} run(s)",
+               "give fewer components (decompose -k) or fewer runs (--runs)")
 
 
 def _edges(matrix, idx):

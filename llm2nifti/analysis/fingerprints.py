@@ -87,6 +87,12 @@ def participant_networks(ds, participant, task, site, *, pool="mean", threshold=
     runs, slices, index = participant_words(ds, participant, task, site)
     ds.check_runs(runs)
     layout = ds.layout(participant, site)
+    from ..memory import check_fits, run_shapes
+
+    largest = max(t * v for t, v in run_shapes(runs)) * 4
+    check_fits(3 * largest, f"reading sub-{participant}'s runs of up to "
+                            f"{largest // 4 // layout.n_neurons} tokens x {layout.n_neurons} neurons",
+               "convert with a smaller --run-tokens so that runs are smaller")
     components = None
     if networks_tsv is None:
         components = _components(ds, participant, task, site, n_components, backend, random_state)

@@ -222,6 +222,13 @@ def localize(dataset, *, model=None, stimuli="localizer", task=None, participant
     for expression in contrasts:
         _check_contrast(expression, conditions)
     runs, events = _complete_runs(runs, events, conditions, task)
+    from ..memory import check_fits, run_shapes
+
+    # nilearn masks and fits one run at a time, in float64, beside its design and residuals
+    largest = max(t * v for t, v in run_shapes(runs)) * 8
+    check_fits(4 * largest, f"the GLM over runs of up to {largest // 8 // layout.n_neurons} tokens "
+                            f"x {layout.n_neurons} neurons",
+               "convert the localizer with a smaller --run-tokens")
     glm = fit_localizer([r.path for r in runs], events, ds.mask_path(participant, site),
                         t_r=float(runs[0].metadata().get("RepetitionTime", 1.0)))
     result = LocalizeResult(glm, conditions, scanned=scanned)

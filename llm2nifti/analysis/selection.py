@@ -46,6 +46,12 @@ def load_maps(img, layout):
         except Exception as exc:  # nibabel raises several types for unreadable files
             raise UsageError(f"cannot read {path} as a NIfTI image ({exc}): pass a .nii or .nii.gz "
                              "components image") from None
+        from ..memory import check_fits, require_maps
+
+        require_maps(path)
+        n = int(np.prod(img.shape))
+        check_fits(3 * 8 * n, f"reading the {img.shape[-1] if len(img.shape) == 4 else 1} maps of "
+                              f"{path.name}", "give fewer components (decompose -k)")
     layout.check_img(img)
     if len(img.shape) != 4:
         raise UsageError(f"components image has shape {img.shape}: expected 4D, one volume per map "
