@@ -202,6 +202,66 @@ def test_moment_and_direct_fastica_steps_agree(monkeypatch):
     monkeypatch.setattr(F, "use_moments", lambda *a: True)
     a, info_a = F.fastica_restarts(comps, n_init=3, random_state=1)
     monkeypatch.setattr(F, "use_moments", lambda *a: False)
-    b, info_b = F.fastica_restarts(comps, n_init=3, random_state=1)
+    b, info_b = F.fastica_restarts(comps, n_init=3, random_state=1, precision="double")
+    assert (info_a["step"], info_b["step"]) == ("moments", "direct")
     assert info_a["n_iter"] == info_b["n_iter"]
     np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-7, atol=1e-9)
+
+
+def test_mixed_precision_fastica_lands_on_the_double_precision_maps(monkeypatch):
+    import llm2nifti.analysis.fastica as F
+
+    monkeypatch.setattr(F, "use_moments", lambda *a: False)
+    rng = np.random.default_rng(4)
+    k = 12
+    comps = torch.as_tensor(rng.standard_normal((k, k)) @ rng.laplace(size=(k, 20000)) ** 3)
+    a, info_a = fastica_restarts(comps, n_init=4, random_state=2, precision="double")
+    b, info_b = fastica_restarts(comps, n_init=4, random_state=2, precision="mixed")
+    assert info_b["step"] == "direct" and info_b["precision"] == "mixed"
+    assert all(info_a["converged"]) and all(info_b["converged"])
+    # every start lands where its float64 twin does (the sparsest may swap between near-ties)
+    np.testing.assert_allclose(info_a["sparsity"], info_b["sparsity"], rtol=1e-4)
+    r = np.abs(np.corrcoef(a.numpy(), b.numpy())[:k, k:])
+    i, j = linear_sum_assignment(-r)
+    assert r[i, j].min() > 0.9999
+
+
+def test_exact_reduction_is_the_svd_and_serves_every_smaller_k():
+    from llm2nifti.analysis.reduction import RunReductions, gram_pca, reduce_array
+
+    rng = np.random.default_rng(5)
+    X = (rng.standard_normal((300, 30)) @ rng.standard_normal((30, 900))).astype(np.float32)
+    X += 0.3 * rng.standard_normal(X.shape).astype(np.float32)
+    Z = zscore_(torch.from_numpy(X.copy()))
+    _, s, vt = np.linalg.svd(Z.double().numpy(), full_matrices=False)
+    for A in (Z, Z.T.contiguous()):  # tokens < neurons and the other way round
+        rows = gram_pca(A, 8, dtype=torch.float32).double().numpy()
+        ref = s[:8, None] * (vt[:8] if A is Z else np.linalg.svd(A.double().numpy(),
+                                                                  full_matrices=False)[2][:8])
+        signs = np.sign((rows * ref).sum(1, keepdims=True))
+        np.testing.assert_allclose(rows * signs, ref, atol=1e-3 * np.abs(ref).max())
+    big = reduce_array(X, 12, method="exact", gram_dtype="float32").numpy()
+    small = reduce_array(X, 5, method="exact", gram_dtype="float32").numpy()
+    np.testing.assert_array_equal(big[:5], small)
+
+
+def test_run_reductions_read_each_run_once_for_a_sweep(planted, monkeypatch):
+    from bids_llm.dataset import Dataset
+    from llm2nifti.analysis import scheduling
+    from llm2nifti.analysis.reduction import RunReductions
+
+    root, layout, _ = planted
+    runs = Dataset(root).runs()
+    calls = []
+    real = scheduling.reduce_run
+    monkeypatch.setattr(scheduling, "reduce_run", lambda p, **kw: calls.append(p) or real(p, **kw))
+    cache = RunReductions(n_components=6, gram_dtype="float32")
+    for k, seed in ((6, 0), (4, 0), (3, 7)):
+        out = cache.of(runs, k, seed)
+        assert [len(r) for r in out] == [k] * len(runs)
+    assert sorted(calls) == sorted(str(r.path) for r in runs)  # once each, for every k and seed
+    a = Decomposition(n_components=4, n_init=2, backend="fast", gram_dtype="float32").fit(
+        runs, layout, reduced=cache)
+    b = Decomposition(n_components=4, n_init=2, backend="fast", gram_dtype="float32").fit(runs, layout)
+    np.testing.assert_array_equal(a.components_, b.components_)
+    assert b.info_["reduction"] == ["exact"]

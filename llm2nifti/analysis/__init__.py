@@ -27,6 +27,7 @@ _EXPORTS = {
     **{name: ".fingerprints" for name in (
         "fingerprint", "FingerprintResult", "ParticipantNetworks", "participant_networks",
         "random_copies", "PIPELINE_FINGERPRINT")},
+    **{name: ".reduction" for name in ("RunReductions",)},
     **{name: ".rsa" for name in (
         "LayerSimilarity", "layer_similarity", "rsa_matrix", "linear_cka", "rdm_vectors")},
 }

@@ -94,7 +94,7 @@ def explained_variance(runs, components, device="cpu"):
     """
     import torch
 
-    from .fastica import zscore_
+    from .reduction import zscore_
 
     C = torch.as_tensor(np.asarray(components, dtype=np.float32), device=device)
     norms = C.norm(dim=1, keepdim=True)
@@ -143,6 +143,11 @@ class Decomposition(BaseEstimator):
         Worker processes of ``scheduler="processes"``.
     progress : bool
         A progress bar over the fast backend's runs.
+    gram_dtype : {"auto", "float32", "bfloat16"}
+        Fast backend: precision of each run's Gram matrix (exact reduction; see
+        :mod:`llm2nifti.analysis.reduction`).
+    precision : {"mixed", "double"}
+        Fast backend: FastICA in float32 with a float64 finish, or float64 throughout.
 
     Attributes
     ----------
@@ -156,12 +161,14 @@ class Decomposition(BaseEstimator):
     n_runs_, n_tokens_ : int
     fit_seconds_ : float
     info_ : dict
-        Backend details (FastICA starts, convergence).
+        Backend details (per-run reduction, FastICA starts, convergence).
     """
 
     def __init__(self, method="canica", n_components=20, n_init=10, random_state=0,
                  backend="nilearn", n_jobs=1, device="cpu", alpha=10.0, verbose=0,
-                 scheduler=None, workers=2, progress=False):
+                 scheduler=None, workers=2, progress=False, gram_dtype="auto", precision="mixed"):
+        self.gram_dtype = gram_dtype
+        self.precision = precision
         self.progress = progress
         self.scheduler = scheduler
         self.workers = workers
@@ -198,10 +205,10 @@ class Decomposition(BaseEstimator):
         runs : list of Run or path
             4D bold images of one neuron layout.
         layout : NeuronLayout
-        reduced : list of ndarray, optional
-            Fast backend: each run's reduction already made
-            (:func:`~llm2nifti.analysis.scheduling.reduce_run` with this estimator's
-            ``n_components`` and ``random_state``), shared between decompositions.
+        reduced : list of ndarray or RunReductions, optional
+            Fast backend: each run's reduction already made (at least ``n_components`` rows,
+            as :func:`~llm2nifti.analysis.scheduling.reduce_run` makes them), or a
+            :class:`~llm2nifti.analysis.reduction.RunReductions` shared between decompositions.
 
         Returns
         -------
@@ -223,20 +230,28 @@ class Decomposition(BaseEstimator):
         if self.n_components > self.n_tokens_:
             raise UsageError(f"n_components={self.n_components} exceeds the {self.n_tokens_} tokens "
                              "of the selected runs: ask for fewer components or more tokens")
+        self._check_memory(paths, shapes, layout)
         t0 = time.perf_counter()
         if self.backend == "fast":
             from . import fastica
-            from .scheduling import dask_client, map_runs, reduce_run
+            from .reduction import RunReductions, resolve_gram_dtype
+            from .scheduling import dask_client
 
+            methods = None
             if reduced is None:
                 with dask_client(self.scheduler, self.workers) as client:
-                    reduced = map_runs(
-                        reduce_run, paths, client, progress=self.progress, desc="reduce runs",
-                        n_components=self.n_components, random_state=self.random_state,
-                        device=self.device, threads=None if client is None else 1)
+                    cache = RunReductions(client, self.device, self.progress, self.gram_dtype)
+                    reduced = cache.of(paths, self.n_components, self.random_state)
+                methods = cache.methods(paths)
+            elif isinstance(reduced, RunReductions):
+                cache, reduced = reduced, reduced.of(paths, self.n_components, self.random_state)
+                methods = cache.methods(paths)
             maps, info = fastica.canica((), self.n_components,
                                         n_init=self.n_init, random_state=self.random_state,
-                                        device=self.device, reduced=reduced)
+                                        device=self.device, reduced=reduced,
+                                        precision=self.precision)
+            info["reduction"] = sorted(set(methods)) if methods else "given"
+            info["gram_dtype"] = str(resolve_gram_dtype(self.gram_dtype, self.device)).split(".")[-1]
             self.components_ = maps.astype(np.float32)
             self.singular_values_ = np.asarray(info.pop("singular_values"))
             self.info_ = info
@@ -259,6 +274,19 @@ class Decomposition(BaseEstimator):
         self.fit_seconds_ = time.perf_counter() - t0
         self.zmaps_ = zscore_maps(self.components_)
         return self
+
+    def _check_memory(self, paths, tokens, layout):
+        """Refuse, before any work, a decomposition that would not fit in memory."""
+        from ..memory import check_fits, decomposition_bytes
+
+        shapes = [(t, layout.n_neurons) for t in tokens]
+        need = decomposition_bytes(shapes, self.n_components, self.backend, self.n_init)
+        advice = ("use --backend fast (it reads one run at a time), fewer components or runs "
+                  "(--runs)" if self.backend == "nilearn" else
+                  "fewer components, or convert with a smaller --run-tokens so that runs are smaller")
+        check_fits(need, f"{self.backend} {self.method} with k={self.n_components} over "
+                         f"{len(paths)} run(s) of {max(tokens)} tokens x {layout.n_neurons} neurons",
+                   advice)
 
     def components_img(self, z=False):
         """The maps (or z-maps) as a 4D image, one volume per component."""
@@ -313,7 +341,7 @@ def _entities(runs, desc):
 def decompose(dataset, *, participant=None, task=None, run=None, site="mlp", method="canica",
               backend="nilearn", n_components=20, n_init=10, random_state=0, n_jobs=1,
               device="cpu", alpha=10.0, desc=None, threads=None, scheduler=None, workers=2,
-              progress=False):
+              progress=False, gram_dtype="auto", precision="mixed", reductions=None):
     """Decompose a dataset's runs and write a BIDS derivative.
 
     Parameters
@@ -330,8 +358,12 @@ def decompose(dataset, *, participant=None, task=None, run=None, site="mlp", met
         BIDS ``desc`` label of the outputs (letters and digits; default: ``method``).
     threads : int, optional
         torch CPU threads.
-    scheduler, workers, progress :
-        Where per-run work runs, and a progress bar (see :class:`Decomposition`).
+    scheduler, workers, progress, gram_dtype, precision :
+        Where per-run work runs, a progress bar, the fast backend's arithmetic (see
+        :class:`Decomposition`).
+    reductions : RunReductions, optional
+        Fast backend: per-run reductions shared with other decompositions of these runs
+        (an FN@k sweep reduces each run once, at its largest ``k``).
 
     Returns
     -------
@@ -370,7 +402,8 @@ def decompose(dataset, *, participant=None, task=None, run=None, site="mlp", met
     est = Decomposition(method=method, n_components=n_components, n_init=n_init,
                         random_state=random_state, backend=backend, n_jobs=n_jobs,
                         device=device, alpha=alpha, scheduler=scheduler,
-                        workers=workers, progress=progress).fit(runs, layout)
+                        workers=workers, progress=progress, gram_dtype=gram_dtype,
+                        precision=precision).fit(runs, layout, reduced=reductions)
     t0 = time.perf_counter()
     ev, ev_total = explained_variance(runs, est.components_, device=device if backend == "fast" else "cpu")
     ev_seconds = time.perf_counter() - t0
@@ -390,7 +423,9 @@ def decompose(dataset, *, participant=None, task=None, run=None, site="mlp", met
         "Parameters": {"n_components": int(n_components), "n_init": int(n_init),
                        "random_state": random_state, "alpha": alpha if method == "dictlearning" else None,
                        "mask": "all neurons of the layout", "smoothing_fwhm": None, "detrend": False,
-                       "standardize": "zscore_sample", "threshold": None},
+                       "standardize": "zscore_sample", "threshold": None,
+                       **({"gram_dtype": gram_dtype, "precision": precision}
+                          if backend == "fast" else {})},
         "Sources": [str(Path(r.path).relative_to(ds.root)) for r in runs],
         "NTokens": est.n_tokens_, "NRuns": est.n_runs_,
         "ZMaps": z_path.name,

@@ -167,14 +167,16 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
     from .scheduling import dask_client
 
     with dask_client(scheduler, workers) as client:
-        reductions = _Reductions(runs, client, device, progress)
+        from .reduction import RunReductions
+
+        reductions = RunReductions(client, device, progress)
 
         def fit(selected, k, seed):
             est = Decomposition(method=method, n_components=k, n_init=n_init, random_state=seed,
                                 backend=backend, n_jobs=n_jobs, device=device)
             if backend != "fast":
                 return est.fit(selected, layout)
-            return est.fit(selected, layout, reduced=reductions.of(selected, k, seed))
+            return est.fit(selected, layout, reduced=reductions)
 
         table, t_set, t_names = _recurrence_rows(fit, runs, layout, templates, n_components,
                                                  random_state, n_seeds, threshold, two_sided,
@@ -186,32 +188,6 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", te
                              n_init, random_state, n_seeds, dict(threshold=threshold,
                                                                  two_sided=bool(two_sided),
                                                                  top_k=top_k))
-
-
-class _Reductions:
-    """Each run's CanICA reduction, computed once per (run, components, seed) and shared.
-
-    The group decomposition and each run's own use the same reductions; the runs missing
-    from the cache are reduced together, so that on a Dask cluster they run in parallel.
-    Only the current seed's reductions are kept in memory.
-    """
-
-    def __init__(self, runs, client, device, progress=False):
-        self.runs, self.client, self.device, self.progress = runs, client, device, progress
-        self.cache = {}
-
-    def of(self, selected, k, seed):
-        from .scheduling import map_runs, reduce_run
-
-        self.cache = {key: v for key, v in self.cache.items() if key[2] == seed}
-        missing = [r for r in selected if (r.path, k, seed) not in self.cache]
-        if missing:
-            reduced = map_runs(reduce_run, [str(r.path) for r in missing], self.client,
-                               self.progress, desc=f"reduce runs (seed {seed})",
-                               n_components=k, random_state=seed, device=self.device,
-                               threads=None if self.client is None else 1)
-            self.cache.update({(r.path, k, seed): a for r, a in zip(missing, reduced)})
-        return [self.cache[(r.path, k, seed)] for r in selected]
 
 
 def _recurrence_rows(fit, runs, layout, templates, n_components, random_state, n_seeds,

@@ -73,22 +73,28 @@ def dask_client(scheduler=None, workers=2):
         client.close()
 
 
-def reduce_run(path, n_components, random_state=0, n_oversamples=10, device="cpu", threads=None):
+def reduce_run(path, n_components, random_state=0, n_oversamples=10, device="cpu", threads=None,
+               method="auto", gram_dtype="auto", with_method=False):
     """One run's CanICA reduction, read from ``path`` where this function runs.
 
     Returns the ``(n_components, n_neurons)`` float32 array of
-    :func:`llm2nifti.analysis.fastica.reduce_array` on the run.
+    :func:`llm2nifti.analysis.reduction.reduce_array` on the run; with ``with_method``, the pair
+    ``(array, "exact" | "randomized")``.
     """
     import torch
 
     from bids_llm.dataset import load_run
 
-    from .fastica import reduce_array
+    from .reduction import reduce_array, reduction_method
 
     if threads is not None:
         torch.set_num_threads(int(threads))
     X, _ = load_run(path, mmap=True)
-    return reduce_array(X, n_components, random_state, n_oversamples, device).cpu().numpy()
+    if method == "auto":
+        method = reduction_method(*X.shape)
+    rows = reduce_array(X, n_components, random_state, n_oversamples, device, method,
+                        gram_dtype).cpu().numpy()
+    return (rows, method) if with_method else rows
 
 
 def map_runs(fn, items, client=None, progress=False, desc="runs", **kwargs):

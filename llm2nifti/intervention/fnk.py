@@ -93,13 +93,24 @@ def fn_at_k(dataset, ks, *, participant=None, site="mlp", backend="fast", n_init
     dataset = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     runs, _ = select_runs(dataset, participant, site=site)
     settings = {"backend": backend, "n_init": int(n_init), "random_state": random_state}
+    ks = parse_ks(ks)
+    from ..analysis import Decomposition, RunReductions
+    from ..memory import run_shapes
+
+    # the largest k needs the most memory: refuse before the first decomposition starts
+    shapes = run_shapes(runs)
+    Decomposition(backend=backend, n_components=max(ks), n_init=n_init)._check_memory(
+        [r.path for r in runs], [t for t, _ in shapes], dataset.layout(runs[0].participant, site=runs[0].site_kind))
+    # one exact reduction per run, at the largest k, serves every k of the sweep
+    reductions = RunReductions(device=device, n_components=max(ks)) if backend == "fast" else None
     out = []
-    for k in tqdm(parse_ks(ks), desc="FN@k decompositions", disable=not progress):
+    for k in tqdm(ks, desc="FN@k decompositions", disable=not progress):
         path = _reusable(dataset, runs, k, settings)
         if path is None:
             path = decompose(dataset, participant=runs[0].participant, site=site, method="canica",
                              backend=backend, n_components=k, n_init=n_init,
-                             random_state=random_state, device=device, desc=f"fnk{k}").components
+                             random_state=random_state, device=device, desc=f"fnk{k}",
+                             reductions=reductions).components
         else:
             log.info("FN@%d: reusing %s", k, path)
         res = networks(path, dataset, participant=runs[0].participant, site=site,
