@@ -39,7 +39,7 @@ from llm2nifti.sites import SITE_KINDS
 
 from .derivatives import derivative_dir
 from .events import documents_tsv, read_documents, read_events
-from .io import TMP_PREFIX, save_img, sha256_file, write_json, write_text
+from .io import TMP_PREFIX, save_img, save_img_sha256, sha256_file, write_json, write_text
 from .naming import bids_name, inside, parse_name
 
 __all__ = ["DatasetWriter", "Dataset", "Run", "BIDS_VERSION", "DEFAULT_SITE", "PIPELINE"]
@@ -402,9 +402,9 @@ class DatasetWriter:
         bold = self.bold_path(run, ext)
         write_text(self.events_path(run), events_text)
         write_json(self.sidecar_path(run), sidecar)
-        save_img(img, bold)
+        digest = save_img_sha256(img, bold)
         rel = f"func/{bold.name}"
-        row = {"filename": rel, "sha256": sha256_file(bold), "n_volumes": img.shape[3]}
+        row = {"filename": rel, "sha256": digest, "n_volumes": img.shape[3]}
         with self.shared():
             rows = self.finished()
             rows[rel] = row

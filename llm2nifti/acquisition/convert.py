@@ -274,6 +274,7 @@ def plan_scan(settings, loaded=None):
     # A localizer's items are never cut in two: runs end where an item begins.
     starts = np.flatnonzero(stream.position == 0) if conditions else None
     runs = make_runs(len(stream), run_tokens, context, starts=starts)
+    _check_memory(lm, layout, max(b - a for a, b in runs), run_tokens)
 
     writer = DatasetWriter(s.output, s.participant, s.task, layout, conditions=conditions)
     writer.check_layout()
@@ -288,6 +289,30 @@ def plan_scan(settings, loaded=None):
     plan = _Plan(s, lm, tokenizer, site, layout, stream, runs, int(run_tokens), writer, record)
     _check_existing(plan)
     return plan
+
+
+def _check_memory(lm, layout, longest, run_tokens):
+    """Refuse, before anything is written, runs whose buffers would not fit in memory.
+
+    The model is already loaded; what is left to hold is two run buffers (one being read, one
+    being written) and one forward pass of ``longest`` tokens: per layer, the residual stream
+    and MLP activations and, in eager attention, the score matrices. On a GPU only the buffers
+    count against host memory.
+    """
+    from ..memory import check_fits
+
+    cfg = getattr(lm, "config", None)
+    cfg = getattr(cfg, "get_text_config", lambda: cfg)() if cfg is not None else None
+    hidden = int(getattr(cfg, "hidden_size", 0) or 0)
+    inter = int(getattr(cfg, "intermediate_size", 0) or 0) or 4 * hidden
+    heads = int(getattr(cfg, "num_attention_heads", 0) or 0)
+    itemsize = next(lm.parameters()).element_size()
+    buffers = 2 * layout.empty_buffer(0).strides[0] * longest
+    forward = longest * (8 * hidden + 3 * inter) * itemsize + heads * longest * longest * 4
+    if next(lm.parameters()).device.type != "cpu":
+        forward = 0
+    check_fits(buffers + forward, f"convert with runs of {longest} tokens x {layout.n_neurons} "
+                                  "neurons", f"use a smaller --run-tokens (now {run_tokens})")
 
 
 def _check_existing(plan):
@@ -378,14 +403,18 @@ def _run_files(plan, common, token_text, doc_ids, r, start, stop):
 
 
 def record_runs(plan, result):
-    """Read each run in one forward pass; a writer thread saves run r while run r + 1 is read.
+    """Read each run in one forward pass; writer threads save the run and add its statistics.
 
-    Memory stays at two run buffers whatever the corpus (reusing them spares
-    the page faults of fresh 100 MB allocations). Runs found finished on disk
-    under ``resume`` are skipped and listed in ``result.skipped``. Every call
-    into the writer pool runs with Ctrl-C held (:func:`~llm2nifti.interrupts.deferred`),
-    so an interruption lands in the forward pass or between runs, never inside
-    a lock the writer thread needs; the run being written is finished first.
+    Two writer threads work at once: one adds the run to the unit statistics, the other writes
+    the run (hashing it as it goes). On a GPU they work while the next run is read; on a CPU,
+    where the forward pass already has every core, they run right after it (CPU work beside a
+    multi-threaded forward pass stalls all its threads, which costs more than waiting).
+    Memory stays at two run buffers whatever the corpus (reusing them spares the page faults
+    of fresh 100 MB allocations). Runs found finished on disk under ``resume`` are skipped and
+    listed in ``result.skipped``. Every call into the writer pool runs with Ctrl-C held
+    (:func:`~llm2nifti.interrupts.deferred`), so an interruption lands in the forward pass or
+    between runs, never inside a lock the writer threads need; the run being written is
+    finished first.
     """
     s, stream, layout, writer = plan.settings, plan.stream, plan.layout, plan.writer
     ext = s.extension
@@ -393,6 +422,7 @@ def record_runs(plan, result):
     token_text = plan.tokenizer.batch_decode([[int(i)] for i in stream.ids])
     doc_ids = [d.id for d in stream.documents]
     device_t = next(plan.lm.parameters()).device
+    overlap = device_t.type != "cpu"
     # The transformer without its language-model head: the neurons are all inside it,
     # and the head's vocabulary projection is a fifth of a small model's forward cost.
     body = getattr(plan.lm, "base_model", plan.lm)
@@ -401,17 +431,17 @@ def record_runs(plan, result):
     longest = max(stop - start for start, stop in plan.runs)
     buffers, slot = [None, None], 0
     stats = RunningStats(layout.n_neurons)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm2nifti-write")
+    pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="llm2nifti-write")
     with deferred():
-        pending, in_flight = pool.submit(_write_dataset_files, plan), 0
+        pending, in_flight = [pool.submit(_write_dataset_files, plan)], 0
     try:
         for r, (start, stop) in enumerate(plan.runs, 1):
             if s.resume and writer.run_done(r, ext):
                 result.skipped.append(r)
                 bar.update(stop - start)
                 with deferred():  # its statistics are read back from disk, in order
-                    pending.result()
-                    pending = pool.submit(_add_saved_run, stats, writer.bold_path(r, ext))
+                    _wait(pending)
+                    pending = [pool.submit(_add_saved_run, stats, writer.bold_path(r, ext))]
                 continue
             if buffers[slot] is None:  # page-locked on a GPU: copies need not wait
                 buffers[slot] = (pinned_buffer(layout, longest) if device_t.type == "cuda"
@@ -424,27 +454,37 @@ def record_runs(plan, result):
             sidecar, events = _run_files(plan, common, token_text, doc_ids, r, start, stop)
             img = layout.buffer_to_img(buf, tr=TR)
             with deferred():
-                pending.result()
+                _wait(pending)
                 bar.update(in_flight)
-                pending = pool.submit(_write_run, writer, stats, layout, buf, r, img, sidecar,
-                                      events, ext)
+                pending = [pool.submit(_add_run_stats, stats, layout, buf),
+                           pool.submit(writer.write_run, r, img, sidecar, events, ext)]
                 in_flight = stop - start
+                if not overlap:
+                    _wait(pending)
         with deferred():
-            pending.result()
+            _wait(pending)
             bar.update(in_flight)
-            pending = pool.submit(writer.write_unit_stats, stats.volumes(), stats.n_tokens,
-                                  [writer.bold_path(r, ext) for r in range(1, len(plan.runs) + 1)])
-            pending.result()
+            pending = [pool.submit(writer.write_unit_stats, stats.volumes(), stats.n_tokens,
+                                   [writer.bold_path(r, ext) for r in range(1, len(plan.runs) + 1)])]
+            _wait(pending)
     finally:
         with deferred():
             pool.shutdown(wait=True)
             bar.close()
 
 
-def _write_run(writer, stats, layout, buf, r, img, sidecar, events, ext):
-    """Writer-thread job: add the run to the unit statistics, then save it."""
+def _wait(futures):
+    """Wait for every writer job; the first error is raised once all have finished."""
+    for f in futures:
+        f.exception()
+    for f in futures:
+        f.result()
+    futures.clear()
+
+
+def _add_run_stats(stats, layout, buf):
+    """Writer-thread job: add the run to the unit statistics."""
     stats.update(buf[:, :, :layout.width] if layout.uniform else layout.from_buffer(buf))
-    return writer.write_run(r, img, sidecar, events, ext)
 
 
 def _add_saved_run(stats, path):
