@@ -32,8 +32,13 @@ import numpy as np
 PARTICIPANT, TASK = "synthetic", "planted"
 
 
-def write_scan(root, layers, width, tokens, run_tokens, networks, size, noise, seed):
-    """Write the synthetic scan; return the planted sets (layer-major global indices)."""
+def write_scan(root, layers, width, tokens, run_tokens, networks, size, noise, seed, quiet=False,
+               device=None):
+    """Write the synthetic scan; return the planted sets (layer-major global indices).
+
+    With ``device`` (a torch CUDA device), the noise is drawn there (torch's generator: other
+    numbers than numpy's, as reproducible), which is what makes a 46 GB scan quick to write.
+    """
     from bids_llm.dataset import DatasetWriter
     from bids_llm.events import events_tsv
     from llm2nifti.layout import NeuronLayout
@@ -53,7 +58,13 @@ def write_scan(root, layers, width, tokens, run_tokens, networks, size, noise, s
         if writer.run_done(r, verify=False):
             continue
         T = min(run_tokens, tokens - start)
-        X = rng.standard_normal((T, layout.n_neurons), dtype=np.float32)
+        if device is None:
+            X = rng.standard_normal((T, layout.n_neurons), dtype=np.float32)
+        else:
+            import torch
+
+            gen = torch.Generator(device).manual_seed(seed * 100003 + r)
+            X = torch.randn((T, layout.n_neurons), generator=gen, device=device).cpu().numpy()
         X *= noise
         for idx in sets:
             course = rng.laplace(size=T).astype(np.float32)
@@ -62,7 +73,8 @@ def write_scan(root, layers, width, tokens, run_tokens, networks, size, noise, s
         writer.write_run(r, layout.to_img(X), {"TaskName": TASK, "RepetitionTime": 1.0,
                                                "NeuronLayout": layout.to_dict()}, events)
         del X
-        print(f"  wrote run {r} ({T} tokens)", flush=True)
+        if not quiet:
+            print(f"  wrote run {r} ({T} tokens)", flush=True)
     return layout, sets
 
 
