@@ -99,6 +99,11 @@ def site_label(site_kind):
 _SITE_OF_LABEL = {site_label(k): k for k in SITE_KINDS}
 
 
+def site_of_label(label):
+    """The site kind of an ``acq`` label (``mlpout`` -> ``mlp-out``); unknown labels as they are."""
+    return _SITE_OF_LABEL.get(label, label)
+
+
 def acq_for(site_kind):
     return None if site_kind == DEFAULT_SITE else site_label(site_kind)
 

@@ -19,7 +19,8 @@ def _runs(value):
 
 
 def _selection_options(f):
-    f = click.option("--site", default="mlp", show_default=True, help="Neuron site (acq entity).")(f)
+    f = click.option("--site", default=None,
+                     help="Neuron site (acq entity) [default: the only one in the runs].")(f)
     f = click.option("--runs", "run", default=None, help="Run numbers, e.g. 1,2 [default: all].")(f)
     f = click.option("--task", default=None, help="BIDS task label [default: all].")(f)
     f = click.option("--participant", default=None,
@@ -102,7 +103,8 @@ def decompose(dataset, participant, task, run, site, method, backend, n_componen
 @click.option("--dataset", "-d", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The dataset the components were made from (gives the neuron layout).")
 @click.option("--participant", default=None, help="Participant label [default: from the image's name].")
-@click.option("--site", default="mlp", show_default=True, help="Neuron site.")
+@click.option("--site", default=None,
+              help="Neuron site [default: the image's acq entity, else the only one].")
 @_selection_of_neurons
 @click.option("--output", "-o", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of the tables [default: DATASET/derivatives/llm2nifti-networks].")

@@ -82,7 +82,8 @@ def _kinds(value):
               help="|z| threshold of the networks' units (mean signals, IoU matching).")
 @click.option("--participant", default=None, help="Participant [default: from the image's name, or the only one].")
 @click.option("--task", default=None, help="Task of the runs [default: all].")
-@click.option("--site", default="mlp", show_default=True, help="Unit site.")
+@click.option("--site", default=None,
+              help="Unit site [default: the image's acq entity, else the only one].")
 @click.option("--compare", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A second components image: compare the connectomes after IoU matching.")
 @click.option("--compare-dataset", type=click.Path(exists=True, file_okay=False, path_type=Path),

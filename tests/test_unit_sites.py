@@ -144,3 +144,32 @@ def test_convert_names_files_with_alphanumeric_labels(tmp_path, tokenizer, text_
     if kind == "attn":  # 4 heads of 16 units: unit 17 of layer 1 is in head 1
         row = next(r.split("\t") for r in table[1:] if r.split("\t")[1] == "L1N17")
         assert row[-1] == "1"
+
+
+def test_decompose_and_networks_infer_the_only_site(tmp_path, tokenizer, text_file):
+    """A dataset of mlp-out runs needs no --site; with two sites the error names both."""
+    import json
+
+    from click.testing import CliRunner
+
+    from cli.main import main
+    from llm2nifti.acquisition.convert import scan
+
+    res = scan(tmp_path / "ds", "tinyllama", text_file, neurons="mlp-out", run_tokens=100,
+               progress=False, loaded=(tiny_llama(), tokenizer), threads=1)
+    ds = str(res.root)
+    r = CliRunner().invoke(main, ["decompose", ds, "--backend", "fast", "-k", "2", "--n-init", "1"])
+    assert r.exit_code == 0, r.output
+    maps = next((res.root / "derivatives").rglob("*_acq-mlpout_*desc-canica_bold.nii"))
+    r = CliRunner().invoke(main, ["networks", str(maps), "-d", ds])
+    assert r.exit_code == 0, r.output
+    table = next((res.root / "derivatives" / "llm2nifti-networks").glob("*_networks.json"))
+    assert json.loads(table.read_text())["Site"] == "mlp-out"
+
+    scan(tmp_path / "ds", "tinyllama", text_file, neurons="mlp", run_tokens=100,
+         progress=False, loaded=(tiny_llama(), tokenizer), threads=1)
+    r = CliRunner().invoke(main, ["decompose", ds, "--backend", "fast", "-k", "2", "--n-init", "1"])
+    assert r.exit_code == 2 and "several sites (mlp, mlp-out): choose one with --site" in r.output
+    r = CliRunner().invoke(main, ["networks", str(maps), "-d", ds])  # the image's acq entity
+    assert r.exit_code == 0, r.output
+    assert json.loads(table.read_text())["Site"] == "mlp-out"

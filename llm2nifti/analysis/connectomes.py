@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from .matching import _masks, iou_matrix, match_networks
-from .selection import _participant_of, load_maps, maps_to_neurons, network_names
+from .selection import _participant_of, load_maps, maps_to_neurons, network_names, site_of_image
 
 __all__ = ["connectivity", "ConnectivityResult", "network_time_series", "network_weights",
            "layer_depth",
@@ -173,7 +173,7 @@ def _measure(time_series, kind, estimator="ledoit-wolf"):
     return group, per_run
 
 
-def connectivity(components, dataset, *, participant=None, task=None, runs=None, site="mlp",
+def connectivity(components, dataset, *, participant=None, task=None, runs=None, site=None,
                  kinds=("correlation",), signals="maps", estimator="ledoit-wolf",
                  threshold=3.6, output=None,
                  compare=None, compare_dataset=None, compare_task=None, min_iou=0.1,
@@ -186,7 +186,8 @@ def connectivity(components, dataset, *, participant=None, task=None, runs=None,
         4D components image on the dataset's grid (``llm2nifti decompose``).
     dataset : path
     participant, task, runs, site :
-        Which runs (default: every run of the participant at ``site``).
+        Which runs (default: every run of the participant at ``site``; ``site`` default: the
+        image's, see :func:`~llm2nifti.analysis.selection.site_of_image`).
     kinds : sequence of str
         ``"correlation"``, ``"partial correlation"``, ``"tangent"``.
     signals : {"maps", "mean"}
@@ -233,6 +234,8 @@ def _connectomes(components, dataset, participant, task, runs, site, kinds, sign
     from bids_llm.dataset import Dataset
 
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
+    if site is None and isinstance(components, (str, Path)) and Path(components).is_file():
+        site = site_of_image(components, ds, participant)
     if participant is None:
         participant = _participant_of(components, ds, site)
     layout = ds.layout(participant, site)

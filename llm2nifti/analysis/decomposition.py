@@ -314,15 +314,21 @@ class DecomposeResult:
     explained_variance_total: float
 
 
-def select_runs(dataset, participant=None, task=None, run=None, site="mlp", verify=True):
+def select_runs(dataset, participant=None, task=None, run=None, site=None, verify=True):
     """Runs and layout of one participant and site chosen by BIDS entities.
 
+    ``site`` None: the only site among the matching runs (several: an error lists them).
     With ``verify``, damaged runs are refused (see :meth:`bids_llm.dataset.Dataset.check_runs`).
     """
     runs = dataset.runs(participant=participant, task=task, run=run, site=site)
     if not runs:
         raise UsageError(f"no runs in {dataset.root} match participant={participant}, task={task}, "
                          f"run={run}, site={site}")
+    if site is None:
+        from ..acquisition import only_choice
+
+        site = only_choice([r.site_kind for r in runs], "site", "--site")
+        runs = [r for r in runs if r.site_kind == site]
     subs = sorted({r.participant for r in runs})
     if len(subs) > 1:
         raise UsageError(f"the runs belong to several participants {subs}: choose one with --participant")
@@ -338,7 +344,7 @@ def _entities(runs, desc):
     return ents
 
 
-def decompose(dataset, *, participant=None, task=None, run=None, site="mlp", method="canica",
+def decompose(dataset, *, participant=None, task=None, run=None, site=None, method="canica",
               backend="nilearn", n_components=20, n_init=10, random_state=0, n_jobs=1,
               device="cpu", alpha=10.0, desc=None, threads=None, scheduler=None, workers=2,
               progress=False, gram_dtype="auto", precision="mixed", reductions=None):
@@ -350,8 +356,8 @@ def decompose(dataset, *, participant=None, task=None, run=None, site="mlp", met
         A dataset written by ``llm2nifti convert``.
     participant, task, run : str, int, list or None
         BIDS entity filters (None: all); the runs must belong to one participant.
-    site : str
-        Neuron site (``"mlp"``).
+    site : str, optional
+        Neuron site (``"mlp"``, ``"mlp-out"``, ...); default: the only one among the runs.
     method, backend, n_components, n_init, random_state, n_jobs, device, alpha :
         See :class:`Decomposition`.
     desc : str, optional

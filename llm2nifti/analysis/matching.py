@@ -111,7 +111,7 @@ def _match_rows(unit, kind, nset, names, t_masks, t_names, layout, iou_threshold
             for t, m, v in zip(t_names, match, value)]
 
 
-def recurrence(dataset, *, participant=None, task=None, run=None, site="mlp", templates=None,
+def recurrence(dataset, *, participant=None, task=None, run=None, site=None, templates=None,
                method="canica", backend="fast", n_components=20, n_init=10, random_state=0,
                n_seeds=3, threshold=3.6, two_sided=True, top_k=None, iou_threshold=0.2,
                device="cpu", n_jobs=1, threads=None, output=None, figures=True,

@@ -9,6 +9,7 @@ Network ``FNxx`` is volume ``xx`` (0-based) of the image.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -236,7 +237,26 @@ def _participant_of(components, ds, site):
     return participant if participant in {r.participant for r in ds.runs(site=site)} else None
 
 
-def networks(components, dataset, *, participant=None, site="mlp", threshold=3.6, two_sided=True,
+def site_of_image(components, ds, participant=None):
+    """The site a components image belongs to: its ``acq-`` entity, else the dataset's only one.
+
+    A BIDS name of a participant of ``ds`` without ``acq-`` is the default site.
+    """
+    from bids_llm.dataset import DEFAULT_SITE, site_of_label
+
+    from ..acquisition import only_choice
+
+    name = Path(components).name
+    acq = re.search(r"(?:^|_)acq-([A-Za-z0-9]+)_", name)
+    sites = {r.site_kind for r in ds.runs(participant=participant)}
+    if acq and site_of_label(acq.group(1)) in sites:
+        return site_of_label(acq.group(1))
+    if not acq and _participant_from_name(components) in {r.participant for r in ds.runs()}:
+        return DEFAULT_SITE
+    return only_choice(sites, "site", "--site")
+
+
+def networks(components, dataset, *, participant=None, site=None, threshold=3.6, two_sided=True,
              top_k=None, output=None):
     """Map a components image to neuron networks and write the tables.
 
@@ -249,7 +269,9 @@ def networks(components, dataset, *, participant=None, site="mlp", threshold=3.6
         Gives the neuron layout.
     participant : str, optional
         Default: the ``sub-`` entity of the image's name, else the only participant.
-    site : str
+    site : str, optional
+        Default: the site of the image's ``acq-`` entity (none: ``mlp``) when it is a BIDS
+        name of the dataset, else the only site of the participant's runs.
     threshold, two_sided, top_k :
         See :func:`maps_to_neurons`.
     output : path, optional
@@ -272,6 +294,8 @@ def networks(components, dataset, *, participant=None, site="mlp", threshold=3.6
     from .. import _version
 
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
+    if site is None:
+        site = site_of_image(components, ds, participant)
     if participant is None:
         participant = _participant_of(components, ds, site)
     layout = ds.layout(participant, site)

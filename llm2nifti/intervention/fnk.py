@@ -55,7 +55,7 @@ def _reusable(dataset, runs, k, settings):
     return None
 
 
-def fn_at_k(dataset, ks, *, participant=None, site="mlp", backend="fast", n_init=10,
+def fn_at_k(dataset, ks, *, participant=None, site=None, backend="fast", n_init=10,
             random_state=0, threshold=3.6, two_sided=True, device="cpu", output=None,
             progress=False):
     """Decompose the scan once per k and return each FN@k (the union of its k networks).
