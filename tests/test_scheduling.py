@@ -111,3 +111,19 @@ def test_scheduler_needs_the_fast_backend(planted):
     _, runs, layout, _ = planted
     with pytest.raises(UsageError, match="--backend fast"):
         Decomposition(backend="nilearn", scheduler="processes").fit(runs, layout)
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_quiet_means_quiet_on_a_local_cluster(planted, verbose):
+    """-q prints nothing but the result; the cluster's INFO logs appear only with -v."""
+    import subprocess
+
+    root = planted[0]
+    args = [*(["-v"] if verbose else []), "decompose", str(root), "--backend", "fast", "-k", "2",
+            "--n-init", "1", "--scheduler", "processes", "--workers", "2", "-q",
+            "--desc", f"quiet{int(verbose)}"]
+    r = subprocess.run([sys.executable, "-c", "from llm2nifti.cli.main import main; main()", *args],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    cluster_lines = [l for l in (r.stdout + r.stderr).splitlines() if "distributed." in l]
+    assert bool(cluster_lines) == verbose, r.stdout + r.stderr

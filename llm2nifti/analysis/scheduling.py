@@ -22,6 +22,7 @@ result does not change.
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from tqdm.auto import tqdm
 
@@ -54,9 +55,22 @@ def dask_client(scheduler=None, workers=2):
     if scheduler == "processes":
         if int(workers) < 1:
             raise UsageError(f"--workers {workers}: give at least 1")
-        with LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
-            yield client
+        # The cluster's own INFO logs only when this process logs INFO (``llm2nifti -v``):
+        # distributed sets its loggers to INFO when imported, and its scheduler and nannies
+        # log from this process.
+        verbose = logging.getLogger().getEffectiveLevel() <= logging.INFO
+        quiet = logging.getLogger("distributed")
+        level = quiet.level
+        if not verbose:
+            quiet.setLevel(logging.ERROR)
+        try:
+            with LocalCluster(n_workers=int(workers), threads_per_worker=1, processes=True,
+                              dashboard_address=None,
+                              silence_logs=False if verbose else logging.ERROR) as cluster, \
+                    Client(cluster) as client:
+                yield client
+        finally:
+            quiet.setLevel(level)
         return
     if not scheduler.startswith(("tcp://", "tls://", "inproc://")):
         raise UsageError(f"--scheduler {scheduler!r}: use threads, processes, or the address of a "
