@@ -9,7 +9,8 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     **{name: ".decomposition" for name in (
         "Decomposition", "decompose", "DecomposeResult", "zscore_maps", "explained_variance",
-        "nilearn_estimator", "METHODS", "BACKENDS", "select_runs", "read_sidecar")},
+        "nilearn_estimator", "METHODS", "BACKENDS", "select_runs", "read_sidecar",
+        "check_decomposition_fits")},
     **{name: ".selection" for name in (
         "maps_to_neurons", "network_names", "key_neurons", "networks", "NetworksResult",
         "load_maps")},

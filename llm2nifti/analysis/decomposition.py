@@ -277,16 +277,8 @@ class Decomposition(BaseEstimator):
 
     def _check_memory(self, paths, tokens, layout):
         """Refuse, before any work, a decomposition that would not fit in memory."""
-        from ..memory import check_fits, decomposition_bytes
-
-        shapes = [(t, layout.n_neurons) for t in tokens]
-        need = decomposition_bytes(shapes, self.n_components, self.backend, self.n_init)
-        advice = ("use --backend fast (it reads one run at a time), fewer components or runs "
-                  "(--runs)" if self.backend == "nilearn" else
-                  "fewer components, or convert with a smaller --run-tokens so that runs are smaller")
-        check_fits(need, f"{self.backend} {self.method} with k={self.n_components} over "
-                         f"{len(paths)} run(s) of {max(tokens)} tokens x {layout.n_neurons} neurons",
-                   advice)
+        check_decomposition_fits(tokens, layout.n_neurons, self.n_components, self.backend,
+                                 self.method, self.n_init)
 
     def components_img(self, z=False):
         """The maps (or z-maps) as a 4D image, one volume per component."""
@@ -312,6 +304,19 @@ class DecomposeResult:
     sidecar: Path
     explained_variance: np.ndarray
     explained_variance_total: float
+
+
+def check_decomposition_fits(tokens, n_neurons, n_components, backend="fast", method="canica",
+                             n_init=10):
+    """Refuse (:class:`UsageError`) a decomposition of runs of ``tokens`` that would not fit in memory."""
+    from ..memory import check_fits, decomposition_bytes
+
+    need = decomposition_bytes([(t, n_neurons) for t in tokens], n_components, backend, n_init)
+    advice = ("use --backend fast (it reads one run at a time), fewer components or runs "
+              "(--runs)" if backend == "nilearn" else
+              "fewer components, or convert with a smaller --run-tokens so that runs are smaller")
+    check_fits(need, f"{backend} {method} with k={n_components} over {len(tokens)} run(s) of "
+                     f"{max(tokens)} tokens x {n_neurons} neurons", advice)
 
 
 def select_runs(dataset, participant=None, task=None, run=None, site=None, verify=True):

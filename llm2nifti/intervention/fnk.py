@@ -91,16 +91,15 @@ def fn_at_k(dataset, ks, *, participant=None, site=None, backend="fast", n_init=
     from ..analysis import decompose, networks, select_runs
 
     dataset = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
-    runs, _ = select_runs(dataset, participant, site=site)
+    runs, layout = select_runs(dataset, participant, site=site)
     settings = {"backend": backend, "n_init": int(n_init), "random_state": random_state}
     ks = parse_ks(ks)
-    from ..analysis import Decomposition, RunReductions
+    from ..analysis import RunReductions, check_decomposition_fits
     from ..memory import run_shapes
 
     # the largest k needs the most memory: refuse before the first decomposition starts
-    shapes = run_shapes(runs)
-    Decomposition(backend=backend, n_components=max(ks), n_init=n_init)._check_memory(
-        [r.path for r in runs], [t for t, _ in shapes], dataset.layout(runs[0].participant, site=runs[0].site_kind))
+    check_decomposition_fits([t for t, _ in run_shapes(runs)], layout.n_neurons, max(ks), backend,
+                             n_init=n_init)
     # one exact reduction per run, at the largest k, serves every k of the sweep
     reductions = RunReductions(device=device, n_components=max(ks)) if backend == "fast" else None
     out = []
