@@ -40,7 +40,7 @@ from llm2nifti.sites import SITE_KINDS
 from .derivatives import derivative_dir
 from .events import documents_tsv, read_documents, read_events
 from .io import TMP_PREFIX, save_img, save_img_sha256, sha256_file, write_json, write_text
-from .naming import bids_name, inside, parse_name
+from .naming import bids_name, existing, inside, legacy_name, parse_name
 
 __all__ = ["DatasetWriter", "Dataset", "Run", "BIDS_VERSION", "DEFAULT_SITE", "PIPELINE"]
 
@@ -202,7 +202,7 @@ class DatasetWriter:
     def unit_stats_path(self):
         """Each unit's mean, std, peak over this task's tokens (a derivative, float64)."""
         return self.deriv_dir / f"sub-{self.participant}" / "func" / bids_name(
-            "bold", ".nii", sub=self.participant, task=self.task, acq=self.acq, desc="unitstats")
+            "statmap", ".nii", sub=self.participant, task=self.task, acq=self.acq, desc="unitstats")
 
     def write_unit_stats(self, volumes, n_tokens, runs):
         """Write ``(4, n_neurons)`` layer-major statistics (mean, std, peak, peak token)."""
@@ -218,6 +218,9 @@ class DatasetWriter:
             "Volumes": list(UNIT_STATS), "NTokens": int(n_tokens),
             "Runs": [f"sub-{self.participant}/func/{Path(r).name}" for r in runs],
         })
+        old = self.unit_stats_path.with_name(legacy_name(self.unit_stats_path.name))
+        for stale in (old, old.with_suffix(".json")):  # an earlier version's name, now replaced
+            stale.unlink(missing_ok=True)
 
     # ----------------------------------------------------------------- locks
     def _lock_path(self, name):
@@ -236,7 +239,7 @@ class DatasetWriter:
             raise UsageError(
                 f"another llm2nifti convert is writing sub-{self.participant} task-{self.task}"
                 f"{'' if self.acq is None else ' acq-' + self.acq} in {self.root}: wait for it to "
-                "finish (then --resume), or choose another --task, --label or output") from None
+                "finish (then --resume), or choose another --task, --participant or output") from None
         try:
             yield self
         finally:
@@ -332,7 +335,8 @@ class DatasetWriter:
         events_json = self.root / bids_name("events", ".json", task=self.task)
         if not events_json.is_file():
             write_json(events_json, events_description(self.conditions))
-        derivative_dir(self.root, PIPELINE, "Neuron masks and labels", BIDS_VERSION)
+        derivative_dir(self.root, PIPELINE, "Neuron masks and labels", BIDS_VERSION,
+                       ignore=("*_statmap.*",))
 
     def add_participant(self, row):
         """Add or replace this participant's row in ``participants.tsv``."""
@@ -353,7 +357,7 @@ class DatasetWriter:
             if stored != self.layout:
                 raise UsageError(
                     f"sub-{self.participant} already has a {self.layout.site.kind} layout with "
-                    f"layers {list(stored.layers)}: pass --label for a new participant or a new --output")
+                    f"layers {list(stored.layers)}: pass --participant for a new participant or a new --output")
 
     def write_layout(self):
         """Mask, label image and label table of the layout under ``derivatives/llm2nifti``."""
@@ -560,8 +564,9 @@ class Dataset:
         cover the task's runs as they are now.
         """
         acq = None if site == DEFAULT_SITE else site_label(site)
-        path = inside(self.root, "derivatives", PIPELINE, f"sub-{participant}", "func",
-                      bids_name("bold", ".nii", sub=participant, task=task, acq=acq, desc="unitstats"))
+        path = existing(inside(self.root, "derivatives", PIPELINE, f"sub-{participant}", "func",
+                               bids_name("statmap", ".nii", sub=participant, task=task, acq=acq,
+                                         desc="unitstats")))
         sidecar = path.with_suffix(".json")
         runs = self.runs(participant=participant, task=task, site=site)
         if not (path.is_file() and sidecar.is_file() and runs):

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["label", "bids_name", "inside", "parse_name", "ENTITY_ORDER"]
+__all__ = ["label", "bids_name", "inside", "parse_name", "ENTITY_ORDER", "components_name",
+           "legacy_name", "existing"]
 
-ENTITY_ORDER = ("sub", "ses", "task", "acq", "run", "desc")
+ENTITY_ORDER = ("sub", "ses", "task", "acq", "run", "desc", "stat")
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 MAX_LABEL = 64  # file names stay far below the 255 bytes file systems allow
 
@@ -44,6 +45,39 @@ def parse_name(name):
     if "run" in ents:
         ents["run"] = int(ents["run"])
     return ents, parts[-1]
+
+
+def components_name(ext=".nii", z=False, **entities):
+    """Name of a decomposition's maps, as tedana names its ICA derivatives.
+
+    ``sub-X_task-Y_desc-canica_components.nii`` (volume i is component i) and, with ``z``,
+    ``sub-X_task-Y_desc-canica_stat-z_components.nii`` (the maps z-scored over neurons).
+    ``components`` is not a BIDS suffix yet: derivative folders list it in ``.bidsignore``.
+    """
+    return bids_name("components", ext, stat="z" if z else None, **entities)
+
+
+def legacy_name(name):
+    """The name an earlier version gave a derivative, or None when it had the same name.
+
+    Decompositions were ``..._desc-<d>_bold.nii`` and ``..._desc-<d>Z_bold.nii``, unit
+    statistics ``..._desc-unitstats_bold.nii``; they are read under either name.
+    """
+    name = str(name)
+    for new, old in (("_stat-z_components.", "Z_bold."), ("_components.", "_bold."),
+                     ("_desc-unitstats_statmap.", "_desc-unitstats_bold.")):
+        if new in name:
+            return name.replace(new, old, 1)
+    return None
+
+
+def existing(path):
+    """``path`` when it is a file, else its :func:`legacy_name` when that one is, else ``path``."""
+    path = Path(path)
+    old = legacy_name(path.name)
+    if not path.is_file() and old is not None and (path.parent / old).is_file():
+        return path.parent / old
+    return path
 
 
 def inside(root, *parts):

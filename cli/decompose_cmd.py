@@ -78,9 +78,9 @@ def decompose(dataset, participant, task, run, site, method, backend, n_componen
 
     \b
     Writes under DATASET/derivatives/llm2nifti-<method>/sub-<label>/func/:
-      *_desc-<desc>_bold.nii    maps (volume i = component i)
-      *_desc-<desc>Z_bold.nii   maps z-scored over neurons (threshold these)
-      *_desc-<desc>_bold.json   parameters, explained variance, timing
+      *_desc-<desc>_components.nii         maps (volume i = component i)
+      *_desc-<desc>_stat-z_components.nii  maps z-scored over neurons (threshold these)
+      *_desc-<desc>_components.json        parameters, explained variance, timing
     """
     from llm2nifti.analysis.decomposition import decompose as run_decompose
 

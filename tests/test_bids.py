@@ -1,6 +1,7 @@
 """The dataset is valid BIDS for the official validator, and its files say what they should."""
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,28 @@ def validator():
     return exe
 
 
+def _errors(folder, *options):
+    r = subprocess.run([validator(), *options, str(folder), "--format", "json"], capture_output=True,
+                       text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
+    report = json.loads(r.stdout)
+    return report, [(i["code"], i.get("location")) for i in report["issues"]["issues"]
+                    if i["severity"] == "error"]
+
+
+def validation_errors(root):
+    """Errors of the raw dataset and of each derivative: ``({folder: [(code, file)]}, report)``.
+
+    Each derivative is validated on its own: bids-validator-deno 3.0.2 reads a derivative's
+    ``.bidsignore`` only when that derivative is the dataset validated (``-r`` finds the
+    derivatives but not their ``.bidsignore``).
+    """
+    report, raw = _errors(root, "-r")
+    found = {"/": raw}
+    for name in report.get("derivativesSummary", {}):
+        found[name] = _errors(Path(root) / name.strip("/"))[1]
+    return found, report
+
+
 def test_official_validator_reports_no_errors(tmp_path, tokenizer, text_file):
     out = tmp_path / "ds"
     for name, model, site in [("tinyllama", tiny_llama(), "mlp"), ("tinygpt2", tiny_gpt2(), "mlp"),
@@ -31,17 +54,12 @@ def test_official_validator_reports_no_errors(tmp_path, tokenizer, text_file):
                               ("tinyllama", tiny_llama(), "attn")]:
         scan(out, name, text_file, neurons=site, run_tokens=128, loaded=(model, tokenizer),
              progress=False, threads=1)
-    r = subprocess.run([validator(), "-r", str(out), "--format", "json"], capture_output=True,
-                       text=True, timeout=300)
-    report = json.loads(r.stdout)
-    issues = report["issues"]["issues"]
-    errors = [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"]
-    assert errors == []
-    derivatives = report["derivativesSummary"]
-    assert list(derivatives) == ["/derivatives/llm2nifti/"]
-    errors = [(d, i["code"], i.get("location")) for d, sub in derivatives.items()
-              for i in sub["issues"]["issues"] if i["severity"] == "error"]
-    assert errors == []
+    errors, report = validation_errors(out)
+    assert list(errors) == ["/", "/derivatives/llm2nifti/"]
+    assert errors == {"/": [], "/derivatives/llm2nifti/": []}
+    # the unit statistics are statistical maps, not time series
+    stats = sorted(p.name for p in (out / "derivatives" / "llm2nifti").rglob("*unitstats*.nii"))
+    assert len(stats) == 5 and all(n.endswith("_desc-unitstats_statmap.nii") for n in stats)
     assert sorted(report["summary"]["subjects"]) == ["tinygpt2", "tinyllama"]
     assert report["summary"]["tasks"] == ["stories"]
 
@@ -73,3 +91,63 @@ def test_names_and_paths():
         bids_name("bold", sub="a_b")
     with pytest.raises(ValueError, match="leave"):
         inside("/tmp/root", "..", "etc")
+
+
+def test_pybids_bold_means_time_series(tiny_scan, tokenizer):
+    """After decompose, FN@k and localize, a BIDS query for bold finds only time series."""
+    from bids import BIDSLayout
+
+    from llm2nifti.analysis import decompose, localize
+    from llm2nifti.intervention.fnk import fn_at_k
+
+    res, model = tiny_scan
+    root = res.root
+    decompose(root, backend="fast", n_components=3, n_init=1)
+    fn_at_k(root, [2, 3], n_init=1)
+    localize(root, participant=res.participant, loaded=(model, tokenizer), run_tokens=512,
+             threads=1, progress=False)
+    found = BIDSLayout(root, derivatives=True).get(suffix="bold", extension=[".nii", ".nii.gz"])
+    runs = {str(r.path) for r in Dataset(root).runs()}
+    names = sorted(Path(f.path).name for f in found)
+    assert names and {f.path for f in found if "derivatives" not in f.path} == runs
+    for f in found:  # raw runs and their space-neurons views: one volume per token, with events
+        n_tokens = nib.load(f.path).shape[3]
+        name = Path(f.path).name.replace("_space-neurons_desc-preproc", "")
+        events = root / f"sub-{res.participant}" / "func" / name.replace("_bold.nii", "_events.tsv")
+        sidecar = json.loads(events.with_name(events.name.replace("_events.tsv", "_bold.json")).read_text())
+        assert events.is_file(), events
+        assert n_tokens == sidecar["TokenRange"][1] - sidecar["TokenRange"][0] > 3, f.path
+    components = BIDSLayout(root, derivatives=True, validate=False).get(
+        suffix="components", extension=".nii")
+    assert sorted(Path(f.path).name.split("_desc-")[1] for f in components) == [
+        "canica_components.nii", "canica_stat-z_components.nii", "fnk2_components.nii",
+        "fnk2_stat-z_components.nii", "fnk3_components.nii", "fnk3_stat-z_components.nii"]
+    errors, _ = validation_errors(root)
+    assert set(errors) >= {"/", "/derivatives/llm2nifti/", "/derivatives/llm2nifti-canica/",
+                           "/derivatives/llm2nifti-glm/", "/derivatives/llm2nifti-space/"}
+    assert all(e == [] for e in errors.values()), errors
+
+
+def test_derivatives_of_an_earlier_version_are_still_read(tiny_scan):
+    """Unit statistics and components under the names of earlier versions are found."""
+    from bids_llm.naming import existing, legacy_name
+
+    from llm2nifti.analysis.fingerprints import _components
+
+    res, _ = tiny_scan
+    ds = Dataset(res.root)
+    new = ds.unit_stats(res.participant, "stories")
+    path = next((res.root / "derivatives" / "llm2nifti").rglob("*_desc-unitstats_statmap.nii"))
+    for p in (path, path.with_suffix(".json")):
+        p.rename(p.with_name(legacy_name(p.name)))
+    assert legacy_name(path.name).endswith("_desc-unitstats_bold.nii")
+    old = ds.unit_stats(res.participant, "stories")
+    assert old is not None and all(np.array_equal(new[k], old[k]) for k in new)
+    func = res.root / "derivatives" / "llm2nifti-canica" / f"sub-{res.participant}" / "func"
+    func.mkdir(parents=True)
+    legacy = func / f"sub-{res.participant}_task-stories_desc-canica_bold.nii"
+    shutil.copy(res.runs[0], legacy)
+    assert _components(ds, res.participant, "stories", "mlp", 3, "fast", 0) == legacy
+    assert existing(func / "x_desc-canica_stat-z_components.nii").name == "x_desc-canica_stat-z_components.nii"
+    assert legacy_name("x_desc-canica_stat-z_components.nii") == "x_desc-canicaZ_bold.nii"
+    assert legacy_name("x_run-01_bold.nii") is None

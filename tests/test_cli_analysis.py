@@ -40,7 +40,7 @@ def test_localize_connectivity_report(tmp_path, tiny_model_dir):
     r = run(main, ["decompose", str(ds), "--task", "loc", "--backend", "fast", "-k", "3",
                    "--n-init", "2", "--threads", "1"])
     assert r.exit_code == 0, r.output
-    zmaps = next((ds / "derivatives" / "llm2nifti-canica").rglob("*desc-canicaZ_bold.nii"))
+    zmaps = next((ds / "derivatives" / "llm2nifti-canica").rglob("*desc-canica_stat-z_components.nii"))
     r = run(main, ["connectivity", str(zmaps), "-d", str(ds), "--kind", "correlation,tangent",
                    "--compare", str(zmaps), "--min-iou", "0", "-q"])
     assert r.exit_code == 0, r.output

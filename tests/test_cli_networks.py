@@ -21,13 +21,13 @@ def test_decompose_then_networks_recovers_planted_neurons(tmp_path):
     res = _invoke(["decompose", root, "--backend", "fast", "-k", 4, "--n-init", 2, "--threads", 1])
     assert res.exit_code == 0, res.output
     zmaps = (root / "derivatives" / "llm2nifti-canica" / f"sub-{PARTICIPANT}" / "func"
-             / f"sub-{PARTICIPANT}_task-planted_desc-canicaZ_bold.nii")
+             / f"sub-{PARTICIPANT}_task-planted_desc-canica_stat-z_components.nii")
     assert str(zmaps) in res.output and zmaps.is_file()
     out = tmp_path / "nets"
     res = _invoke(["networks", zmaps, "--dataset", root, "--output", out])
     assert res.exit_code == 0, res.output
     assert "4 networks, 10-10 neurons each; 40 key neurons" in res.output
-    nset = NeuronSet.from_tsv(out / f"sub-{PARTICIPANT}_task-planted_desc-canicaZ_networks.tsv")
+    nset = NeuronSet.from_tsv(out / f"sub-{PARTICIPANT}_task-planted_desc-canica_stat-z_networks.tsv")
     assert recovered_exactly(nset, layout, sets)
 
 

@@ -160,7 +160,7 @@ def test_decompose_and_networks_infer_the_only_site(tmp_path, tokenizer, text_fi
     ds = str(res.root)
     r = CliRunner().invoke(main, ["decompose", ds, "--backend", "fast", "-k", "2", "--n-init", "1"])
     assert r.exit_code == 0, r.output
-    maps = next((res.root / "derivatives").rglob("*_acq-mlpout_*desc-canica_bold.nii"))
+    maps = next((res.root / "derivatives").rglob("*_acq-mlpout_*desc-canica_components.nii"))
     r = CliRunner().invoke(main, ["networks", str(maps), "-d", ds])
     assert r.exit_code == 0, r.output
     table = next((res.root / "derivatives" / "llm2nifti-networks").glob("*_networks.json"))

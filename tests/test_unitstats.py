@@ -41,7 +41,7 @@ def test_convert_writes_unit_stats_that_evaluate_reads(tiny_scan):
 def test_stale_unit_stats_are_not_used(tiny_scan):
     res, _ = tiny_scan
     ds = Dataset(res.root)
-    sidecar = next((res.root / "derivatives").rglob("*desc-unitstats_bold.json"))
+    sidecar = next((res.root / "derivatives").rglob("*desc-unitstats_statmap.json"))
     sidecar.write_text(sidecar.read_text().replace('"NTokens": ', '"NTokens": 1'))
     assert ds.unit_stats("tinyllama", res.task) is None
     X = np.concatenate([load_run(r)[0] for r in ds.runs()]).astype(np.float64)

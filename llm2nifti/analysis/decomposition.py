@@ -384,17 +384,19 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
     -----
     Files written under ``derivatives/llm2nifti-<method>/sub-<label>/func/``::
 
-        sub-<label>_task-<t>[_run-<n>]_desc-<desc>_bold.nii    maps, volume i = component i
-        sub-<label>_task-<t>[_run-<n>]_desc-<desc>_bold.json   parameters, variance, timing
-        sub-<label>_task-<t>[_run-<n>]_desc-<desc>Z_bold.nii   maps z-scored over neurons (+ .json)
+        sub-<label>_task-<t>[_run-<n>]_desc-<desc>_components.nii         maps, volume i = component i
+        sub-<label>_task-<t>[_run-<n>]_desc-<desc>_components.json        parameters, variance, timing
+        sub-<label>_task-<t>[_run-<n>]_desc-<desc>_stat-z_components.nii  maps z-scored over neurons (+ .json)
 
     ``run`` appears when a single run was decomposed; several tasks join their labels.
-    The ``bold`` suffix keeps the derivative valid BIDS; the 4th axis is the component.
+    The names follow tedana's ICA derivatives, so that a BIDS query for ``bold`` finds time
+    series only; the folder's ``.bidsignore`` lists ``*_components.*``, which BIDS does not
+    define yet. The 4th axis is the component.
     """
     from bids_llm.dataset import Dataset
     from bids_llm.derivatives import derivative_dir
     from bids_llm.io import save_img, write_json
-    from bids_llm.naming import bids_name, label
+    from bids_llm.naming import components_name, label, legacy_name
 
     from .. import _version
 
@@ -421,10 +423,11 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
 
     ents = _entities(runs, desc)
     out = derivative_dir(ds.root, f"llm2nifti-{method}",
-                         f"llm2nifti {method}: spatial maps over neurons")
+                         f"llm2nifti {method}: spatial maps over neurons",
+                         ignore=("*_components.*",))
     func = out / f"sub-{ents['sub']}" / "func"
-    comp_path = func / bids_name("bold", ".nii", **ents)
-    z_path = func / bids_name("bold", ".nii", **{**ents, "desc": desc + "Z"})
+    comp_path = func / components_name(".nii", **ents)
+    z_path = func / components_name(".nii", z=True, **ents)
     json_path = comp_path.with_suffix(".json")
     sidecar = {
         "Description": f"{method} maps over neurons: volume i is component i (not a time point); "
@@ -451,6 +454,10 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
     }
     save_img(est.components_img(), comp_path)
     save_img(est.components_img(z=True), z_path)
+    for path in (comp_path, z_path):  # an earlier version's names for the same maps
+        old = path.with_name(legacy_name(path.name))
+        old.unlink(missing_ok=True)
+        old.with_suffix(".json").unlink(missing_ok=True)
     write_json(z_path.with_suffix(".json"), {
         **{k: sidecar[k] for k in ("TaskName", "RepetitionTime", "SkullStripped", "Method",
                                    "Backend", "Sources", "NeuronLayout")},

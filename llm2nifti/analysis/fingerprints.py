@@ -61,12 +61,13 @@ class ParticipantNetworks:
 def _components(ds, participant, task, site, n_components, backend, random_state):
     """A CanICA components image of the participant: the dataset's, else one made now."""
     from bids_llm.dataset import acq_for
-    from bids_llm.naming import bids_name, inside
+    from bids_llm.naming import components_name, existing, inside
 
     from .decomposition import decompose
 
-    name = bids_name("bold", ".nii", sub=participant, task=task, acq=acq_for(site), desc="canica")
-    path = inside(ds.root, "derivatives", "llm2nifti-canica", f"sub-{participant}", "func", name)
+    name = components_name(".nii", sub=participant, task=task, acq=acq_for(site), desc="canica")
+    path = existing(inside(ds.root, "derivatives", "llm2nifti-canica", f"sub-{participant}", "func",
+                           name))
     if path.is_file():
         return path
     return decompose(ds, participant=participant, task=task, site=site,
@@ -225,7 +226,7 @@ def _check_participants(ds, reference, candidates, independent, task, site):
     for p in others:
         if not ds.runs(participant=p, task=task, site=site):
             raise UsageError(f"sub-{p} has no runs of task {task} at site {site}: convert it "
-                             "with the same --text, --task and --neurons")
+                             "with the same --text, --task and --site")
     return task, site
 
 

@@ -44,8 +44,10 @@ def _reusable(dataset, runs, k, settings):
     from ..analysis import read_sidecar
 
     sources = sorted(str(Path(r.path).relative_to(dataset.root)) for r in runs)
-    pattern = f"sub-{runs[0].participant}/func/*_desc-fnk{k}_bold.nii"
-    for path in sorted((dataset.root / "derivatives" / "llm2nifti-canica").glob(pattern)):
+    folder = dataset.root / "derivatives" / "llm2nifti-canica" / f"sub-{runs[0].participant}" / "func"
+    found = sorted(folder.glob(f"*_desc-fnk{k}_components.nii"))
+    found += sorted(folder.glob(f"*_desc-fnk{k}_bold.nii"))  # written by an earlier version
+    for path in found:
         meta = read_sidecar(path) or {}
         params = meta.get("Parameters", {})
         if (sorted(meta.get("Sources", [])) == sources and meta.get("Backend") == settings["backend"]
