@@ -134,7 +134,7 @@ def main():
     for mult in (1, 4):
         with tempfile.TemporaryDirectory() as d:
             r = subprocess.run([sys.executable, __file__, "--run-tokens", str(a.run_tokens),
-                                "--threads", str(a.threads), "--neurons", a.neurons,
+                                "--threads", str(a.threads), "--site", a.neurons,
                                 "--moe-shape", a.moe_shape, *(["--moe"] if a.moe else []),
                                 "--child", f"{d}/ds", str(mult * a.tokens)],
                                capture_output=True, text=True, check=True)

@@ -41,7 +41,7 @@ def prepare(work, tokens, threads):
     ds = work / f"ds{tokens}"
     for label, model in (("smollm2", None), ("permuted", work / "permuted")):
         extra = [] if model is None else ["-m", model]
-        cli("convert", ds, "--label", label, *extra, "--max-tokens", tokens, "--threads", threads,
+        cli("convert", ds, "--participant", label, *extra, "--max-tokens", tokens, "--threads", threads,
             "-q", "--resume")
         comps = ds / f"derivatives/llm2nifti-canica/sub-{label}/func/sub-{label}_task-lee_desc-canica_bold.nii"
         if not comps.is_file():

@@ -62,7 +62,7 @@ def main():
     if not (models / "finetuned").is_dir():
         run("derive", models / "finetuned", "--kind", "finetuned", "--steps", a.steps,
             "--threads", a.threads, "-q", log=log)
-    run("convert", ds, "--label", "smollm2", *common, log=log)
+    run("convert", ds, "--participant", "smollm2", *common, log=log)
     comps = ds / "derivatives/llm2nifti-canica/sub-smollm2/func/sub-smollm2_task-lee_desc-canica_bold.nii"
     if not comps.is_file():
         run("decompose", ds, "--participant", "smollm2", "--backend", "fast", "-q", log=log)
@@ -72,11 +72,11 @@ def main():
     if not (models / "pruned").is_dir():
         run("prune", nets, "--remove", "-o", models / "pruned", "--threads", a.threads, log=log)
     for label in ("permuted", "pruned", "finetuned"):
-        run("convert", ds, "-m", models / label, "--label", label, *common, log=log)
+        run("convert", ds, "-m", models / label, "--participant", label, *common, log=log)
     independent = []
     gemma = gemma_file(work)
     if gemma is not None:
-        run("convert", ds, "-m", gemma, "--label", "gemma", *common, log=log)
+        run("convert", ds, "-m", gemma, "--participant", "gemma", *common, log=log)
         independent = ["-i", "gemma"]
     out = run("fingerprint", ds, "-r", "smollm2", "-c", "permuted", "-c", "pruned", "-c",
               "finetuned", *independent, "--random-copies", a.random_copies,

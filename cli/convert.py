@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .main import main, model_options
+from .main import former_name, main, model_options
 
 _NEURONS = click.Choice(["mlp", "mlp-out", "attn", "residual", "experts", "mixer"])
 
@@ -26,7 +26,7 @@ def _model_options(f):
 @click.option("--text", "-t", default=None,
               help="Text file, folder of .txt files, .jsonl/.tsv table, or a built-in corpus "
                    "(lee, lee-test, pang-lee) [default: lee, 300 news articles].")
-@click.option("--neurons", type=_NEURONS, default="mlp", show_default=True,
+@click.option("--site", type=_NEURONS, default="mlp", show_default=True,
               help="mlp: MLP hidden neurons (every routed and shared expert's in a mixture of "
                    "experts); mlp-out: the MLP's output (the paper's units); attn: the heads' outputs "
                    "(input of the attention output projection); residual: each block's output; "
@@ -35,14 +35,15 @@ def _model_options(f):
 @click.option("--layers", default=None,
               help="Layer subset, e.g. 0-11 or 5,7 [default: every layer with these units].")
 @click.option("--experts", default=None,
-              help="Mixture of experts, --neurons mlp or experts: the experts recorded, e.g. 0-7 "
+              help="Mixture of experts, --site mlp or experts: the experts recorded, e.g. 0-7 "
                    "[default: all].")
 @click.option("--run-tokens", type=int, default=None,
               help="Tokens (volumes) per run; one forward pass each; at most 32767 and the context "
                    "window [default: 1024, or the context window if shorter].")
 @click.option("--max-tokens", type=int, default=None, help="Cap on the total number of tokens.")
 @click.option("--task", default=None, help="BIDS task label [default: from the text's name].")
-@click.option("--label", default=None, help="BIDS participant label [default: from the model's name].")
+@click.option("--participant", default=None,
+              help="BIDS participant label [default: from the model's name].")
 @click.option("--encoding", default=None, help="Encoding of text files [default: utf-8].")
 @click.option("--id-column", default="id", show_default=True, help="Document id column of a .jsonl/.tsv.")
 @click.option("--text-column", default="text", show_default=True, help="Text column of a .jsonl/.tsv.")
@@ -55,7 +56,9 @@ def _model_options(f):
               help="Cache of converted GGUF models [default: $LLM2NIFTI_CACHE or $XDG_CACHE_HOME/llm2nifti].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_model_options
-def convert(output, model, gguf_file, text, neurons, layers, experts, run_tokens, max_tokens, task, label, encoding,
+@former_name("--neurons", "site", _NEURONS)
+@former_name("--label", "participant")
+def convert(output, model, gguf_file, text, site, layers, experts, run_tokens, max_tokens, task, participant, encoding,
             id_column, text_column, no_bos, compress, resume, overwrite, threads, cache_dir, quiet,
             device, dtype, trust_remote_code):
     """Record a model reading text; write 4D NIfTI runs into the BIDS-like dataset OUTPUT.
@@ -64,9 +67,9 @@ def convert(output, model, gguf_file, text, neurons, layers, experts, run_tokens
     """
     from llm2nifti.acquisition.convert import scan
 
-    res = scan(output, model, text, neurons=neurons, layers=layers, experts=experts,
+    res = scan(output, model, text, neurons=site, layers=layers, experts=experts,
                run_tokens=run_tokens,
-               max_tokens=max_tokens, task=task, label=label, device=device, dtype=dtype,
+               max_tokens=max_tokens, task=task, label=participant, device=device, dtype=dtype,
                compress=compress, resume=resume, overwrite=overwrite,
                trust_remote_code=trust_remote_code, encoding=encoding, bos=not no_bos,
                threads=threads, progress=not quiet, cache=cache_dir,

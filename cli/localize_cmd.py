@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .convert import _model_options
-from .main import main, model_options
+from .main import former_name, main, model_options
 
 
 @main.command()
@@ -24,16 +24,18 @@ from .main import main, model_options
 @click.option("--z-threshold", type=float, default=None,
               help="Instead, keep units with z above this (e.g. 3.1).")
 @click.option("--task", default=None, help="BIDS task label [default: localizer, or the table's name].")
-@click.option("--participant", "--label", "participant", default=None,
+@click.option("--participant", default=None,
               help="BIDS participant label [default: from the model's name, or the only one].")
-@click.option("--neurons", "site", type=click.Choice(["mlp", "mlp-out", "attn", "residual"]),
-              default="mlp", show_default=True, help="Unit site.")
+@click.option("--site", type=click.Choice(["mlp", "mlp-out", "attn", "residual"]), default=None,
+              help="Unit site [default: the only one of the task's runs; mlp when recording].")
 @click.option("--run-tokens", type=int, default=None,
               help="Tokens per run when recording [default: 1024 or the context window]; runs end "
                    "between items.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: available cores].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_model_options
+@former_name("--neurons", "site", click.Choice(["mlp", "mlp-out", "attn", "residual"]))
+@former_name("--label", "participant")
 def localize(dataset, model, gguf_file, stimuli, contrasts, top_percent, z_threshold, task,
              participant, site, run_tokens, threads, quiet, device, dtype, trust_remote_code):
     """GLM localizer: units whose activation differs between conditions (nilearn FirstLevelModel).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import sys
 
@@ -97,6 +98,24 @@ def model_options(what):
         f = click.option("--model", "-m", default=None,
                          help=f"{what}: {MODEL_FORMS} [default: the embedded SmolLM2-135M-Instruct].")(f)
         return f
+    return decorate
+
+
+def former_name(old, param, type=None):
+    """Accept ``old``, an earlier release's name of the option stored as ``param``, unlisted.
+
+    Apply it right above the command's function, below its options.
+    """
+    key = f"former_{param}"
+
+    def decorate(f):
+        @functools.wraps(f)
+        def command(*args, **kwargs):
+            value = kwargs.pop(key)
+            if value is not None:
+                kwargs[param] = value
+            return f(*args, **kwargs)
+        return click.option(old, key, type=type, default=None, hidden=True)(command)
     return decorate
 
 

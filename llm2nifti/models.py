@@ -142,7 +142,7 @@ def model_label(name):
     base = str(name).rstrip("/\\").replace("\\", "/").split("/")[-1]
     label = "".join(ch for ch in base if ch.isascii() and ch.isalnum())
     if not label or len(label) > 64:
-        raise UsageError(f"cannot derive a participant label from model name {name!r}: pass --label")
+        raise UsageError(f"cannot derive a participant label from model name {name!r}: pass --participant")
     return label
 
 

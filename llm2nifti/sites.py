@@ -508,7 +508,7 @@ def _moe_parts(kind, path, block, hidden, experts_sel):
     if info.kernel is None:
         raise UsageError(f"the experts at {_join(path, name)} ({type(experts).__name__}) are "
                          f"computed in a way llm2nifti cannot read ({info.reason}): use "
-                         "--neurons mlp-out for this model")
+                         "--site mlp-out for this model")
     chosen = tuple(range(info.n_experts)) if experts_sel is None else experts_sel
     bad = [e for e in chosen if e >= info.n_experts]
     if bad:
@@ -538,7 +538,7 @@ def _layer_parts(kind, path, layer, hidden, experts_sel):
         if kind == "mlp-out":
             return (Part(_join(path, name), "post", hidden),)
         raise UsageError(f"the experts of {_join(path, name)} ({type(block).__name__}) are a list of "
-                         "modules that llm2nifti does not read one by one: use --neurons mlp-out")
+                         "modules that llm2nifti does not read one by one: use --site mlp-out")
     if kind in ("mlp", "mlp-out") and "moe" in roles:
         name, block = roles["moe"][0]
         return _moe_parts(kind, _join(path, name), block, hidden, experts_sel)

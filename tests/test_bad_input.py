@@ -164,7 +164,7 @@ def _convert(*extra):
 
 
 def _conv_label(label):
-    return _convert("--label", label)
+    return _convert("--participant", label)
 
 
 def _decompose(*extra, ds=None):
@@ -210,7 +210,8 @@ CASES = [
     ("convert-table-no-text-column", lambda w: ["convert", w.path("out"), "--model", w.model,
                                                 "--text", w.file("t.jsonl", '{"id": 1}\n')],
      "text"),
-    ("convert-neurons-unknown", _convert("--neurons", "heads"), "--neurons"),
+    ("convert-site-unknown", _convert("--site", "heads"), "--site"),
+    ("convert-former-neurons-unknown", _convert("--neurons", "heads"), "--neurons"),
     ("convert-dtype-unknown", _convert("--dtype", "int3"), "--dtype"),
     ("convert-device-unknown", _convert("--device", "tpu"), "device"),
     ("convert-corrupt-safetensors", lambda w: ["convert", w.path("out"), "--model",

@@ -21,6 +21,23 @@ def test_convert_local_folder_prints_where_and_how(tmp_path, tiny_model_dir, tex
     assert len(Dataset(out).runs(participant="tinyllama", task="stories")) == 5
 
 
+def test_one_option_name_for_the_site_and_the_participant(tmp_path, tiny_model_dir, text_file):
+    """convert and localize say --site and --participant like every other command; the names of
+    earlier releases (--neurons, --label) still work but are not listed."""
+    for command in ("convert", "localize", "decompose", "networks", "connectivity"):
+        shown = run(command, "--help").output
+        assert "--site" in shown and "--neurons" not in shown and "--label " not in shown, command
+    out = tmp_path / "ds"
+    r = run("convert", out, "--model", tiny_model_dir, "--text", text_file, "--run-tokens", 64,
+            "--site", "mlp-out", "--participant", "a", "-q")
+    assert r.exit_code == 0, r.output
+    r = run("convert", out, "--model", tiny_model_dir, "--text", text_file, "--run-tokens", 64,
+            "--neurons", "residual", "--label", "b", "-q")
+    assert r.exit_code == 0, r.output
+    ds = Dataset(out)
+    assert {(x.participant, x.site_kind) for x in ds.runs()} == {("a", "mlp-out"), ("b", "residual")}
+
+
 def test_sites_lists_counts(tiny_model_dir):
     r = run("sites", tiny_model_dir)
     assert r.exit_code == 0, r.output
@@ -59,7 +76,7 @@ def _bad_inputs(tmp_path, model_dir, text_file):
         (m + ["--text", text_file, "--run-tokens", "40000"], "32767"),
         (m + ["--text", text_file, "--run-tokens", "0"], "at least 1"),
         (m + ["--text", text_file, "--max-tokens", "0"], "at least 1"),
-        (m + ["--text", text_file, "--label", "../../etc"], "letters and digits"),
+        (m + ["--text", text_file, "--participant", "../../etc"], "letters and digits"),
     ], full
 
 

@@ -178,6 +178,27 @@ def test_bad_contrasts_and_tasks(planted, tmp_path):
         localize(root, task=TASK, top_percent=0, progress=False)
 
 
+def test_localize_infers_the_site_of_the_recorded_runs(tmp_path, tokenizer):
+    """A localizer recorded at one site is analysed there without --site; two sites: choose."""
+    from conftest import tiny_llama
+
+    from llm2nifti.acquisition import scan
+
+    model = tiny_llama()
+    ds = tmp_path / "ds"
+    scan(ds, "tiny", "localizer", task="localizer", neurons="mlp-out", run_tokens=512,
+         loaded=(model, tokenizer), threads=1, progress=False)
+    res = localize(ds, participant="tiny", progress=False)
+    assert not res.scanned
+    entry = res.contrasts["sentences - nonwords"]
+    assert "_acq-mlpout_" in entry["t_path"].name
+    assert NeuronSet.from_tsv(entry["networks_tsv"]).site == "mlp-out"
+    scan(ds, "tiny", "localizer", task="localizer", neurons="residual", run_tokens=512,
+         loaded=(model, tokenizer), threads=1, progress=False)
+    with pytest.raises(UsageError, match=r"several sites \(mlp-out, residual\): choose one with --site"):
+        localize(ds, participant="tiny", progress=False)
+
+
 def test_contrast_labels():
     assert contrast_label("sentences - nonwords") == "sentencesMinusNonwords"
     assert contrast_label("words - 0.5*sentences") == "wordsMinus0p5TimesSentences"

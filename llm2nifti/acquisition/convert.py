@@ -187,7 +187,7 @@ class ScanSettings:
         """Validated settings from :func:`scan`'s arguments (``label``: the participant)."""
         _check_output(output, options.get("resume", False), options.get("overwrite", False))
         name = DEFAULT_MODEL if model is None else str(model)
-        participant = model_label(name) if label is None else _label(label, "--label")
+        participant = model_label(name) if label is None else _label(label, "--participant")
         task = _default_task(text) if task is None else _label(task, "--task")
         return cls(Path(output), name, text, participant, task, **options)
 

@@ -101,7 +101,7 @@ class Recorder:
             if act.ndim != 3 or act.shape[-1] != width:
                 raise UsageError(f"the {self.site.kind} units of layer {layer} come as "
                                  f"{tuple(act.shape)}, not (batch, tokens, {width}): this model "
-                                 "computes that site another way; choose another --neurons")
+                                 "computes that site another way; choose another --site")
             if target is not None:
                 if act.shape[0] != 1:
                     raise ValueError("recording into a buffer needs a batch of one")

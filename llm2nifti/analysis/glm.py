@@ -154,7 +154,7 @@ def select_units(t, z, layout, name, top_percent=1.0, z_threshold=None):
 
 
 def localize(dataset, *, model=None, stimuli="localizer", task=None, participant=None,
-             site="mlp", contrasts=(DEFAULT_CONTRAST,), top_percent=1.0, z_threshold=None,
+             site=None, contrasts=(DEFAULT_CONTRAST,), top_percent=1.0, z_threshold=None,
              output=None, progress=True, **scan_options):
     """Find units selective for a contrast of conditions, like the fMRI language localizer.
 
@@ -174,8 +174,9 @@ def localize(dataset, *, model=None, stimuli="localizer", task=None, participant
         BIDS task label (default: ``localizer``, or the table's file name).
     participant : str, optional
         Default: from the model's name when scanning, else the dataset's only participant.
-    site : str
-        Unit site (``--neurons`` of convert).
+    site : str, optional
+        Unit site (``--site`` of convert). Default: the only site of the task's runs, or
+        ``mlp`` when the localizer is recorded now; with several, an error lists them.
     contrasts : sequence of str
         Expressions over the conditions, e.g. ``"sentences - nonwords"``.
     top_percent : float
@@ -193,14 +194,17 @@ def localize(dataset, *, model=None, stimuli="localizer", task=None, participant
     -------
     LocalizeResult
     """
-    from bids_llm.dataset import Dataset, is_dataset
+    from bids_llm.dataset import DEFAULT_SITE, Dataset, is_dataset
 
-    from ..acquisition import LOCALIZER, load_documents, scan, task_label
+    from ..acquisition import LOCALIZER, load_documents, only_choice, scan, task_label
 
     if z_threshold is None:
         _check_top(top_percent)  # before anything is recorded
     task = task or (LOCALIZER if str(stimuli) == LOCALIZER else task_label(Path(stimuli).stem))
     scanned = False
+    if site is None:
+        recorded = Dataset(dataset).runs(participant=participant, task=task) if is_dataset(dataset) else []
+        site = only_choice({r.site_kind for r in recorded}, "site", "--site") if recorded else DEFAULT_SITE
     if not (is_dataset(dataset) and Dataset(dataset).runs(participant=participant, task=task,
                                                           site=site)):
         # Refuse stimuli without conditions, and contrasts they cannot make, before recording.

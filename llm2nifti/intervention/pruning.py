@@ -205,7 +205,7 @@ def prune(networks, output, *, model=None, gguf_file=None, networks_names=None, 
     if networks_names:
         nset = nset.select(networks_names)
     if nset.site != "mlp":
-        raise UsageError(f"only MLP hidden neurons (--neurons mlp) can be pruned, the table holds "
+        raise UsageError(f"only MLP hidden neurons (--site mlp) can be pruned, the table holds "
                          f"{nset.site!r} units, which no weight slice removes on its own: evaluate "
                          "them with `llm2nifti evaluate` instead")
     docs = load_documents(heldout)[:n_docs]

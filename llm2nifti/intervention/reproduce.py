@@ -3,7 +3,7 @@
 Runs the command line as a user would, each step in its own process::
 
     for each unit site (mlp, mlp-out):
-        llm2nifti convert    WORK/scan --neurons SITE  (the Lee news corpus, the default model)
+        llm2nifti convert    WORK/scan --site SITE  (the Lee news corpus, the default model)
         llm2nifti decompose  WORK/scan --site SITE     (CanICA)
         llm2nifti networks   <z-maps>                  (|z| > 3.6)
         llm2nifti evaluate   <networks.tsv> --ablation zero,mean [--k ... on the first site]
@@ -385,7 +385,7 @@ def _zmaps(scan, site):
     from bids_llm.dataset import acq_for
 
     acq = acq_for(site)
-    found = sorted(scan.glob("derivatives/llm2nifti-canica/sub-*/func/*_desc-canicaZ_bold.nii"))
+    found = sorted(scan.glob("derivatives/llm2nifti-canica/sub-*/func/*_desc-canica_stat-z_components.nii"))
     return [z for z in found if (f"_acq-{acq}_" in z.name if acq else "_acq-" not in z.name)]
 
 
@@ -394,14 +394,14 @@ def _site_steps(a, work, scan, site, evaluation, threads, steps, main):
 
     The first site also gets the amplify conditions, the threshold curve and FN@k.
     """
-    _run(["convert", scan, "--neurons", site, "--max-tokens", a.tokens, "--resume", "-q", *threads],
+    _run(["convert", scan, "--site", site, "--max-tokens", a.tokens, "--resume", "-q", *threads],
          steps)
     if not _zmaps(scan, site):
         _run(["decompose", scan, "--site", site, "--backend", a.backend, "--n-components",
               a.components, "--n-init", a.n_init, *threads], steps)
     zmap = _zmaps(scan, site)[0]
     _run(["networks", zmap, "--dataset", scan, "--site", site, "--threshold", a.threshold], steps)
-    networks = scan / "derivatives" / "llm2nifti-networks" / zmap.name.replace("_bold.nii",
+    networks = scan / "derivatives" / "llm2nifti-networks" / zmap.name.replace("_components.nii",
                                                                                "_networks.tsv")
     extra = ["--amplify", a.amplify if main else "none"]
     if main:
