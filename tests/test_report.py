@@ -67,6 +67,23 @@ def test_sections_present_in_the_data_appear(full_dataset):
     assert not re.search(r'(src|href)="(https?:)?//', html)
 
 
+def test_components_are_drawn_right_after_decompose(tmp_path):
+    """decompose alone is enough for a page that shows its maps and the command that follows."""
+    from llm2nifti.analysis import decompose
+
+    root = tmp_path / "ds"
+    make_coupled(root)
+    res = decompose(root, backend="fast", n_components=3, n_init=1)
+    (page,) = report(root)
+    html = page.read_text()
+    assert '<section id="components"' in html and '<section id="networks"' not in html
+    assert "3 components at the mlp site" in html
+    assert f"llm2nifti networks {res.zmaps} --dataset {root}" in html
+    assert "Networks: run `llm2nifti networks` on a components image" in html
+    sources = re.findall(r'<img[^>]*src="data:image/png;base64,([^"]+)"', html)
+    assert len(sources) == 1 and base64.b64decode(sources[0])[:4] == b"\x89PNG"
+
+
 def test_bad_input(full_dataset, tmp_path):
     with pytest.raises(UsageError, match="no participant 'nobody'.*it has toy"):
         report(full_dataset, participant="nobody")

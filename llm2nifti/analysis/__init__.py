@@ -13,7 +13,7 @@ _EXPORTS = {
         "check_decomposition_fits")},
     **{name: ".selection" for name in (
         "maps_to_neurons", "network_names", "key_neurons", "networks", "NetworksResult",
-        "load_maps")},
+        "load_maps", "site_of_image")},
     **{name: ".matching" for name in (
         "iou_matrix", "match_networks", "recurrence", "RecurrenceResult")},
     **{name: ".glm" for name in (

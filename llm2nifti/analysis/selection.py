@@ -20,7 +20,7 @@ from .decomposition import zscore_maps
 from ..errors import UsageError
 from ..neuronset import NeuronSet
 
-__all__ = ["maps_to_neurons", "check_maps", "network_names", "summarize", "key_neurons", "networks",
+__all__ = ["maps_to_neurons", "check_maps", "network_names", "site_of_image", "summarize", "key_neurons", "networks",
            "NetworksResult", "load_maps"]
 
 

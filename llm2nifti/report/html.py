@@ -124,6 +124,70 @@ def _sizes_figure(summary, layout):
     return fig
 
 
+def _components_figure(z, layout, names, threshold):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 4
+    rows = int(np.ceil(len(names) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 1.5 * rows + 0.4), squeeze=False)
+    images = [flat_values(np.where(np.abs(v) > threshold, v, 0.0), layout)[0] for v in z]
+    limit = max([threshold] + [float(np.abs(i).max()) for i in images])  # one scale for every panel
+    for ax, name, values, image in zip(axes.flat, names, z, images):
+        im = ax.imshow(image, aspect="auto", origin="lower", cmap="RdBu_r", vmin=-limit, vmax=limit,
+                       interpolation="nearest")
+        n = int((np.abs(values) > threshold).sum())
+        ax.set_title(f"{name}: {n} units with |z| > {threshold:g}", fontsize=8)
+        ax.set_xticks([])
+        ax.set_yticks([0, image.shape[0] - 1], [layout.layers[0], layout.layers[-1]], fontsize=7)
+    fig.colorbar(im, ax=list(axes.flat), label="z", fraction=0.02)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.suptitle("z-scored component maps: layers (rows, bottom = first) x neuron index", fontsize=9)
+    return fig
+
+
+def _component_images(ds, participant):
+    """z-scored maps of each decomposition of the participant (FN@k sweeps left out)."""
+    found = []
+    for folder in sorted((ds.root / "derivatives").glob(f"*/sub-{participant}/func")):
+        found += sorted(folder.glob("*_stat-z_components.nii*"))
+        found += sorted(folder.glob("*_desc-*Z_bold.nii*"))  # named by an earlier version
+    return [p for p in found if "_desc-fnk" not in p.name]
+
+
+def _components_section(ds, participant, threshold=3.6):
+    import nibabel as nib
+
+    from ..analysis import load_maps, network_names, site_of_image
+
+    blocks = []
+    for path in _component_images(ds, participant)[:4]:
+        site = site_of_image(path, ds, participant)
+        layout = ds.layout(participant, site)
+        maps = load_maps(nib.load(str(path)), layout)
+        names = network_names(len(maps))
+        shown = min(len(maps), 20)
+        rel = path.relative_to(ds.root)
+        blocks.append({"heading": path.name.split(".")[0],
+                       "text": f"{len(maps)} components at the {site} site"
+                               + (f" (the first {shown} drawn)" if shown < len(maps) else "")
+                               + f". To turn them into networks: llm2nifti networks "
+                                 f"{ds.root / rel} --dataset {ds.root}"})
+        blocks.append({"image": _png(_components_figure(maps[:shown], layout, names[:shown], threshold)),
+                       "caption": f"Each panel is one component's z-scored map, drawn where |z| > "
+                                  f"{threshold:g} (the networks command's default threshold): red "
+                                  "positive, blue negative; wide layers are pooled by max |z|."})
+    if not blocks:
+        return None
+    return Section("components", "Components", "llm2nifti decompose",
+                   "Each component is a spatial map over units, z-scored over units. Thresholding a "
+                   "map gives a network; `llm2nifti networks` writes those units as exact indices.",
+                   blocks)
+
+
 def _networks_section(ds, participant):
     from ..neuronset import NeuronSet
 
@@ -289,7 +353,8 @@ def _interventions_section(evaluations):
                    blocks)
 
 
-_ABSENT = {"networks": "Networks: run `llm2nifti decompose` then `llm2nifti networks`",
+_ABSENT = {"components": "Components: run `llm2nifti decompose`",
+           "networks": "Networks: run `llm2nifti networks` on a components image of `llm2nifti decompose`",
            "recurrence": "Recurrence: run `llm2nifti recurrence`",
            "localizer": "Localizer: run `llm2nifti localize`",
            "connectivity": "Connectivity: run `llm2nifti connectivity`",
@@ -343,7 +408,8 @@ def report(dataset, participant=None, output=None, evaluations=()):
     template = env.get_template("report.html.j2")
     pages = []
     for p in [participant] if participant else found:
-        built = {"dataset": _dataset_section(ds, p), "networks": _networks_section(ds, p),
+        built = {"dataset": _dataset_section(ds, p), "components": _components_section(ds, p),
+                 "networks": _networks_section(ds, p),
                  "recurrence": _recurrence_section(ds, p), "localizer": _localizer_section(ds, p),
                  "connectivity": _connectivity_section(ds, p),
                  "fingerprint": _fingerprint_section(ds, p),
