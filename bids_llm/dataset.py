@@ -42,7 +42,7 @@ from .events import documents_tsv, read_documents, read_events
 from .io import TMP_PREFIX, save_img, save_img_sha256, sha256_file, write_json, write_text
 from .naming import bids_name, existing, inside, legacy_name, parse_name
 
-__all__ = ["DatasetWriter", "Dataset", "Run", "BIDS_VERSION", "DEFAULT_SITE", "PIPELINE"]
+__all__ = ["DatasetWriter", "Dataset", "Run", "load_run", "BIDS_VERSION", "DEFAULT_SITE", "PIPELINE"]
 
 BIDS_VERSION = "1.10.0"
 DEFAULT_SITE = "mlp"

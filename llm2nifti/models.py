@@ -92,10 +92,14 @@ def load_model(model=None, device="cpu", dtype="auto", trust_remote_code=False, 
     tokenizer : transformers.PreTrainedTokenizerBase
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     device = _resolve_device(device)
     dtype = _resolve_dtype(dtype)
     src = resolve(model, gguf_file=gguf_file, cache=cache, trust_remote_code=trust_remote_code)
+    # Weights are read from local files in about a second: no progress bar of transformers' own
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
     try:
         # Warnings are shown once the model has loaded: a load that fails says why in one line.
         with warnings.catch_warnings(record=True) as caught:
@@ -111,6 +115,9 @@ def load_model(model=None, device="cpu", dtype="auto", trust_remote_code=False, 
         raise _pickle_error(src.name) from None
     except (OSError, ValueError, KeyError, SafetensorError) as exc:
         raise _load_error(src.name, exc) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     lm.to(device)
     lm.eval()
     lm.config.name_or_path = src.name

@@ -151,7 +151,7 @@ class Site:
     Parameters
     ----------
     kind : {"mlp", "mlp-out", "attn", "residual", "experts", "mixer"}
-        See :data:`SITE_HELP`. ``"mlp"``: the MLP's hidden neurons (input of ``down_proj``
+        See ``llm2nifti sites``. ``"mlp"``: the MLP's hidden neurons (input of ``down_proj``
         in gated MLPs, of ``c_proj`` in GPT-2; every routed and shared expert's in a
         mixture of experts); ``"mlp-out"``: the MLP block's output (the units the paper's
         authors used); ``"attn"``: the heads' concatenated outputs; ``"residual"``: each
@@ -593,7 +593,7 @@ def resolve_site(model, kind="mlp", layers=None, experts=None):
         A causal language model, its base model, or a multimodal model (its language
         model is scanned).
     kind : {"mlp", "mlp-out", "attn", "residual", "experts", "mixer"}
-        Which units (see :data:`SITE_KINDS` and :data:`SITE_HELP`).
+        Which units (see :data:`SITE_KINDS` and ``llm2nifti sites``).
     layers : str, sequence of int or None
         Layer selection (see :func:`parse_layers`); None means every layer that has the site.
     experts : str, sequence of int or None

@@ -183,9 +183,12 @@ class ScanSettings:
     gguf_file: str | None = None
 
     @classmethod
-    def build(cls, output, model=None, text=None, *, label=None, task=None, **options):
-        """Validated settings from :func:`scan`'s arguments (``label``: the participant)."""
+    def build(cls, output, model=None, text=None, *, participant=None, label=None, task=None,
+              **options):
+        """Validated settings from :func:`scan`'s arguments (``label``: an older name of
+        ``participant``)."""
         _check_output(output, options.get("resume", False), options.get("overwrite", False))
+        label = participant if participant is not None else label
         name = DEFAULT_MODEL if model is None else str(model)
         participant = model_label(name) if label is None else _label(label, "--participant")
         task = _default_task(text) if task is None else _label(task, "--task")
@@ -226,8 +229,9 @@ def scan(output, model=None, text=None, *, loaded=None, **options):
     loaded : (model, tokenizer), optional
         An already loaded model and tokenizer (``model`` then only names it).
     **options
-        ``label`` (participant), ``task``, and the other fields of
-        :class:`ScanSettings`: ``neurons``, ``layers``, ``run_tokens``,
+        ``participant`` (BIDS label; default: from the model's name), ``task``, and the
+        other fields of
+        ``ScanSettings``: ``neurons``, ``layers``, ``run_tokens``,
         ``max_tokens``, ``encoding``, ``id_column``, ``text_column``, ``bos``,
         ``device``, ``dtype``, ``trust_remote_code``, ``threads``, ``cache``,
         ``compress``, ``resume``, ``overwrite``, ``progress``, ``gguf_file``.

@@ -32,7 +32,7 @@ class Recorder:
         Write a batch-of-one forward pass straight into this float32 buffer
         (a :meth:`NeuronLayout.empty_buffer`): ``buffer[t, k, :width_k]`` receives the
         units of the ``k``-th layer of the site. Without it, activations are
-        kept as tensors in :attr:`activations_`. On a GPU, with a page-locked buffer
+        kept as tensors in ``activations_``. On a GPU, with a page-locked buffer
         (:func:`pinned_buffer`), each layer's activations are cast to float32 on the GPU
         and copied to the host on a copy stream of their own, without waiting, while
         the next layers compute; the buffer is complete when the context exits.

@@ -10,7 +10,7 @@ does, or the sample covariance); the group connectome is their mean (for
 tangent: nilearn's geometric-mean covariance, ``mean_``).
 
 Networks are ordered by their *layer profile*: the depth (mean layer of the network's units,
-weighted by |z|) at which each network lives, so that early-layer networks come first.
+weighted by ``|z|``) at which each network lives, so that early-layer networks come first.
 
 Two connectomes (two tasks, two datasets of the same model) are compared after matching
 their networks one to one by IoU of their thresholded unit sets: the similarity is the
@@ -75,10 +75,10 @@ class ConnectivityResult:
 
 
 def layer_depth(maps, layout, threshold=3.6):
-    """Mean layer of each network: of its units with |z| > ``threshold``, weighted by |z|.
+    """Mean layer of each network: of its units with ``|z|`` > ``threshold``, weighted by ``|z|``.
 
     The maps are z-scored over units first; a map with no unit past the threshold is
-    weighted by all its |z| (its whole layer profile's centre).
+    weighted by all its ``|z|`` (its whole layer profile's centre).
     """
     from .decomposition import zscore_maps
 
@@ -112,7 +112,7 @@ def network_time_series(runs, components, maps, layout, mask, signals="maps", th
     """``(tokens, networks)`` time series of each run.
 
     ``signals="maps"``: nilearn's NiftiMapsMasker (least squares on the maps);
-    ``"mean"``: mean of each network's units (|z| > ``threshold``, or the given ``nset``
+    ``"mean"``: mean of each network's units (``|z|`` > ``threshold``, or the given ``nset``
     from :func:`~llm2nifti.analysis.selection.maps_to_neurons`), signed by z.
     """
     from bids_llm.dataset import load_run
@@ -196,7 +196,7 @@ def connectivity(components, dataset, *, participant=None, task=None, runs=None,
         Covariance estimator: nilearn's default (Ledoit-Wolf shrinkage), or the sample
         covariance (then a correlation is numpy's ``corrcoef``).
     threshold : float
-        |z| threshold of the unit sets (``signals="mean"`` and the matching).
+        ``|z|`` threshold of the unit sets (``signals="mean"`` and the matching).
     output : path, optional
         Folder (default ``DATASET/derivatives/llm2nifti-connectivity``).
     compare, compare_dataset, compare_task :

@@ -127,7 +127,7 @@ class Decomposition(BaseEstimator):
     random_state : int
         Fixed value, identical output.
     backend : {"nilearn", "fast"}
-        ``"fast"``: the same CanICA algorithm in torch (:mod:`llm2nifti.analysis.fastica`).
+        ``"fast"``: the same CanICA algorithm in torch (``llm2nifti.analysis.fastica``).
     n_jobs : int
         nilearn's parallel jobs.
     device : str
@@ -137,7 +137,7 @@ class Decomposition(BaseEstimator):
     verbose : int
     scheduler : None, "threads", "processes", "tcp://host:port" or dask.distributed.Client
         Where the fast backend's per-run reductions run (see
-        :mod:`llm2nifti.analysis.scheduling`); the group SVD and FastICA stay here.
+        ``llm2nifti.analysis.scheduling``); the group SVD and FastICA stay here.
         The same seed gives the same maps whatever the scheduler.
     workers : int
         Worker processes of ``scheduler="processes"``.
@@ -145,7 +145,7 @@ class Decomposition(BaseEstimator):
         A progress bar over the fast backend's runs.
     gram_dtype : {"auto", "float32", "bfloat16"}
         Fast backend: precision of each run's Gram matrix (exact reduction; see
-        :mod:`llm2nifti.analysis.reduction`).
+        :class:`~llm2nifti.analysis.RunReductions`).
     precision : {"mixed", "double"}
         Fast backend: FastICA in float32 with a float64 finish, or float64 throughout.
 
@@ -207,8 +207,8 @@ class Decomposition(BaseEstimator):
         layout : NeuronLayout
         reduced : list of ndarray or RunReductions, optional
             Fast backend: each run's reduction already made (at least ``n_components`` rows,
-            as :func:`~llm2nifti.analysis.scheduling.reduce_run` makes them), or a
-            :class:`~llm2nifti.analysis.reduction.RunReductions` shared between decompositions.
+            as ``llm2nifti.analysis.scheduling.reduce_run`` makes them), or a
+            :class:`~llm2nifti.analysis.RunReductions` shared between decompositions.
 
         Returns
         -------

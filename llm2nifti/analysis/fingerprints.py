@@ -1,7 +1,7 @@
 """``fingerprint``: is one model's network structure another's, beyond the stimulus?
 
 For each participant (model) of a dataset: its networks (CanICA maps thresholded at
-|z| > 3.6, decomposed on the fly when the dataset has none for it), each network's time
+``|z|`` > 3.6, decomposed on the fly when the dataset has none for it), each network's time
 course (the signed mean of its units, as ``connectivity --signals mean``) pooled to words,
 so that models with different tokenizers share one axis. The reference is then compared with
 each candidate and each independent model (:mod:`llm2nifti.analysis.compare`): score,
@@ -38,7 +38,7 @@ class ParticipantNetworks:
         ``document_id``, ``word_index``, ``word`` per row of ``values``.
     values : ndarray of shape (words, networks)
     depth : ndarray of shape (networks,)
-        Mean layer of each network's units (weighted by |z|) over the model's number of layers.
+        Mean layer of each network's units (weighted by ``|z|``) over the model's number of layers.
     components : Path or None
         The components image (None when a networks table was given).
     index : object
@@ -328,7 +328,7 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
     n_permutations : int
         Draws of the stimulus null (at least 1,000 for a p-value the verdict uses).
     threshold, n_components, backend, random_state :
-        Networks: |z| threshold and the CanICA made when a participant has none.
+        Networks: ``|z|`` threshold and the CanICA made when a participant has none.
     rsa : bool
         Also compare every layer of the reference with every layer of each model
         (:func:`~llm2nifti.analysis.rsa.layer_similarity`).

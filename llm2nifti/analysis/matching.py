@@ -140,7 +140,7 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
         Write the PNG figures.
     scheduler, workers :
         Where the fast backend's per-run reductions run (see
-        :mod:`llm2nifti.analysis.scheduling`): one cluster serves every decomposition.
+        ``llm2nifti.analysis.scheduling``): one cluster serves every decomposition.
     progress : bool
         Progress bars over the runs' reductions (one per seed).
 

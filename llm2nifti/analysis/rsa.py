@@ -156,7 +156,7 @@ def layer_similarity(ds, ref, other, *, pool="mean", max_items=300, n_permutatio
                      random_state=0):
     """:class:`LayerSimilarity` of two participants' networks objects (see the module).
 
-    ``ref`` and ``other`` are :class:`~llm2nifti.analysis.fingerprint.ParticipantNetworks`.
+    ``ref`` and ``other`` are :class:`~llm2nifti.analysis.ParticipantNetworks`.
     """
     import pandas as pd
 

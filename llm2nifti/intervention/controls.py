@@ -39,7 +39,7 @@ __all__ = ["neuron_stats", "random_like", "spread_matched", "top_spread", "massi
 
 
 def neuron_stats(dataset, participant=None, task=None, site="mlp"):
-    """Mean, spread (std) and peak |activation| of every neuron over a scan's tokens.
+    """Mean, spread (std) and peak ``|activation|`` of every neuron over a scan's tokens.
 
     Read from the ``desc-unitstats`` derivative that convert writes, when the runs are
     of one task and it covers them; else computed from the runs (one pass).
@@ -55,7 +55,7 @@ def neuron_stats(dataset, participant=None, task=None, site="mlp"):
     -------
     stats : pandas.DataFrame
         One row per neuron (layer-major): layer, neuron, mean, std, peak, peak_token
-        (index over the concatenated runs of the largest |activation|).
+        (index over the concatenated runs of the largest ``|activation|``).
     """
     from bids_llm.dataset import Dataset, load_run
 
@@ -180,7 +180,7 @@ def top_spread(key, stats):
 
 
 def massive_neurons(stats, factor=100.0):
-    """Neurons whose peak |activation| exceeds ``factor`` times the median peak.
+    """Neurons whose peak ``|activation|`` exceeds ``factor`` times the median peak.
 
     Returns
     -------

@@ -60,7 +60,7 @@ class Condition:
     n_networks : int, optional
         Networks in the key set (curve points).
     ablation : {"zero", "mean"}
-        What inhibit and retain put in place of a unit (see :mod:`llm2nifti.intervention.hooks`).
+        What inhibit and retain put in place of a unit (see :func:`~llm2nifti.intervention.intervene`).
     """
 
     name: str
@@ -244,7 +244,7 @@ def run_conditions(evaluator, conditions, key, n_neurons, site=None, n_resamples
     Returns
     -------
     pandas.DataFrame
-        One row per condition and metric (columns :data:`RESULT_COLUMNS`).
+        One row per condition and metric (columns ``RESULT_COLUMNS``).
     """
     from tqdm.auto import tqdm
 
@@ -341,7 +341,7 @@ def verdicts(summary):
 
     *Inhibit*: the network selection "does better" than a control when
     inhibiting it hurts more; *retain*: when keeping it alone preserves more.
-    See :func:`_beats` for what counts as clearly better.
+    See ``_beats`` for what counts as clearly better.
     """
     lines = []
     for metric in [m for m in _BETTER if m in set(summary["metric"])]:
@@ -514,7 +514,7 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
     fnk_backend, fnk_n_init : str, int
         CanICA backend and FastICA starts of those decompositions.
     fnk_threshold : float, optional
-        |z| threshold of their networks (default: the threshold that made ``networks``, or 3.6).
+        ``|z|`` threshold of their networks (default: the threshold that made ``networks``, or 3.6).
     device, dtype, threads, cache :
         Model loading (see :func:`llm2nifti.models.load_model`).
     batch_size : int

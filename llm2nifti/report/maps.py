@@ -12,7 +12,7 @@ MAX_COLUMNS = 768  # wider layers are pooled (the strongest value of each bin is
 
 
 def flat_values(values, layout, max_columns=MAX_COLUMNS):
-    """``(n_layers, columns)`` array of layer-major ``values``, wide layers max-|v| pooled.
+    """``(n_layers, columns)`` array of layer-major ``values``, wide layers max-``|v|`` pooled.
 
     Returns
     -------
