@@ -7,7 +7,9 @@ STAMP  := $(VENV)/.llm2nifti-installed
 DEMO   ?= demo/scan
 DEMO_TOKENS ?= 4096
 
-.PHONY: install demo test browser bench reproduce clean
+DOCS_STAMP := $(VENV)/.llm2nifti-docs-installed
+
+.PHONY: install demo test browser bench reproduce docs clean
 
 install: $(STAMP)
 
@@ -37,6 +39,18 @@ browser:
 		&& apt-get install -y -q chromium >/dev/null 2>&1; } \
 		|| echo "Chromium not installed: the report's browser test will be skipped"
 
+# The documentation site, offline, into docs/_build/html; the gallery's examples are run (they
+# share one scan of the embedded model in docs/_build/gallery-data). Any warning fails the build.
+$(DOCS_STAMP): $(STAMP)
+	$(PIP) install -q -e '.[docs]'
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(PY) docs/api_names.py
+	LLM2NIFTI_GALLERY=$(CURDIR)/docs/_build/gallery-data MPLBACKEND=Agg \
+		$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	@echo "docs: docs/_build/html/index.html"
+
 bench: $(STAMP) demo
 	$(PY) benchmarks/bench_convert.py
 	$(PY) benchmarks/bench_decompose.py $(DEMO) -k 20 --n-init 10
@@ -47,4 +61,4 @@ reproduce: $(STAMP)
 	$(PY) -m llm2nifti.intervention.reproduce --fresh
 
 clean:
-	rm -rf demo .pytest_cache
+	rm -rf demo .pytest_cache docs/_build docs/generated docs/auto_examples

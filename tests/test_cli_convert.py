@@ -17,7 +17,7 @@ def test_convert_local_folder_prints_where_and_how(tmp_path, tiny_model_dir, tex
     out = tmp_path / "ds"
     r = run("convert", out, "--model", tiny_model_dir, "--text", text_file, "--run-tokens", 64, "-q")
     assert r.exit_code == 0, r.output
-    assert "Wrote 5 run(s)" in r.output and "canica_on_scan.py" in r.output
+    assert "Wrote 5 run(s)" in r.output and "plot_02_nilearn_decomposition.py" in r.output
     assert len(Dataset(out).runs(participant="tinyllama", task="stories")) == 5
 
 

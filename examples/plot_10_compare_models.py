@@ -1,0 +1,48 @@
+"""
+Compare models as subjects
+==========================
+
+Two models that read the same text can be compared the way two brains are: by matching their
+functional networks. ``fingerprint`` takes each participant's CanICA networks, averages each
+network's activity over the tokens of each word, matches the reference's networks to the other
+model's one to one (Hungarian matching on the correlation of their word-level time series),
+and tests the mean matched correlation against a stimulus null (documents paired with other
+documents). Here the reference is the embedded model and the candidate a copy whose MLP
+neurons were permuted within each layer: the same function under other unit indices, which a
+comparison by unit index would miss. A randomly initialised copy of the same architecture is
+the independent model that says what an unrelated model scores.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+
+import llm2nifti
+from llm2nifti.analysis import fingerprint
+from llm2nifti.intervention import derive
+
+gallery = Path(os.environ.get("LLM2NIFTI_GALLERY", Path(tempfile.gettempdir()) / "llm2nifti-gallery"))
+# both models read the same 2,048 tokens, into a dataset of their own
+reference = llm2nifti.scan(gallery / "compare", max_tokens=2048, run_tokens=512, resume=True,
+                           progress=False)
+permuted = gallery / "models" / "permuted"
+if not (permuted / "variant.json").is_file():  # made once, kept for the next run
+    derive(permuted, "permuted", seed=0)
+llm2nifti.scan(gallery / "compare", model=permuted, participant="permuted", max_tokens=2048,
+               run_tokens=512, resume=True, progress=False)
+
+found = fingerprint(reference.root, reference.participant, ["permuted"], n_random=1,
+                    n_components=10, rsa=False)
+print(found.summary[["role", "score", "n_above", "null_mean", "null_95", "p"]])
+print(found.summary[["verdict", "reason"]].to_string())
+
+# %%
+# Matched correlation of each reference network (rows) with the candidate's networks:
+matrix = found.matrices["permuted"]["spearman"]
+fig, ax = plt.subplots(figsize=(5, 4))
+shown = ax.imshow(matrix.to_numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
+ax.set(xlabel="permuted copy's networks", ylabel=f"{reference.participant}'s networks")
+fig.colorbar(shown, ax=ax, label="Spearman r (word level)")
+fig.tight_layout()
