@@ -82,7 +82,8 @@ def convert(output, model, gguf_file, text, site, layers, experts, run_tokens, m
                + (f"; kept {len(res.skipped)} finished run(s)" if res.skipped else ""))
     click.echo(f"  runs: {res.root}/sub-{res.participant}/func/")
     click.echo(f"  mask: {mask}")
-    click.echo("  nilearn: python examples/plot_02_nilearn_decomposition.py " + str(res.root))
+    click.echo(f"  next:  llm2nifti decompose {res.root}   (nilearn itself: "
+               "examples/plot_02_nilearn_decomposition.py in the documentation)")
 
 
 @main.command()

@@ -129,3 +129,33 @@ def _long_functions(limit):
 
 def test_no_function_body_longer_than_80_lines():
     assert list(_long_functions(80)) == []
+
+
+def test_wheel_and_sdist_hold_the_package_data(tmp_path):
+    """``python -m build`` makes a wheel with the report template and the console script, and
+    an sdist that builds it again."""
+    import tarfile
+    import zipfile
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"  # a clean copy of the tracked files: no build/ or egg-info of this tree
+    files = subprocess.run(["git", "ls-files"], cwd=root, capture_output=True, text=True,
+                           check=True).stdout.split()
+    for name in files:
+        if (root / name).is_file():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            (src / name).write_bytes((root / name).read_bytes())
+    out = subprocess.run([sys.executable, "-m", "build", "--no-isolation", "--outdir",
+                          str(tmp_path / "dist"), str(src)], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    (sdist,) = (tmp_path / "dist").glob("*.tar.gz")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "llm2nifti/report/templates/report.html.j2" in names
+    assert {"llm2nifti/cli/main.py", "bids_llm/dataset.py", "llm2nifti/acquisition/convert.py"} <= set(names)
+    entry = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "llm2nifti = llm2nifti.cli.main:main" in zipfile.ZipFile(wheel).read(entry).decode()
+    held = tarfile.open(sdist).getnames()
+    assert any(n.endswith("llm2nifti/report/templates/report.html.j2") for n in held)
+    assert any(n.endswith("/setup.cfg") for n in held)
