@@ -22,7 +22,8 @@ def _selection_options(f):
     f = click.option("--site", default=None,
                      help="Neuron site (acq entity) [default: the only one in the runs].")(f)
     f = click.option("--runs", "run", default=None, help="Run numbers, e.g. 1,2 [default: all].")(f)
-    f = click.option("--task", default=None, help="BIDS task label [default: all].")(f)
+    f = click.option("--task", default=None,
+                     help="BIDS task label [default: the only one]; 'all': every task together.")(f)
     f = click.option("--participant", default=None,
                      help="BIDS participant label [default: the only one].")(f)
     return f

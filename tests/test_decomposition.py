@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -261,3 +258,20 @@ def test_run_reductions_read_each_run_once_for_a_sweep(planted, monkeypatch):
     b = Decomposition(n_components=4, n_init=2, backend="fast", gram_dtype="float32").fit(runs, layout)
     np.testing.assert_array_equal(a.components_, b.components_)
     assert b.info_["reduction"] == ["exact"]
+
+
+def test_the_task_is_inferred_when_one_is_left(tiny_scan, tokenizer, text_file):
+    """One task: used without --task. Two: an error lists them; 'all' takes them together."""
+    from llm2nifti.acquisition.convert import scan
+
+    res, model = tiny_scan
+    one = decompose(res.root, backend="fast", n_components=2, n_init=1)
+    assert "_task-stories_" in one.components.name
+    scan(res.root, "tinyllama", text_file, task="other", run_tokens=100, progress=False,
+         loaded=(model, tokenizer), threads=1)
+    with pytest.raises(UsageError, match=r"several tasks \(other, stories\): choose one with --task "
+                                         r"\(or --task all to take them together\)"):
+        decompose(res.root, backend="fast", n_components=2, n_init=1)
+    both = decompose(res.root, task="all", backend="fast", n_components=2, n_init=1, desc="both")
+    assert "_task-otherstories_" in both.components.name
+    assert len(json.loads(both.sidecar.read_text())["Sources"]) == 2 * len(res.runs)

@@ -319,19 +319,29 @@ def check_decomposition_fits(tokens, n_neurons, n_components, backend="fast", me
                      f"{max(tokens)} tokens x {n_neurons} neurons", advice)
 
 
+ALL_TASKS = "all"  # select_runs(task=ALL_TASKS): the runs of every task, decomposed together
+
+
 def select_runs(dataset, participant=None, task=None, run=None, site=None, verify=True):
     """Runs and layout of one participant and site chosen by BIDS entities.
 
-    ``site`` None: the only site among the matching runs (several: an error lists them).
+    ``site`` None: the only site among the matching runs; ``task`` None: the only task
+    (several: an error lists them); ``task="all"``: every task's runs together.
     With ``verify``, damaged runs are refused (see :meth:`bids_llm.dataset.Dataset.check_runs`).
     """
-    runs = dataset.runs(participant=participant, task=task, run=run, site=site)
+    from ..acquisition import only_choice
+
+    if task is None:
+        found = dataset.runs(participant=participant, run=run, site=site)
+        if found:
+            task = only_choice([r.task for r in found], "task",
+                               "--task (or --task all to take them together)")
+    runs = dataset.runs(participant=participant, task=None if task == ALL_TASKS else task, run=run,
+                        site=site)
     if not runs:
         raise UsageError(f"no runs in {dataset.root} match participant={participant}, task={task}, "
                          f"run={run}, site={site}")
     if site is None:
-        from ..acquisition import only_choice
-
         site = only_choice([r.site_kind for r in runs], "site", "--site")
         runs = [r for r in runs if r.site_kind == site]
     subs = sorted({r.participant for r in runs})
@@ -360,7 +370,9 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
     dataset : path or Dataset
         A dataset written by ``llm2nifti convert``.
     participant, task, run : str, int, list or None
-        BIDS entity filters (None: all); the runs must belong to one participant.
+        BIDS entity filters; the runs must belong to one participant. ``participant`` and
+        ``task`` None: the only one (several: an error lists them); ``task="all"``: every
+        task's runs together (their labels joined in the outputs' names). ``run`` None: all.
     site : str, optional
         Neuron site (``"mlp"``, ``"mlp-out"``, ...); default: the only one among the runs.
     method, backend, n_components, n_init, random_state, n_jobs, device, alpha :

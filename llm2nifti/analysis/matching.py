@@ -122,7 +122,7 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
     ----------
     dataset : path or Dataset
     participant, task, run, site :
-        Which runs (BIDS entity filters); one participant.
+        Which runs (BIDS entity filters; see :func:`decompose`); one participant.
     templates : path, optional
         A components image to use as templates (default: decompose all selected runs).
     method, backend, n_components, n_init, random_state, device, n_jobs :

@@ -93,7 +93,7 @@ def fn_at_k(dataset, ks, *, participant=None, site=None, backend="fast", n_init=
     from ..analysis import decompose, networks, select_runs
 
     dataset = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
-    runs, layout = select_runs(dataset, participant, site=site)
+    runs, layout = select_runs(dataset, participant, task="all", site=site)
     settings = {"backend": backend, "n_init": int(n_init), "random_state": random_state}
     ks = parse_ks(ks)
     from ..analysis import RunReductions, check_decomposition_fits
