@@ -16,7 +16,10 @@ import os
 import tempfile
 from pathlib import Path
 
+import textwrap
+
 import matplotlib.pyplot as plt
+import pandas as pd
 
 import llm2nifti
 from llm2nifti.analysis import decompose, networks
@@ -31,16 +34,17 @@ result = llm2nifti.evaluate(tsv, root, gallery / "evaluation", n_docs=8, n_items
                             controls=("random", "spread-matched"), amplify=(), max_doc_tokens=64,
                             progress=False)
 for line in result.verdicts:
-    print(line)
+    print(textwrap.fill(line, 100, subsequent_indent="    "))
 
 # %%
 # The numbers behind the verdicts: one row per condition and metric.
-print(result.summary[["condition", "metric", "n_sets", "n_neurons", "mean", "min", "max"]].to_string())
+with pd.option_context("display.float_format", "{:.4g}".format):
+    print(result.summary[["condition", "metric", "n_sets", "n_neurons", "mean", "min", "max"]])
 
 # %%
 # The figure ``evaluate`` wrote: bars for the network's units and for each control (the
 # range over seeds), the unchanged model as a line.
-fig, ax = plt.subplots(figsize=(10, 4))
+fig, ax = plt.subplots(figsize=(10, 8))
 ax.imshow(plt.imread(result.figures[0]))
 ax.set_axis_off()
 fig.tight_layout()

@@ -39,10 +39,17 @@ print(found.summary[["role", "score", "n_above", "null_mean", "null_95", "p"]])
 print(found.summary[["verdict", "reason"]].to_string())
 
 # %%
-# Matched correlation of each reference network (rows) with the candidate's networks:
-matrix = found.matrices["permuted"]["spearman"]
-fig, ax = plt.subplots(figsize=(5, 4))
+# Correlation of each reference network (rows) with each of the candidate's networks, the
+# columns in the order of the one-to-one matching: the diagonal holds the matched pairs, whose
+# mean is the score. A network matched with a low or negative r is one the two decompositions
+# did not both find.
+pairs = found.pairs["permuted"]
+matrix = found.matrices["permuted"]["spearman"].loc[pairs["reference_network"], pairs["network"]]
+print(pairs[["reference_network", "network", "spearman"]].to_string(index=False))
+fig, ax = plt.subplots(figsize=(5.5, 4.5))
 shown = ax.imshow(matrix.to_numpy(), vmin=-1, vmax=1, cmap="RdBu_r")
-ax.set(xlabel="permuted copy's networks", ylabel=f"{reference.participant}'s networks")
+ax.set_xticks(range(matrix.shape[1]), matrix.columns, rotation=90)
+ax.set_yticks(range(len(matrix)), matrix.index)
+ax.set(xlabel="permuted copy's networks (matched order)", ylabel=f"{reference.participant}'s networks")
 fig.colorbar(shown, ax=ax, label="Spearman r (word level)")
 fig.tight_layout()
