@@ -49,6 +49,7 @@ docs: $(DOCS_STAMP)
 	$(PY) docs/api_names.py
 	LLM2NIFTI_GALLERY=$(CURDIR)/docs/_build/gallery-data MPLBACKEND=Agg \
 		$(PY) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+	$(PY) docs/check_site.py docs/_build/html
 	@echo "docs: docs/_build/html/index.html"
 
 bench: $(STAMP) demo

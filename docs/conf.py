@@ -60,6 +60,7 @@ html_theme_options = {
     "footer_end": ["sphinx-version"],
 }
 html_show_sourcelink = False
+html_context = {"default_mode": "auto"}  # light or dark as the reader's system says
 
 sphinx_gallery_conf = {
     "examples_dirs": str(ROOT / "examples"),

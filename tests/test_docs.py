@@ -51,3 +51,22 @@ def test_guide_links_point_at_files_that_exist():
             if target.startswith(("http://", "https://")):
                 continue
             assert (page.parent / target).exists(), (page.relative_to(ROOT), target)
+
+
+def test_site_check_finds_loads_from_outside(tmp_path):
+    spec = importlib.util.spec_from_file_location("check_site", ROOT / "docs" / "check_site.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    (tmp_path / "_static").mkdir()
+    (tmp_path / "_static" / "theme.css").write_text("a { color: red }")
+    (tmp_path / "ok.html").write_text(
+        '<link rel="stylesheet" href="_static/theme.css"><a href="https://example.org">x</a>'
+        '<img src="data:image/png;base64,AAAA">')
+    assert check.problems(tmp_path) == []
+    (tmp_path / "bad.html").write_text(
+        '<script src="https://cdn.example.org/x.js"></script><img src="missing.png">')
+    (tmp_path / "_static" / "font.css").write_text("@font-face { src: url(https://f.example/x.woff) }")
+    found = check.problems(tmp_path)
+    assert len(found) == 3
+    assert any("cdn.example.org" in p for p in found) and any("missing.png" in p for p in found)
+    assert any("font.css" in p for p in found)
