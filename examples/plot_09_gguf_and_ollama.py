@@ -60,3 +60,14 @@ print(json.loads(from_ollama.runs[0].with_suffix(".json").read_text())["ModelSou
 # Three routes to the same weights read the same tokens: identical runs.
 first = [llm2nifti.load_run(r.runs[0])[0] for r in (default, from_file, from_ollama)]
 print("identical:", all(np.array_equal(first[0], x) for x in first[1:]))
+
+import matplotlib.pyplot as plt
+
+layout = llm2nifti.Dataset(default.root).layout()
+fig, ax = plt.subplots(figsize=(7, 3.5))
+for X, label, style in zip(first, ("default scan", "GGUF file", "Ollama store"), ("-", "--", ":")):
+    per_layer = np.abs(X).mean(0).reshape(len(layout.layers), -1).mean(1)
+    ax.plot(layout.layers, per_layer, style, lw=2, label=label)
+ax.set(xlabel="layer", ylabel="mean |activation| over run 1", title="three routes, one model")
+ax.legend()
+fig.tight_layout()
