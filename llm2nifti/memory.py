@@ -146,7 +146,7 @@ def require_maps(path, command="this command"):
         vols = n[3] if len(n) == 4 else 1
         raise UsageError(f"{path} is a converted run ({vols} token volumes), not components: give "
                          f"{command} the maps of `llm2nifti decompose` (derivatives/llm2nifti-canica/"
-                         "sub-*/func/*_desc-canica_bold.nii)")
+                         "sub-*/func/*_desc-canica_stat-z_components.nii)")
 
 
 def run_shapes(paths):

@@ -40,7 +40,7 @@ def load_maps(img, layout):
     if isinstance(img, (str, Path)):
         path = Path(img)
         if not path.is_file():
-            raise UsageError(f"components image {path} not found: pass the _bold.nii that "
+            raise UsageError(f"components image {path} not found: pass the *_components.nii that "
                              "`llm2nifti decompose` wrote")
         try:
             img = nib.load(str(path))
