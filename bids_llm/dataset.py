@@ -4,7 +4,7 @@ Layout of a dataset::
 
     dataset_description.json  README  participants.tsv  participants.json  task-<set>_events.json
     code/llm2nifti/sub-<model>_task-<set>[_acq-<site>]_convert.json   settings of each convert (for --resume)
-    sub-<model>/sub-<model>_scans.tsv                       finished runs + sha256
+    sub-<model>/sub-<model>_scans.tsv                       finished runs + checksums
     sub-<model>/func/sub-<model>_task-<set>[_acq-<site>]_run-<n>_bold.nii   (+ .json, _events.tsv)
     derivatives/llm2nifti/dataset_description.json
     derivatives/llm2nifti/sub-<model>/anat/sub-<model>_desc-<site>_mask.nii
@@ -39,7 +39,8 @@ from llm2nifti.sites import SITE_KINDS
 
 from .derivatives import derivative_dir
 from .events import documents_tsv, read_documents, read_events
-from .io import TMP_PREFIX, save_img, save_img_sha256, sha256_file, write_json, write_text
+from .io import (CHECKSUMS, TMP_PREFIX, checksum_file, save_img, save_img_checksum, write_json,
+                 write_text)
 from .naming import bids_name, existing, inside, legacy_name, parse_name
 
 __all__ = ["DatasetWriter", "Dataset", "Run", "load_run", "BIDS_VERSION", "DEFAULT_SITE", "PIPELINE"]
@@ -119,6 +120,19 @@ def _tsv(rows, columns):
     for r in rows:
         buf.write("\t".join(str(r.get(c, "n/a")) for c in columns) + "\n")
     return buf.getvalue()
+
+
+def _matches_checksum(path, row):
+    """True when the file's checksum equals the one its ``scans.tsv`` row holds.
+
+    The row's first checksum of :data:`~bids_llm.io.CHECKSUMS` is used; a row with none
+    (a damaged table) matches nothing.
+    """
+    for algorithm in CHECKSUMS:
+        recorded = row.get(algorithm)
+        if recorded not in (None, "", "n/a"):
+            return checksum_file(path, algorithm) == recorded
+    return False
 
 
 def _writer_alive(tmp_name):
@@ -389,7 +403,9 @@ class DatasetWriter:
 
     def _write_scans(self, rows):
         rows = sorted(rows, key=lambda r: r["filename"])
-        write_text(self.scans_path, _tsv(rows, ("filename", "sha256", "n_volumes")))
+        # One column per checksum in use: runs kept from an older convert keep their sha256.
+        sums = tuple(c for c in CHECKSUMS if any(r.get(c) not in (None, "", "n/a") for r in rows))
+        write_text(self.scans_path, _tsv(rows, ("filename",) + (sums or CHECKSUMS[:1]) + ("n_volumes",)))
 
     def run_done(self, run, ext=".nii", verify=True):
         """True when ``run`` is recorded as finished and its file matches its checksum."""
@@ -400,7 +416,7 @@ class DatasetWriter:
             return False
         if not (self.sidecar_path(run).is_file() and self.events_path(run).is_file()):
             return False
-        return not verify or sha256_file(bold) == row["sha256"]
+        return not verify or _matches_checksum(bold, row)
 
     def write_run(self, run, img, sidecar, events_text, ext=".nii"):
         """Write one run's bold image, sidecar and events, then record it as finished.
@@ -411,9 +427,9 @@ class DatasetWriter:
         bold = self.bold_path(run, ext)
         write_text(self.events_path(run), events_text)
         write_json(self.sidecar_path(run), sidecar)
-        digest = save_img_sha256(img, bold)
+        digest = save_img_checksum(img, bold, CHECKSUMS[0])
         rel = f"func/{bold.name}"
-        row = {"filename": rel, "sha256": digest, "n_volumes": img.shape[3]}
+        row = {"filename": rel, CHECKSUMS[0]: digest, "n_volumes": img.shape[3]}
         with self.shared():
             rows = self.finished()
             rows[rel] = row
@@ -538,7 +554,7 @@ class Dataset:
     def check_runs(self, runs):
         """Refuse runs that are damaged: unreadable, truncated, or not what convert recorded.
 
-        Each run's sha256 is compared with the one ``scans.tsv`` holds (one read
+        Each run's checksum is compared with the one ``scans.tsv`` holds (one read
         of every file). Raises :class:`UsageError` naming the run and how to redo it.
         """
         redo = "redo it with `llm2nifti convert` and the same options plus --resume"
@@ -553,7 +569,7 @@ class Dataset:
                 raise UsageError(f"{run.path.name} is not recorded as finished in "
                                  f"sub-{run.participant}_scans.tsv: {redo}")
             _check_size(run.path, redo)
-            if sha256_file(run.path) != row["sha256"]:
+            if not _matches_checksum(run.path, row):
                 raise UsageError(f"{run.path.name} does not match its checksum in scans.tsv "
                                  f"(it changed after convert wrote it): {redo}")
 

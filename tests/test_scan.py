@@ -59,18 +59,18 @@ def test_resume_after_interrupt_gives_identical_files(tmp_path, tokenizer, text_
     ref = _scan(tmp_path / "ref", tiny_llama(), tokenizer, text_file, run_tokens=50)
     assert len(ref.runs) == 6
     calls = {"n": 0}
-    real_save = bds.save_img_sha256
+    real_save = bds.save_img_checksum
 
-    def interrupting_save(img, path):
+    def interrupting_save(img, path, *args):
         calls["n"] += 1
         if calls["n"] == 4:  # the 4th run
             raise KeyboardInterrupt
-        return real_save(img, path)
+        return real_save(img, path, *args)
 
-    monkeypatch.setattr(bds, "save_img_sha256", interrupting_save)
+    monkeypatch.setattr(bds, "save_img_checksum", interrupting_save)
     with pytest.raises(KeyboardInterrupt):
         _scan(tmp_path / "cut", tiny_llama(), tokenizer, text_file, run_tokens=50)
-    monkeypatch.setattr(bds, "save_img_sha256", real_save)
+    monkeypatch.setattr(bds, "save_img_checksum", real_save)
     cut = tmp_path / "cut"
     assert not list(cut.rglob(".tmp-*"))  # nothing half-written
     assert len(list(cut.rglob("*_bold.nii"))) == 3

@@ -23,6 +23,19 @@ def test_running_stats_match_numpy():
     assert s.peak_token[7] == 123 and s.n_tokens == 700
 
 
+def test_peak_token_is_the_first_of_a_tie_on_both_search_paths():
+    # Small integers tie often, and +v and -v tie on |x|: the first token must win whichever
+    # way the peak is searched (one pass over the rows when most units rise, a gather when few).
+    rng = np.random.default_rng(1)
+    X = rng.integers(-3, 4, size=(300, 64)).astype(np.float32)
+    X[:, 5] = 0.0  # a dead unit: its peak stays 0 at token 0
+    for chunk in (300, 7):  # one chunk (every unit rises), then many (few units rise later)
+        s = RunningStats(64).update(X, chunk=chunk)
+        np.testing.assert_array_equal(s.peak, np.abs(X).max(0))
+        np.testing.assert_array_equal(s.peak_token, np.abs(X).argmax(0))
+    assert s.peak_token[5] == 0
+
+
 def test_convert_writes_unit_stats_that_evaluate_reads(tiny_scan):
     res, _ = tiny_scan
     ds = Dataset(res.root)
