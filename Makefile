@@ -1,5 +1,8 @@
 # Two entry points: `make demo` (scan the embedded model) and `make test`.
-# Each creates .venv and installs what it needs on first use.
+# Each creates .venv and installs what it needs on first use. Another interpreter:
+# `make test PYTHON=/path/to/python3.13 VENV=.venv-3.13` (every Python of setup.cfg's
+# classifiers is tested in CI).
+PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
@@ -14,7 +17,7 @@ DOCS_STAMP := $(VENV)/.llm2nifti-docs-installed
 install: $(STAMP)
 
 $(STAMP): setup.cfg pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# Prefer a local CPU build of torch where this machine has one (no multi-GB CUDA download);
 	# elsewhere the next step installs the torch pip resolves.
