@@ -8,6 +8,9 @@ import pytest
 import torch
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The same arithmetic on every CPU: "auto" would take a bfloat16 Gram on CPUs with AMX or
+# AVX512-BF16 and float32 elsewhere. Each branch is tested by name (test_decomposition.py).
+os.environ["LLM2NIFTI_GRAM_DTYPE"] = "float32"
 
 VOCAB = 258  # 256 bytes + <s> + </s>
 

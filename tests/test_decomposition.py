@@ -77,6 +77,56 @@ def test_fastica_keeps_the_sparsest_start():
     assert (maps.amax(1) >= -maps.amin(1)).all()  # peaks positive
 
 
+@pytest.mark.parametrize("precision", ["mixed", "double"])
+def test_a_degenerate_start_is_restarted_and_the_maps_are_still_found(precision):
+    # Planted sparse sources; start 0 holds a NaN, start 1 two equal rows (rank lost): on a
+    # GPU one such start made the batched eigh fail and took the decomposition down.
+    rng = np.random.default_rng(3)
+    S = rng.laplace(size=(4, 3000)) ** 3
+    comps = torch.as_tensor(rng.standard_normal((4, 4)) @ S)
+    w = np.stack([np.random.RandomState(s).normal(size=(4, 4)) for s in range(4)])
+    w[0, 1, 2] = np.nan
+    w[1, 2] = w[1, 0]
+    maps, info = fastica_restarts(comps, n_init=4, random_state=0, w_init=w, precision=precision)
+    assert info["restarted"] == [0, 1] and info["dropped"] == []
+    assert all(info["converged"]) and all(v is not None for v in info["sparsity"])
+    r = np.abs(np.corrcoef(maps.numpy(), S)[:4, 4:])
+    assert r.max(1).min() > 0.999 and sorted(r.argmax(1)) == [0, 1, 2, 3]
+    # The sound starts are untouched by the others' trouble: same as running them alone.
+    alone, _ = fastica_restarts(comps, n_init=4, random_state=0, precision=precision)
+    np.testing.assert_allclose(np.abs(np.corrcoef(alone.numpy(), maps.numpy())[:4, 4:]).max(1), 1,
+                               atol=1e-6)
+
+
+def test_a_start_that_degenerates_on_the_way_is_dropped_not_fatal(monkeypatch):
+    from llm2nifti.analysis import fastica as F
+
+    rng = np.random.default_rng(4)
+    comps = torch.as_tensor(rng.standard_normal((3, 3)) @ rng.laplace(size=(3, 800)) ** 3)
+    real = F._moment_step
+    calls = {"n": 0}
+
+    def poisoned(X1):
+        step = real(X1)
+        calls["n"] += 1
+
+        def bad_first_start(W):
+            out = step(W)
+            if calls["n"] == 1 and W.shape[0] == 3:  # start 0 blows up in its first step
+                out[0] = float("inf")
+            return out
+        return bad_first_start
+
+    monkeypatch.setattr(F, "_moment_step", poisoned)
+    maps, info = F.fastica_restarts(comps, n_init=3, random_state=0)
+    assert info["restarted"] == [0] and info["dropped"] == [] and calls["n"] == 2
+    assert torch.isfinite(maps).all()
+
+    monkeypatch.setattr(F, "_moment_step", lambda X1: (lambda W: W * float("nan")))
+    with pytest.raises(RuntimeError, match="every FastICA start degenerated"):
+        F.fastica_restarts(comps, n_init=3, random_state=0)
+
+
 def test_zscore_matches_nilearn_convention():
     X = torch.tensor([[1.0, 5.0, 2.0], [3.0, 5.0, 4.0], [5.0, 5.0, 9.0]])
     Z = zscore_(X.clone())
@@ -233,9 +283,120 @@ def test_exact_reduction_is_the_svd_and_serves_every_smaller_k():
                                                                   full_matrices=False)[2][:8])
         signs = np.sign((rows * ref).sum(1, keepdims=True))
         np.testing.assert_allclose(rows * signs, ref, atol=1e-3 * np.abs(ref).max())
+    # Two reductions at two k take one Gram and one eigh but products of other shapes, which
+    # other BLAS kernels compute: equal within the float32 bound of a T-term dot product of a
+    # unit eigenvector with a z-scored column (norm sqrt(T - 1)), not bit for bit.
     big = reduce_array(X, 12, method="exact", gram_dtype="float32").numpy()
     small = reduce_array(X, 5, method="exact", gram_dtype="float32").numpy()
-    np.testing.assert_array_equal(big[:5], small)
+    T = X.shape[0]
+    np.testing.assert_allclose(big[:5], small, rtol=0,
+                               atol=T * np.finfo(np.float32).eps * np.sqrt(T - 1))
+
+
+def _write_runs(root, arrays, n_layers=2):
+    """Runs of ``(T, V)`` arrays written as convert writes them; their bold paths."""
+    from bids_llm.dataset import DatasetWriter
+    from llm2nifti.layout import NeuronLayout
+    from llm2nifti.sites import Site
+
+    width = arrays[0].shape[1] // n_layers
+    layout = NeuronLayout(Site(kind="mlp", architecture="llama", hook="pre", width=width,
+                               module_template="model.layers.{layer}.mlp.down_proj",
+                               n_layers=n_layers))
+    w = DatasetWriter(root, "m", "t", layout)
+    w.init_dataset()
+    w.add_participant({"model": "m"})
+    paths = []
+    for r, X in enumerate(arrays, 1):
+        buf = layout.fill_buffer(layout.empty_buffer(len(X)), X)
+        paths.append(w.write_run(r, layout.buffer_to_img(buf), {
+            "TaskName": "t", "RepetitionTime": 1.0, "NeuronLayout": layout.to_dict()},
+            "onset\tduration\n", ".nii"))
+    return paths
+
+
+def test_the_cache_serves_exactly_the_rows_of_its_one_reduction(tmp_path):
+    # One reduction at the largest k serves each smaller k: exactly its leading rows.
+    from llm2nifti.analysis.reduction import RunReductions
+
+    rng = np.random.default_rng(6)
+    (path,) = _write_runs(tmp_path, [rng.standard_normal((40, 90)).astype(np.float32)])
+    cache = RunReductions(gram_dtype="float32", n_components=12)
+    (big,) = cache.of([path], 12)
+    for k in (12, 7, 1):
+        (rows,) = cache.of([path], k)
+        assert rows.shape == (k, 90)
+        np.testing.assert_array_equal(np.asarray(rows), np.asarray(big)[:k])
+
+
+def test_a_run_shorter_than_k_contributes_all_its_components(tmp_path):
+    from llm2nifti.analysis.reduction import RunReductions
+
+    rng = np.random.default_rng(7)
+    # the last runs of a text: 3 tokens, then 1
+    paths = _write_runs(tmp_path, [rng.standard_normal((T, 50)).astype(np.float32)
+                                   for T in (30, 3, 1)])
+    cache = RunReductions(gram_dtype="float32")
+    rows = cache.of(paths, 8)
+    assert [len(r) for r in rows] == [8, 3, 1]
+    assert [len(r) for r in cache.of(paths, 4)] == [4, 3, 1]  # from the cache, no crash
+    maps, info = canica((), n_components=8, n_init=2, reduced=cache.of(paths, 8))
+    assert maps.shape == (8, 50) and np.isfinite(maps).all()
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_every_gram_dtype_gives_the_leading_subspace_on_any_machine(dtype):
+    # Each branch forced by name, so a CPU without bfloat16 units tests the bfloat16 arithmetic
+    # too. Planted: rank-8 signal plus small noise; the bound is Davis-Kahan's, sin(angle) <=
+    # |E| / gap, with |E| <= 4 eps |A|_F^2 for a Gram of A rounded to the dtype.
+    from llm2nifti.analysis.reduction import gram_pca, subspace_angle
+
+    rng = np.random.default_rng(8)
+    k = 8
+    A = (rng.standard_normal((200, k)) * 10) @ rng.standard_normal((k, 600))
+    A = (A + 0.1 * rng.standard_normal(A.shape)).astype(np.float32)
+    Z = zscore_(torch.from_numpy(A.copy()))
+    Zd = Z.double().numpy()
+    _, s, vt = np.linalg.svd(Zd, full_matrices=False)
+    rows = gram_pca(Z, k, dtype=getattr(torch, dtype))
+    assert rows.dtype == torch.float32 and rows.shape == (k, 600)
+    eps = float(torch.finfo(getattr(torch, dtype)).eps)
+    gap = s[k - 1] ** 2 - s[k] ** 2
+    bound = np.degrees(np.arcsin(min(1.0, 4 * eps * (s ** 2).sum() / gap)))
+    angle = subspace_angle(rows, vt[:k])
+    assert angle <= bound, (angle, bound)
+    # and the rows are s_i v_i: their norms are the singular values, within the same bound
+    np.testing.assert_allclose(rows.double().norm(dim=1).numpy(), s[:k], rtol=4 * eps * k)
+
+
+@pytest.mark.parametrize("amx, avx512_bf16, device, env, expected", [
+    (False, False, "cpu", None, "float32"),
+    (True, False, "cpu", None, "bfloat16"),
+    (False, True, "cpu", None, "bfloat16"),
+    (False, False, "cuda", None, "bfloat16"),
+    (True, True, "cpu", "float32", "float32"),
+    (False, False, "cpu", "bfloat16", "bfloat16"),
+])
+def test_auto_gram_dtype_follows_the_cpu_flags(monkeypatch, amx, avx512_bf16, device, env, expected):
+    from llm2nifti.analysis.reduction import GRAM_DTYPE_ENV, resolve_gram_dtype
+
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    if env is None:
+        monkeypatch.delenv(GRAM_DTYPE_ENV, raising=False)
+    else:
+        monkeypatch.setenv(GRAM_DTYPE_ENV, env)
+    assert resolve_gram_dtype("auto", device) == getattr(torch, expected)
+    assert resolve_gram_dtype("float32", device) == torch.float32  # a name always wins
+
+
+def test_a_bad_gram_dtype_in_the_environment_is_one_line(monkeypatch):
+    from llm2nifti.analysis.reduction import GRAM_DTYPE_ENV, resolve_gram_dtype
+    from llm2nifti.errors import UsageError
+
+    monkeypatch.setenv(GRAM_DTYPE_ENV, "float8")
+    with pytest.raises(UsageError, match="LLM2NIFTI_GRAM_DTYPE='float8' is not a Gram dtype"):
+        resolve_gram_dtype("auto")
 
 
 def test_run_reductions_read_each_run_once_for_a_sweep(planted, monkeypatch):

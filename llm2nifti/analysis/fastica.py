@@ -80,10 +80,30 @@ def group_pca(reduced, n_components, random_state=0):
 def _sym_decorrelation(W):
     """``(W W^T)^(-1/2) W``, solved in float64 whatever ``W``'s dtype (float32 eigh of the
     small Gram fails on the ill-conditioned steps of some starts)."""
+    return _checked_decorrelation(W)[0]
+
+
+def _checked_decorrelation(W):
+    """:func:`_sym_decorrelation` of a batch of starts, and which of them are still sound.
+
+    A start is unsound when its ``W`` holds a value that is not finite, or has lost rank
+    (the smallest eigenvalue of ``W W^T`` below ``k * eps`` of ``W``'s dtype times the
+    largest): its decorrelation would be undefined or blow up. Its matrix is replaced by the
+    identity before the batched ``eigh`` (one bad start cannot make the batch fail) and it
+    comes back as it was, flagged in ``ok``.
+    """
     Wd = W.double()
-    s, u = torch.linalg.eigh(Wd @ Wd.transpose(-1, -2))
+    k = W.shape[-1]
+    ok = torch.isfinite(Wd).flatten(-2).all(-1)
+    eye = torch.eye(k, dtype=Wd.dtype, device=Wd.device)
+    safe = torch.where(ok[..., None, None], Wd, eye)
+    s, u = torch.linalg.eigh(safe @ safe.transpose(-1, -2))
+    floor = k * torch.finfo(W.dtype).eps * s[..., -1:].clamp_min(torch.finfo(torch.float64).tiny)
+    ok = ok & (s[..., 0] > floor[..., 0])
     s = s.clamp_min(torch.finfo(torch.float64).tiny)
-    return ((u * (1.0 / s.sqrt()).unsqueeze(-2)) @ u.transpose(-1, -2) @ Wd).to(W.dtype)
+    out = (u * (1.0 / s.sqrt()).unsqueeze(-2)) @ u.transpose(-1, -2) @ safe
+    out = torch.where(ok[..., None, None], out, Wd)
+    return out.to(W.dtype), ok
 
 
 def use_moments(k, V, n_init, n_iter=200):
@@ -141,24 +161,48 @@ def _moment_step(X1):
     return step
 
 
-def _iterate(W, step, todo, n_iter, max_iter, tol):
+def _iterate(W, step, todo, n_iter, max_iter, tol, failed):
     """Fixed-point iterations of the starts in ``todo`` until each moves less than ``tol``.
 
-    ``n_iter`` counts each start's iterations (over calls); a start stops at ``max_iter``.
-    Returns ``W`` and the mask of the starts that passed the test here.
+    ``n_iter`` counts each start's iterations (over calls); a start stops at ``max_iter``,
+    or as soon as its update is not finite or loses rank (it is then set in ``failed`` and
+    left as it was). Returns ``W`` and the mask of the starts that passed the test here.
     """
-    active = todo & torch.as_tensor(n_iter < max_iter, device=W.device)
-    passed = torch.zeros_like(active)
+    def running():
+        return todo & ~passed & ~failed & torch.as_tensor(n_iter < max_iter, device=W.device)
+
+    passed = torch.zeros_like(todo)
+    active = running()
     while bool(active.any()):
         idx = active.nonzero().flatten()
         Wa = W[idx]
-        W1 = _sym_decorrelation(step(Wa))
+        W1, ok = _checked_decorrelation(step(Wa))
         lim = ((W1 * Wa).sum(-1).abs() - 1).abs().amax(-1)
         W[idx] = W1
         n_iter[idx.cpu().numpy()] += 1
-        passed[idx[lim < tol]] = True
-        active = todo & ~passed & torch.as_tensor(n_iter < max_iter, device=W.device)
+        failed[idx[~ok]] = True
+        passed[idx[ok & (lim < tol)]] = True
+        active = running()
     return W, passed
+
+
+def _run_starts(w_init, X1, moments, precision, max_iter, tol):
+    """FastICA from each start of ``w_init`` (n, k, k): ``W``, ``n_iter``, converged, failed."""
+    n = w_init.shape[0]
+    W, ok = _checked_decorrelation(torch.as_tensor(w_init, dtype=torch.float64, device=X1.device))
+    failed = ~ok
+    n_iter = np.zeros(n, dtype=int)
+    if moments or precision == "double":
+        step = _moment_step(X1) if moments else _direct_step(X1)
+        W, converged = _iterate(W, step, ~failed, n_iter, max_iter, tol, failed)
+    else:
+        W32, passed = _iterate(W.float(), _direct_step(X1.float()), ~failed, n_iter, max_iter,
+                               tol, failed)
+        W = W32.double()
+        del W32
+        W, converged = _iterate(W, _direct_step(X1), passed & ~failed, n_iter, max_iter, tol,
+                                failed)
+    return W, n_iter, converged & ~failed, failed
 
 
 def _whiten(components):
@@ -173,8 +217,13 @@ def _whiten(components):
 
 
 def fastica_restarts(components, n_init=10, random_state=0, max_iter=200, tol=1e-4,
-                     precision="mixed"):
+                     precision="mixed", w_init=None):
     """FastICA of group components from ``n_init`` starts; the sparsest kept.
+
+    A start that degenerates (its ``W`` is not finite or loses rank, at the start or on the
+    way) never takes the decomposition down: it is restarted once from a new seed, drawn
+    after the starts' own from the same generator, and dropped when that start degenerates
+    too. ``info`` says which starts were restarted and which dropped.
 
     Parameters
     ----------
@@ -188,6 +237,9 @@ def fastica_restarts(components, n_init=10, random_state=0, max_iter=200, tol=1e
     precision : {"mixed", "double"}
         ``"mixed"``: the direct cube step iterates in float32 to ``tol``, then in float64 until
         the float64 test passes (within ``max_iter`` in all). ``"double"``: float64 throughout.
+    w_init : ndarray of shape (n_init, k, k), optional
+        The starts' unmixing matrices, in place of the seeded ones (the seeds are still drawn,
+        so the restarts are the same either way).
 
     Returns
     -------
@@ -195,7 +247,13 @@ def fastica_restarts(components, n_init=10, random_state=0, max_iter=200, tol=1e
         Independent maps, peak positive.
     info : dict
         ``n_iter`` per start, ``converged`` per start, the ``chosen`` start, each start's
-        ``sparsity`` (largest per-map L1 norm), the ``precision`` and the ``step`` form used.
+        ``sparsity`` (largest per-map L1 norm; None for a dropped start), the starts
+        ``restarted`` and ``dropped``, the ``precision`` and the ``step`` form used.
+
+    Raises
+    ------
+    RuntimeError
+        When every start, restarts included, degenerated.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
@@ -204,28 +262,38 @@ def fastica_restarts(components, n_init=10, random_state=0, max_iter=200, tol=1e
     seeds = rng.randint(_INT32_MAX, size=n_init)
     XT, K, X1 = _whiten(components)
     k, V = XT.shape
-    w_init = np.stack([np.random.RandomState(s).normal(size=(k, k)) for s in seeds])
-    W = _sym_decorrelation(torch.as_tensor(w_init, dtype=torch.float64, device=XT.device))
+    if w_init is None:
+        w_init = np.stack([np.random.RandomState(s).normal(size=(k, k)) for s in seeds])
+    w_init = np.asarray(w_init, dtype=np.float64)
+    if w_init.shape != (n_init, k, k):
+        raise ValueError(f"w_init must have shape {(n_init, k, k)}, not {w_init.shape}")
     moments = use_moments(k, V, n_init)
-    every = torch.ones(n_init, dtype=torch.bool, device=XT.device)
-    n_iter = np.zeros(n_init, dtype=int)
-    if moments or precision == "double":
-        step = _moment_step(X1) if moments else _direct_step(X1)
-        W, converged = _iterate(W, step, every, n_iter, max_iter, tol)
-    else:
-        W32, passed = _iterate(W.float(), _direct_step(X1.float()), every, n_iter, max_iter, tol)
-        W = W32.double()
-        del W32
-        W, converged = _iterate(W, _direct_step(X1), passed, n_iter, max_iter, tol)
+    W, n_iter, converged, failed = _run_starts(w_init, X1, moments, precision, max_iter, tol)
+    restarted = failed.nonzero().flatten().cpu().numpy()
+    if restarted.size:
+        again = np.stack([np.random.RandomState(s).normal(size=(k, k))
+                          for s in rng.randint(_INT32_MAX, size=restarted.size)])
+        W2, n2, c2, f2 = _run_starts(again, X1, moments, precision, max_iter, tol)
+        at = torch.as_tensor(restarted, device=W.device)
+        W[at], converged[at], failed[at] = W2, c2, f2
+        n_iter[restarted] += n2
+    failed = failed.cpu().numpy()
+    if failed.all():
+        raise RuntimeError(f"every FastICA start degenerated ({n_init} starts and their restarts: "
+                           "W not finite or of lost rank); the group components are "
+                           f"{'not finite' if not bool(torch.isfinite(components).all()) else 'finite'}")
     converged = converged.cpu().numpy()
     KX = K @ XT
     sparsity = torch.stack([(W[i] @ KX).abs().sum(-1).amax() for i in range(n_init)])
+    sparsity[torch.as_tensor(failed, device=sparsity.device)] = float("inf")
     best = int(torch.argmin(torch.nan_to_num(sparsity, nan=float("inf"))))
     maps = W[best] @ KX
     flip = maps.amax(dim=1) < -maps.amin(dim=1)
     maps[flip] *= -1
+    sparsity = [None if f else float(v) for f, v in zip(failed, sparsity.cpu().numpy())]
     return maps, {"n_iter": n_iter.tolist(), "converged": converged.tolist(), "chosen": best,
-                  "sparsity": sparsity.cpu().numpy().tolist(),
+                  "sparsity": sparsity, "restarted": restarted.tolist(),
+                  "dropped": np.flatnonzero(failed).tolist(),
                   "precision": "double" if moments else precision,
                   "step": "moments" if moments else "direct"}
 

@@ -29,15 +29,18 @@ even that at about three times the cost on such CPUs.
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import torch
 
 __all__ = ["zscore_", "run_pca", "gram_pca", "reduce_array", "resolve_gram_dtype",
-           "reduction_method", "RunReductions", "subspace_angle", "EXACT_MAX", "GRAM_DTYPES"]
+           "reduction_method", "RunReductions", "subspace_angle", "EXACT_MAX", "GRAM_DTYPES",
+           "GRAM_DTYPE_ENV"]
 
 EXACT_MAX = 4096
 GRAM_DTYPES = ("auto", "float32", "bfloat16")
+GRAM_DTYPE_ENV = "LLM2NIFTI_GRAM_DTYPE"
 
 
 def _center_(Z, eps=None):
@@ -126,11 +129,23 @@ def run_pca(Z, n_components, random_state=0, n_oversamples=10):
 
 
 def resolve_gram_dtype(gram_dtype="auto", device="cpu"):
-    """The torch dtype of the Gram matrix: ``"auto"`` picks bfloat16 where the hardware has it."""
+    """The torch dtype of the Gram matrix: ``"auto"`` picks bfloat16 where the hardware has it.
+
+    The environment variable ``LLM2NIFTI_GRAM_DTYPE`` (``float32`` or ``bfloat16``) decides for
+    ``"auto"`` when it is set: the test suite sets it to ``float32`` so that its figures are the
+    same on every CPU, and tests each branch by name.
+    """
     if gram_dtype not in GRAM_DTYPES:
         from ..errors import UsageError
 
         raise UsageError(f"unknown Gram dtype {gram_dtype!r}: choose one of {', '.join(GRAM_DTYPES)}")
+    if gram_dtype == "auto":
+        gram_dtype = os.environ.get(GRAM_DTYPE_ENV, "auto")
+        if gram_dtype not in GRAM_DTYPES:
+            from ..errors import UsageError
+
+            raise UsageError(f"{GRAM_DTYPE_ENV}={gram_dtype!r} is not a Gram dtype: choose one of "
+                             f"{', '.join(GRAM_DTYPES)} (or unset it)")
     if gram_dtype != "auto":
         return getattr(torch, gram_dtype)
     if torch.device(device).type == "cuda":
@@ -208,16 +223,23 @@ class RunReductions:
         self.client, self.device, self.progress = client, device, progress
         self.gram_dtype, self.n_components = gram_dtype, n_components
         self.exact = {}
+        self.whole = set()  # runs whose exact reduction is all of their components
         self.randomized = {}
 
     def _served(self, path, k, seed):
         rows = self.exact.get(path)
-        if rows is not None and len(rows) >= k:
+        # A run of rank below the k it was reduced at holds all its components: it serves
+        # every k with all it has (a short last run contributes its rank, not a crash).
+        if rows is not None and (len(rows) >= k or path in self.whole):
             return rows[:k]
         return self.randomized.get((path, k, seed))
 
     def of(self, runs, k, seed=0):
-        """The reductions of ``runs`` at ``k`` components, in order (arrays of shape ``(k, V)``)."""
+        """The reductions of ``runs`` at ``k`` components, in order (arrays of shape ``(k, V)``).
+
+        A run of fewer than ``k`` tokens (or neurons) has fewer components: its array holds
+        all of them (``min(k, T, V)`` rows).
+        """
         from .scheduling import map_runs, reduce_run
 
         paths = [str(getattr(r, "path", r)) for r in runs]
@@ -232,6 +254,8 @@ class RunReductions:
             for p, (rows, method) in zip(missing, results):
                 if method == "exact":
                     self.exact[p] = rows
+                    if len(rows) < want:
+                        self.whole.add(p)
                 else:
                     self.randomized[(p, k, seed)] = rows[:k]
         return [self._served(p, k, seed) for p in paths]
