@@ -32,8 +32,10 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/llm2nifti convert $(DEMO) --max-tokens $(DEMO_TOKENS) --resume
 
+# TESTS: a subset of the suite (files or node ids); empty runs it all.
+TESTS ?=
 test: $(STAMP) browser
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(TESTS)
 
 # The report's test opens the page in headless Chromium: install it from the system's
 # packages where this is possible (root and apt-get); elsewhere that one test is skipped.
