@@ -286,10 +286,12 @@ class Evaluator:
             extra = {}
             if last_only:
                 last = (mask.sum(1) - 1)[:, None]
-                if keep_ok:
-                    extra["logits_to_keep"] = last
+                if keep_ok:  # a 1-D tensor of positions, as transformers documents it
+                    kept = torch.unique(last)
+                    extra["logits_to_keep"] = kept
+                    last = torch.searchsorted(kept, last)  # each row's position among the kept
             logits = self.model(input_ids=ids, attention_mask=mask, use_cache=False, **extra).logits
-            if last_only and not keep_ok:
+            if last_only:
                 logits = torch.take_along_dim(logits, last[..., None], dim=1)
             yield idx, ids, mask, logits.float()
 
