@@ -162,5 +162,5 @@ def weights_hash(model, n_chars=16):
             h.update(str(tuple(p.shape)).encode())
             t = p.detach().to("cpu").contiguous()
             if t.numel():
-                h.update(t.view(torch.uint8).numpy())  # buffer protocol: no copy
+                h.update(t.reshape(-1).view(torch.uint8).numpy())  # no copy; 0-d too
     return h.hexdigest()[:n_chars]

@@ -351,3 +351,18 @@ def test_recording_into_a_buffer_refuses_modules_that_did_not_run_or_ran_twice(m
         with Recorder(m, site, buffer=layout.empty_buffer(IDS.shape[1])):
             logits(m)
             logits(m)
+
+
+def test_apertus_with_0d_activation_parameters_scans(models, tmp_path, tokenizer, text_file):
+    # xIELU holds 0-dimensional buffers: the weights' hash used to view each as bytes and
+    # fail ("self.dim() cannot be 0 to view Float as Byte").
+    from bids_llm.dataset import Dataset
+    from llm2nifti.acquisition.convert import scan
+    from llm2nifti.models import weights_hash
+
+    m = models("apertus")
+    assert any(t.dim() == 0 for t in m.state_dict().values())  # buffers beta and eps
+    assert len(weights_hash(m)) == 16
+    res = scan(tmp_path / "ds", "tiny-apertus", str(text_file), loaded=(m, tokenizer),
+               run_tokens=64, max_tokens=64, progress=False, threads=1)
+    assert len(Dataset(res.root).runs()) == 1 and res.layout.n_neurons == resolve_site(m, "mlp").n_neurons
