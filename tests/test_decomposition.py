@@ -123,7 +123,9 @@ def test_a_start_that_degenerates_on_the_way_is_dropped_not_fatal(monkeypatch):
     assert torch.isfinite(maps).all()
 
     monkeypatch.setattr(F, "_moment_step", lambda X1: (lambda W: W * float("nan")))
-    with pytest.raises(RuntimeError, match="every FastICA start degenerated"):
+    from llm2nifti.errors import UsageError
+
+    with pytest.raises(UsageError, match="every FastICA start degenerated .* ask for fewer"):
         F.fastica_restarts(comps, n_init=3, random_state=0)
 
 

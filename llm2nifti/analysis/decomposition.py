@@ -230,6 +230,9 @@ class Decomposition(BaseEstimator):
         if self.n_components > self.n_tokens_:
             raise UsageError(f"n_components={self.n_components} exceeds the {self.n_tokens_} tokens "
                              "of the selected runs: ask for fewer components or more tokens")
+        if self.n_components > layout.n_neurons:
+            raise UsageError(f"n_components={self.n_components} exceeds the {layout.n_neurons} units "
+                             "of the selected runs: ask for fewer components (-k) or scan more units")
         self._check_memory(paths, shapes, layout)
         t0 = time.perf_counter()
         if self.backend == "fast":
@@ -258,6 +261,14 @@ class Decomposition(BaseEstimator):
         else:
             import warnings
 
+            from bids_llm.dataset import load_run
+
+            from .scheduling import check_finite
+
+            for p in paths:  # nilearn would decompose NaN and inf without a word
+                X, neurons = load_run(p, mmap=True)
+                check_finite(X, p, neurons)
+                del X
             est = nilearn_estimator(self.method, layout.mask_img(), self.n_components, self.n_init,
                                     self.random_state, self.n_jobs, self.alpha, self.verbose)
             from sklearn.exceptions import ConvergenceWarning

@@ -83,25 +83,40 @@ def _sym_decorrelation(W):
     return _checked_decorrelation(W)[0]
 
 
-def _checked_decorrelation(W):
+def _checked_decorrelation(W, check_rank=False):
     """:func:`_sym_decorrelation` of a batch of starts, and which of them are still sound.
 
-    A start is unsound when its ``W`` holds a value that is not finite, or has lost rank
-    (the smallest eigenvalue of ``W W^T`` below ``k * eps`` of ``W``'s dtype times the
-    largest): its decorrelation would be undefined or blow up. Its matrix is replaced by the
-    identity before the batched ``eigh`` (one bad start cannot make the batch fail) and it
-    comes back as it was, flagged in ``ok``.
+    A start is unsound when its ``W`` holds a value that is not finite, when ``eigh`` fails on
+    its Gram matrix (as CUDA's does on some ill-conditioned ones), when its result is not
+    finite, or, with ``check_rank`` (a start's initial ``W``), when it has lost rank (smallest
+    eigenvalue of ``W W^T`` at most ``k * eps`` times the largest: repeated rows). An unsound
+    start's matrix is replaced by the identity before the batched ``eigh``, so that one bad
+    start cannot make the batch fail, and it comes back as it was, flagged in ``ok``. The
+    sound starts get exactly scikit-learn's arithmetic (eigenvalues clipped at ``tiny``), which
+    tolerates rank lost on the way, as in a small sample.
     """
     Wd = W.double()
     k = W.shape[-1]
     ok = torch.isfinite(Wd).flatten(-2).all(-1)
     eye = torch.eye(k, dtype=Wd.dtype, device=Wd.device)
     safe = torch.where(ok[..., None, None], Wd, eye)
-    s, u = torch.linalg.eigh(safe @ safe.transpose(-1, -2))
-    floor = k * torch.finfo(W.dtype).eps * s[..., -1:].clamp_min(torch.finfo(torch.float64).tiny)
-    ok = ok & (s[..., 0] > floor[..., 0])
+    gram = safe @ safe.transpose(-1, -2)
+    try:
+        s, u = torch.linalg.eigh(gram)
+    except RuntimeError:  # torch.linalg.LinAlgError: find the starts it fails on, one by one
+        s, u = torch.empty(gram.shape[:-1], dtype=gram.dtype, device=gram.device), torch.empty_like(gram)
+        for i in range(gram.shape[0]):
+            try:
+                s[i], u[i] = torch.linalg.eigh(gram[i])
+            except RuntimeError:
+                ok[i] = False
+                s[i], u[i] = torch.ones(k, dtype=gram.dtype, device=gram.device), eye
+    if check_rank:
+        floor = k * torch.finfo(torch.float64).eps * s[..., -1].abs()
+        ok = ok & (s[..., 0] > floor)
     s = s.clamp_min(torch.finfo(torch.float64).tiny)
     out = (u * (1.0 / s.sqrt()).unsqueeze(-2)) @ u.transpose(-1, -2) @ safe
+    ok = ok & torch.isfinite(out).flatten(-2).all(-1)
     out = torch.where(ok[..., None, None], out, Wd)
     return out.to(W.dtype), ok
 
@@ -165,7 +180,7 @@ def _iterate(W, step, todo, n_iter, max_iter, tol, failed):
     """Fixed-point iterations of the starts in ``todo`` until each moves less than ``tol``.
 
     ``n_iter`` counts each start's iterations (over calls); a start stops at ``max_iter``,
-    or as soon as its update is not finite or loses rank (it is then set in ``failed`` and
+    or as soon as its update is not finite or cannot be decorrelated (it is then set in ``failed`` and
     left as it was). Returns ``W`` and the mask of the starts that passed the test here.
     """
     def running():
@@ -189,7 +204,8 @@ def _iterate(W, step, todo, n_iter, max_iter, tol, failed):
 def _run_starts(w_init, X1, moments, precision, max_iter, tol):
     """FastICA from each start of ``w_init`` (n, k, k): ``W``, ``n_iter``, converged, failed."""
     n = w_init.shape[0]
-    W, ok = _checked_decorrelation(torch.as_tensor(w_init, dtype=torch.float64, device=X1.device))
+    W, ok = _checked_decorrelation(torch.as_tensor(w_init, dtype=torch.float64, device=X1.device),
+                                   check_rank=True)
     failed = ~ok
     n_iter = np.zeros(n, dtype=int)
     if moments or precision == "double":
@@ -220,8 +236,8 @@ def fastica_restarts(components, n_init=10, random_state=0, max_iter=200, tol=1e
                      precision="mixed", w_init=None):
     """FastICA of group components from ``n_init`` starts; the sparsest kept.
 
-    A start that degenerates (its ``W`` is not finite or loses rank, at the start or on the
-    way) never takes the decomposition down: it is restarted once from a new seed, drawn
+    A start that degenerates (its initial ``W`` is not finite or has lost rank; on the way, an
+    update that is not finite or on which ``eigh`` fails) never takes the decomposition down: it is restarted once from a new seed, drawn
     after the starts' own from the same generator, and dropped when that start degenerates
     too. ``info`` says which starts were restarted and which dropped.
 
@@ -252,7 +268,7 @@ def fastica_restarts(components, n_init=10, random_state=0, max_iter=200, tol=1e
 
     Raises
     ------
-    RuntimeError
+    UsageError
         When every start, restarts included, degenerated.
     """
     if precision not in PRECISIONS:
@@ -279,9 +295,10 @@ def fastica_restarts(components, n_init=10, random_state=0, max_iter=200, tol=1e
         n_iter[restarted] += n2
     failed = failed.cpu().numpy()
     if failed.all():
-        raise RuntimeError(f"every FastICA start degenerated ({n_init} starts and their restarts: "
-                           "W not finite or of lost rank); the group components are "
-                           f"{'not finite' if not bool(torch.isfinite(components).all()) else 'finite'}")
+        from ..errors import UsageError
+
+        raise UsageError(f"every FastICA start degenerated ({n_init} starts and their restarts) on "
+                         f"{k} components of {V} units: ask for fewer components (-k)")
     converged = converged.cpu().numpy()
     KX = K @ XT
     sparsity = torch.stack([(W[i] @ KX).abs().sum(-1).amax() for i in range(n_init)])
