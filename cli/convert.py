@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .main import former_name, main, model_options
+from .group import former_name, main, model_options
 
 _NEURONS = click.Choice(["mlp", "mlp-out", "attn", "residual", "experts", "mixer"])
 

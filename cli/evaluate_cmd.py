@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .main import main, model_options
+from .group import main, model_options
 
 
 def _floats(value):

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .convert import _model_options
-from .main import former_name, main, model_options
+from .group import former_name, main, model_options
 
 
 @main.command()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .main import main
+from .group import main
 
 
 @main.command()

@@ -403,14 +403,14 @@ def test_a_bad_gram_dtype_in_the_environment_is_one_line(monkeypatch):
 
 def test_run_reductions_read_each_run_once_for_a_sweep(planted, monkeypatch):
     from bids_llm.dataset import Dataset
-    from llm2nifti.analysis import scheduling
+    from llm2nifti.analysis import reduction
     from llm2nifti.analysis.reduction import RunReductions
 
     root, layout, _ = planted
     runs = Dataset(root).runs()
     calls = []
-    real = scheduling.reduce_run
-    monkeypatch.setattr(scheduling, "reduce_run", lambda p, **kw: calls.append(p) or real(p, **kw))
+    real = reduction.reduce_run
+    monkeypatch.setattr(reduction, "reduce_run", lambda p, **kw: calls.append(p) or real(p, **kw))
     cache = RunReductions(n_components=6, gram_dtype="float32")
     for k, seed in ((6, 0), (4, 0), (3, 7)):
         out = cache.of(runs, k, seed)

@@ -13,7 +13,8 @@ import torch
 from bids_llm.dataset import Dataset
 from llm2nifti.analysis.decomposition import Decomposition, select_runs
 from llm2nifti.analysis.matching import recurrence
-from llm2nifti.analysis.scheduling import dask_client, map_runs, reduce_run
+from llm2nifti.analysis.reduction import reduce_run
+from llm2nifti.analysis.scheduling import dask_client, map_runs
 from llm2nifti.errors import UsageError
 
 from planted import make_planted, recovered_exactly

@@ -28,7 +28,7 @@ import re
 import numpy as np
 
 from ..errors import UsageError
-from .stimuli import Document, builtin_corpus_path, BUILTIN_CORPORA
+from .corpora import BUILTIN_CORPORA, Document, builtin_corpus_path
 
 __all__ = ["localizer_documents", "CONDITIONS", "pseudoword", "sentences_of"]
 

@@ -16,7 +16,6 @@ so ``run_tokens`` may not exceed the model's context window.
 from __future__ import annotations
 
 import csv
-import importlib.util
 import json
 import re
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from .corpora import BUILTIN_CORPORA, Document, builtin_corpus_path
+from .localizer import localizer_documents
 
 __all__ = ["Document", "TokenStream", "load_documents", "tokenize_documents", "make_runs",
            "MAX_RUN_TOKENS", "LOCALIZER", "builtin_corpus_path", "BUILTIN_CORPORA", "task_label", "separator_token"]
@@ -33,44 +34,12 @@ MAX_RUN_TOKENS = 32767  # NIfTI-1 dims are int16
 LOCALIZER = "localizer"  # the built-in language localizer (sentences, words, nonwords)
 _TEXT_SUFFIXES = {".txt", ".cor", ".text", ".md"}
 
-# name -> (file in gensim's test data, encoding, one document per line, task label)
-BUILTIN_CORPORA = {
-    "lee": ("lee_background.cor", "latin-1", "lee"),
-    "lee-test": ("lee.cor", "latin-1", "leetest"),
-    "pang-lee": ("pang_lee_polarity.cor", "latin-1", "panglee"),
-}
-
-
-@dataclass(frozen=True)
-class Document:
-    """One text with an identifier and, in a localizer, its condition."""
-
-    id: str
-    text: str
-    condition: str | None = None
-
-
 def task_label(name):
     """BIDS task label (alphanumeric) from a stimulus-set name."""
     label = re.sub(r"[^A-Za-z0-9]", "", str(name))
     if not label:
         raise UsageError(f"cannot make a task label from {name!r}: pass --task with letters or digits")
     return label
-
-
-def builtin_corpus_path(name):
-    """Path of a corpus shipped in gensim's wheel (installed, never imported)."""
-    fname = BUILTIN_CORPORA[name][0]
-    spec = importlib.util.find_spec("gensim")
-    if spec is None or not spec.submodule_search_locations:
-        raise UsageError(
-            f"the built-in corpus {name!r} comes from gensim's wheel: run "
-            "`pip install --no-deps gensim==4.4.0`, or pass your own text with --text"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data" / fname
-    if not path.is_file():
-        raise UsageError(f"{path} is missing: reinstall gensim==4.4.0 (--no-deps)")
-    return path
 
 
 def _read_text(path, encoding):
@@ -165,8 +134,6 @@ def load_documents(source=None, encoding=None, id_column="id", text_column="text
             raise UsageError("no documents given: pass at least one")
         return docs
     if str(source) == LOCALIZER:
-        from .localizer import localizer_documents
-
         return localizer_documents()
     if str(source) in BUILTIN_CORPORA:
         name = str(source)

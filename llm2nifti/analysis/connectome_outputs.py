@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from .. import _version
-from .connectomes import PIPELINE_CONNECTIVITY
 from .selection import _stem
 
 __all__ = ["write_connectivity", "write_comparison", "meas_label"]
@@ -40,7 +39,7 @@ def _labels(res, idx):
     return [f"{res.names[i]} (L{res.depth[i]:.1f})" for i in idx]
 
 
-def _folder(dataset, out):
+def _folder(dataset, out, pipeline):
     from bids_llm.derivatives import derivative_dir
 
     if out is not None:
@@ -49,19 +48,19 @@ def _folder(dataset, out):
     from bids_llm.dataset import Dataset
 
     root = dataset.root if isinstance(dataset, Dataset) else Path(dataset)
-    return derivative_dir(root, PIPELINE_CONNECTIVITY,
+    return derivative_dir(root, pipeline,
                           "Connectomes between networks (nilearn ConnectivityMeasure)",
                           ignore=("*_connectome.*", "*_timeseries.tsv", "*_connectivity.json",
                                   "*_matches.tsv", "*_comparison.*"))
 
 
-def write_connectivity(res, components, dataset, out, kinds, signals, estimator):
+def write_connectivity(res, components, dataset, out, kinds, signals, estimator, pipeline):
     """Write the group matrices, figures, time series and a JSON record; fill ``res.paths``."""
     from bids_llm.io import write_json, write_text
 
     from ..report import plot_connectome_matrix
 
-    folder = _folder(dataset, out)
+    folder = _folder(dataset, out, pipeline)
     stem = _stem(components)
     order = res.order
     labels = _labels(res, order)
@@ -92,13 +91,13 @@ def write_connectivity(res, components, dataset, out, kinds, signals, estimator)
     return res
 
 
-def write_comparison(res, other, components, compare, dataset, out):
+def write_comparison(res, other, components, compare, dataset, out, pipeline):
     """Write the matched pairs, the similarity per kind, and side-by-side figures."""
     from bids_llm.io import write_json, write_text
 
     from ..report import plot_connectome_pair
 
-    folder = _folder(dataset, out)
+    folder = _folder(dataset, out, pipeline)
     stem = f"{_stem(components)}_vs_{_stem(compare)}"
     cmp = res.comparison
     pairs = cmp["pairs"]

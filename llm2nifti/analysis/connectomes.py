@@ -218,14 +218,16 @@ def connectivity(components, dataset, *, participant=None, task=None, runs=None,
     res = _connectomes(components, dataset, participant, task, runs, site, kinds, signals,
                        threshold, progress, estimator)
     out = Path(output) if output is not None else None
-    write_connectivity(res, components, dataset, out, kinds, signals, estimator)
+    write_connectivity(res, components, dataset, out, kinds, signals, estimator,
+                       pipeline=PIPELINE_CONNECTIVITY)
     if compare is not None:
         other = _connectomes(compare, compare_dataset or dataset, None,
                              compare_task if compare_task is not None else task, None, site,
                              kinds, signals, threshold, progress, estimator)
         res.comparison = compare_connectomes(res, other, kinds, min_iou, n_permutations,
                                              random_state)
-        write_comparison(res, other, components, compare, dataset, out)
+        write_comparison(res, other, components, compare, dataset, out,
+                         pipeline=PIPELINE_CONNECTIVITY)
     return res
 
 

@@ -207,7 +207,7 @@ class Decomposition(BaseEstimator):
         layout : NeuronLayout
         reduced : list of ndarray or RunReductions, optional
             Fast backend: each run's reduction already made (at least ``n_components`` rows,
-            as ``llm2nifti.analysis.scheduling.reduce_run`` makes them), or a
+            as ``llm2nifti.analysis.reduction.reduce_run`` makes them), or a
             :class:`~llm2nifti.analysis.RunReductions` shared between decompositions.
 
         Returns
@@ -263,7 +263,7 @@ class Decomposition(BaseEstimator):
 
             from bids_llm.dataset import load_run
 
-            from .scheduling import check_finite
+            from .reduction import check_finite
 
             for p in paths:  # nilearn would decompose NaN and inf without a word
                 X, neurons = load_run(p, mmap=True)

@@ -27,7 +27,7 @@ def _layer_frame(values, s):
                         columns=[f"L{l}" for l in s.layers_b])
 
 
-def write_fingerprint(result, ds, task, site, pool, output=None):
+def write_fingerprint(result, ds, task, site, pool, pipeline, output=None):
     """Write what :func:`~llm2nifti.analysis.fingerprint.fingerprint` found; return the paths."""
     from bids_llm.dataset import acq_for
     from bids_llm.derivatives import derivative_dir
@@ -36,10 +36,9 @@ def write_fingerprint(result, ds, task, site, pool, output=None):
 
     from .. import _version
     from ..report import plot_depths, plot_fingerprint, plot_rsa
-    from .fingerprints import PIPELINE_FINGERPRINT
 
     ref = result.reference
-    root = (derivative_dir(ds.root, PIPELINE_FINGERPRINT, "Functional-network fingerprints",
+    root = (derivative_dir(ds.root, pipeline, "Functional-network fingerprints",
                            ignore=IGNORE) if output is None else Path(output))
     folder = inside(root, f"sub-{ref}")
 

@@ -390,7 +390,7 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
         similarity = {p: layer_similarity(ds, ref, nets[p], n_permutations=n_permutations,
                                           random_state=random_state) for p in nets if p != reference}
     result = FingerprintResult(reference, summary, matrices, pairs, nulls, isc, similarity)
-    result.paths = write_fingerprint(result, ds, task, site, pool, output)
+    result.paths = write_fingerprint(result, ds, task, site, pool, PIPELINE_FINGERPRINT, output)
     return result
 
 

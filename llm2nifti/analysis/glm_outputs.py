@@ -11,12 +11,9 @@
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from .. import _version
-from .glm import PIPELINE_GLM, contrast_label, select_units
 
 __all__ = ["write_localizer", "statmap_path"]
 
@@ -37,8 +34,13 @@ def _design_summary(glm):
             for d in glm.design_matrices_]
 
 
-def write_localizer(result, ds, runs, layout, contrasts, top_percent, z_threshold, output):
-    """Compute each contrast, save its maps and units, and link the runs for nilearn."""
+def write_localizer(result, ds, runs, layout, contrasts, top_percent, z_threshold, output, pipeline):
+    """Save each contrast's maps and units, and link the runs for nilearn.
+
+    ``contrasts``: ``(expression, label, maps, units)`` per contrast, as the GLM computed them
+    (``maps``: nilearn's ``compute_contrast`` images by output type; ``units``: the
+    :class:`~llm2nifti.neuronset.NeuronSet` selected); ``pipeline``: the derivative's name.
+    """
     from bids_llm.derivatives import derivative_dir
     from bids_llm.io import save_img, write_json
     from bids_llm.space import space_view
@@ -48,7 +50,7 @@ def write_localizer(result, ds, runs, layout, contrasts, top_percent, z_threshol
 
     run0 = runs[0]
     participant, task, acq = run0.participant, run0.task, run0.acq
-    folder = output or derivative_dir(ds.root, PIPELINE_GLM, "GLM localizer statistical maps",
+    folder = output or derivative_dir(ds.root, pipeline, "GLM localizer statistical maps",
                                       ignore=("*_statmap.*", "*_networks.*", "*_flatmap.png"))
     dof = sum(int(len(d)) - int(np.linalg.matrix_rank(d.to_numpy())) for d in result.glm.design_matrices_)
     common = {"Runs": [f"bids::{r.path.relative_to(ds.root)}" for r in runs],
@@ -58,11 +60,7 @@ def write_localizer(result, ds, runs, layout, contrasts, top_percent, z_threshol
                         "smoothing_fwhm": None, "runs_combined": "fixed effects"},
               "DegreesOfFreedom": dof, "llm2nifti": _version.__version__}
     sets = []
-    for expression in contrasts:
-        label = contrast_label(expression)
-        with warnings.catch_warnings():  # every run's design has the same columns (checked)
-            warnings.filterwarnings("ignore", message=".*same contrast will be used for all.*")
-            maps = result.glm.compute_contrast(expression, stat_type="t", output_type="all")
+    for expression, label, maps, nset in contrasts:
         entry = {"label": label}
         for stat, key in (("t", "stat"), ("z", "z_score"), ("effect", "effect_size")):
             path = statmap_path(folder, participant, task, acq, label, stat)
@@ -71,7 +69,6 @@ def write_localizer(result, ds, runs, layout, contrasts, top_percent, z_threshol
             write_json(path.with_suffix(".json"), dict(common, Contrast=expression, Statistic=stat))
             entry[stat] = layout.unfold(maps[key]).astype(np.float64)
             entry[f"{stat}_path"] = path
-        nset = select_units(entry["t"], entry["z"], layout, label, top_percent, z_threshold)
         stem = entry["t_path"].name.replace("_stat-t_statmap.nii", "")
         entry["networks_tsv"] = entry["t_path"].with_name(f"{stem}_networks.tsv")
         nset.to_tsv(entry["networks_tsv"])

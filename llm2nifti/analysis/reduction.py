@@ -30,12 +30,16 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..errors import UsageError
+from .scheduling import map_runs
+
 __all__ = ["zscore_", "run_pca", "gram_pca", "reduce_array", "resolve_gram_dtype",
-           "reduction_method", "RunReductions", "subspace_angle", "EXACT_MAX", "GRAM_DTYPES",
+           "reduction_method", "reduce_run", "check_finite", "RunReductions", "subspace_angle", "EXACT_MAX", "GRAM_DTYPES",
            "GRAM_DTYPE_ENV"]
 
 EXACT_MAX = 4096
@@ -136,14 +140,10 @@ def resolve_gram_dtype(gram_dtype="auto", device="cpu"):
     same on every CPU, and tests each branch by name.
     """
     if gram_dtype not in GRAM_DTYPES:
-        from ..errors import UsageError
-
         raise UsageError(f"unknown Gram dtype {gram_dtype!r}: choose one of {', '.join(GRAM_DTYPES)}")
     if gram_dtype == "auto":
         gram_dtype = os.environ.get(GRAM_DTYPE_ENV, "auto")
         if gram_dtype not in GRAM_DTYPES:
-            from ..errors import UsageError
-
             raise UsageError(f"{GRAM_DTYPE_ENV}={gram_dtype!r} is not a Gram dtype: choose one of "
                              f"{', '.join(GRAM_DTYPES)} (or unset it)")
     if gram_dtype != "auto":
@@ -200,6 +200,45 @@ def reduce_array(X, n_components, random_state=0, n_oversamples=10, device="cpu"
     return run_pca(Z, n_components, random_state, n_oversamples=n_oversamples)
 
 
+def reduce_run(path, n_components, random_state=0, n_oversamples=10, device="cpu", threads=None,
+               method="auto", gram_dtype="auto", with_method=False):
+    """One run's CanICA reduction, read from ``path`` where this function runs.
+
+    Returns the ``(n_components, n_neurons)`` float32 array of
+    :func:`llm2nifti.analysis.reduction.reduce_array` on the run; with ``with_method``, the pair
+    ``(array, "exact" | "randomized")``.
+    """
+    import torch
+
+    from bids_llm.dataset import load_run
+
+    if threads is not None:
+        torch.set_num_threads(int(threads))
+    X, neurons = load_run(path, mmap=True)
+    check_finite(X, path, neurons)
+    if method == "auto":
+        method = reduction_method(*X.shape)
+    rows = reduce_array(X, n_components, random_state, n_oversamples, device, method,
+                        gram_dtype).cpu().numpy()
+    return (rows, method) if with_method else rows
+
+
+def check_finite(X, path, neurons):
+    """Refuse a run ``(T, units)`` holding NaN or inf, in one line naming its first such value.
+
+    A model run in float16 can overflow; one such value would make every decomposition of the
+    run undefined (the fast backend's SVD fails; nilearn would carry it on silently).
+    """
+    bad = ~np.isfinite(X)
+    if bad.any():
+        t, u = np.argwhere(bad)[0]
+        raise UsageError(
+            f"{Path(path).name} holds {int(bad.sum())} values that are not finite (NaN or inf), the "
+            f"first at token {t}, layer {neurons['layer'].iloc[u]} neuron {neurons['neuron'].iloc[u]}: "
+            "the model overflowed while it was recorded; convert it again with --dtype float32, "
+            "or leave the run out (--runs)")
+
+
 class RunReductions:
     """Each run's reduction, computed once and shared by every decomposition of those runs.
 
@@ -240,8 +279,6 @@ class RunReductions:
         A run of fewer than ``k`` tokens (or neurons) has fewer components: its array holds
         all of them (``min(k, T, V)`` rows).
         """
-        from .scheduling import map_runs, reduce_run
-
         paths = [str(getattr(r, "path", r)) for r in runs]
         self.randomized = {key: v for key, v in self.randomized.items() if key[2] == seed}
         missing = [p for p in dict.fromkeys(paths) if self._served(p, k, seed) is None]

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError
 
-__all__ = ["dask_client", "map_runs", "reduce_run", "SCHEDULERS"]
+__all__ = ["dask_client", "map_runs", "SCHEDULERS"]
 
 SCHEDULERS = ("threads", "processes")
 CONNECT_TIMEOUT = "10s"
@@ -86,51 +86,6 @@ def dask_client(scheduler=None, workers=2):
         yield client
     finally:
         client.close()
-
-
-def reduce_run(path, n_components, random_state=0, n_oversamples=10, device="cpu", threads=None,
-               method="auto", gram_dtype="auto", with_method=False):
-    """One run's CanICA reduction, read from ``path`` where this function runs.
-
-    Returns the ``(n_components, n_neurons)`` float32 array of
-    :func:`llm2nifti.analysis.reduction.reduce_array` on the run; with ``with_method``, the pair
-    ``(array, "exact" | "randomized")``.
-    """
-    import torch
-
-    from bids_llm.dataset import load_run
-
-    from .reduction import reduce_array, reduction_method
-
-    if threads is not None:
-        torch.set_num_threads(int(threads))
-    X, neurons = load_run(path, mmap=True)
-    check_finite(X, path, neurons)
-    if method == "auto":
-        method = reduction_method(*X.shape)
-    rows = reduce_array(X, n_components, random_state, n_oversamples, device, method,
-                        gram_dtype).cpu().numpy()
-    return (rows, method) if with_method else rows
-
-
-def check_finite(X, path, neurons):
-    """Refuse a run ``(T, units)`` holding NaN or inf, in one line naming its first such value.
-
-    A model run in float16 can overflow; one such value would make every decomposition of the
-    run undefined (the fast backend's SVD fails; nilearn would carry it on silently).
-    """
-    import numpy as np
-
-    from ..errors import UsageError
-
-    bad = ~np.isfinite(X)
-    if bad.any():
-        t, u = np.argwhere(bad)[0]
-        raise UsageError(
-            f"{Path(path).name} holds {int(bad.sum())} values that are not finite (NaN or inf), the "
-            f"first at token {t}, layer {neurons['layer'].iloc[u]} neuron {neurons['neuron'].iloc[u]}: "
-            "the model overflowed while it was recorded; convert it again with --dtype float32, "
-            "or leave the run out (--runs)")
 
 
 def map_runs(fn, items, client=None, progress=False, desc="runs", **kwargs):
