@@ -77,14 +77,11 @@ def group_pca(reduced, n_components, random_state=0):
     return torch.as_tensor(np.ascontiguousarray(comps.T), device=reduced.device), s
 
 
-def _sym_decorrelation(W):
-    """``(W W^T)^(-1/2) W``, solved in float64 whatever ``W``'s dtype (float32 eigh of the
-    small Gram fails on the ill-conditioned steps of some starts)."""
-    return _checked_decorrelation(W)[0]
-
-
 def _checked_decorrelation(W, check_rank=False):
-    """:func:`_sym_decorrelation` of a batch of starts, and which of them are still sound.
+    """``(W W^T)^(-1/2) W`` of a batch of starts, and which of them are still sound.
+
+    Solved in float64 whatever ``W``'s dtype (float32 eigh of the small Gram fails on the
+    ill-conditioned steps of some starts).
 
     A start is unsound when its ``W`` holds a value that is not finite, when ``eigh`` fails on
     its Gram matrix (as CUDA's does on some ill-conditioned ones), when its result is not
@@ -180,8 +177,8 @@ def _iterate(W, step, todo, n_iter, max_iter, tol, failed):
     """Fixed-point iterations of the starts in ``todo`` until each moves less than ``tol``.
 
     ``n_iter`` counts each start's iterations (over calls); a start stops at ``max_iter``,
-    or as soon as its update is not finite or cannot be decorrelated (it is then set in ``failed`` and
-    left as it was). Returns ``W`` and the mask of the starts that passed the test here.
+    or as soon as its update is not finite or cannot be decorrelated (it is then set in
+    ``failed`` and left as it was). Returns ``W`` and the mask of the starts that passed the test here.
     """
     def running():
         return todo & ~passed & ~failed & torch.as_tensor(n_iter < max_iter, device=W.device)
@@ -237,9 +234,9 @@ def fastica_restarts(components, n_init=10, random_state=0, max_iter=200, tol=1e
     """FastICA of group components from ``n_init`` starts; the sparsest kept.
 
     A start that degenerates (its initial ``W`` is not finite or has lost rank; on the way, an
-    update that is not finite or on which ``eigh`` fails) never takes the decomposition down: it is restarted once from a new seed, drawn
-    after the starts' own from the same generator, and dropped when that start degenerates
-    too. ``info`` says which starts were restarted and which dropped.
+    update that is not finite or on which ``eigh`` fails) never takes the decomposition down:
+    it is restarted once from a new seed, drawn after the starts' own from the same generator,
+    and dropped when that start degenerates too. ``info`` says which starts were restarted and which dropped.
 
     Parameters
     ----------

@@ -238,19 +238,22 @@ def localize(dataset, *, model=None, stimuli="localizer", task=None, participant
     result = LocalizeResult(glm, conditions, scanned=scanned)
     from .glm_outputs import write_localizer
 
-    computed = []
-    for expression in contrasts:
-        with warnings.catch_warnings():  # every run's design has the same columns (checked)
-            warnings.filterwarnings("ignore", message=".*same contrast will be used for all.*")
-            maps = glm.compute_contrast(expression, stat_type="t", output_type="all")
-        label = contrast_label(expression)
-        units = select_units(layout.unfold(maps["stat"]).astype(np.float64),
-                             layout.unfold(maps["z_score"]).astype(np.float64), layout, label,
-                             top_percent, z_threshold)
-        computed.append((expression, label, maps, units))
+    computed = [_contrast(glm, e, layout, top_percent, z_threshold) for e in contrasts]
     write_localizer(result, ds, runs, layout, computed, top_percent, z_threshold, output,
                     pipeline=PIPELINE_GLM)
     return result
+
+
+def _contrast(glm, expression, layout, top_percent, z_threshold):
+    """``(expression, label, maps, units)``: nilearn's maps of one contrast and the units kept."""
+    with warnings.catch_warnings():  # every run's design has the same columns (checked)
+        warnings.filterwarnings("ignore", message=".*same contrast will be used for all.*")
+        maps = glm.compute_contrast(expression, stat_type="t", output_type="all")
+    label = contrast_label(expression)
+    units = select_units(layout.unfold(maps["stat"]).astype(np.float64),
+                         layout.unfold(maps["z_score"]).astype(np.float64), layout, label,
+                         top_percent, z_threshold)
+    return expression, label, maps, units
 
 
 def _complete_runs(runs, events, conditions, task):
