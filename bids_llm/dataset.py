@@ -43,7 +43,7 @@ from .io import (CHECKSUMS, TMP_PREFIX, checksum_file, save_img, save_img_checks
                  write_text)
 from .naming import bids_name, existing, inside, legacy_name, parse_name
 
-__all__ = ["DatasetWriter", "Dataset", "Run", "load_run", "BIDS_VERSION", "DEFAULT_SITE", "PIPELINE"]
+__all__ = ["DatasetWriter", "Dataset", "Run", "load_run", "check_finite", "BIDS_VERSION", "DEFAULT_SITE", "PIPELINE"]
 
 BIDS_VERSION = "1.10.0"
 DEFAULT_SITE = "mlp"
@@ -551,8 +551,9 @@ class Dataset:
                              "choose one participant and site (--participant, --site)")
         return layouts.pop()
 
-    def check_runs(self, runs):
-        """Refuse runs that are damaged: unreadable, truncated, or not what convert recorded.
+    def check_runs(self, runs, finite=True):
+        """Refuse runs that are damaged: unreadable, truncated, not what convert recorded, or
+        holding values that are not finite (with ``finite``, :func:`check_finite`).
 
         Each run's checksum is compared with the one ``scans.tsv`` holds (one read
         of every file). Raises :class:`UsageError` naming the run and how to redo it.
@@ -572,6 +573,10 @@ class Dataset:
             if not _matches_checksum(run.path, row):
                 raise UsageError(f"{run.path.name} does not match its checksum in scans.tsv "
                                  f"(it changed after convert wrote it): {redo}")
+            if finite:
+                X, neurons = load_run(run)
+                check_finite(X, run.path, neurons)
+                del X
 
     def unit_stats(self, participant, task, site=DEFAULT_SITE):
         """``{mean, std, peak, peak_token}`` arrays (layer-major) written by convert, or None.
@@ -622,6 +627,23 @@ def _check_size(path, redo):
     size = path.stat().st_size
     if size < expected:
         raise UsageError(f"{path.name} is truncated ({size} of {expected} bytes): {redo}")
+
+
+def check_finite(X, path, neurons):
+    """Refuse a run ``(T, units)`` holding NaN or inf, in one line naming its first such value.
+
+    A model run in float16 can overflow (``convert`` refuses such a run, but an older version
+    or another tool may have written one); one such value makes every analysis of the run
+    undefined (an SVD fails; nilearn would carry it on silently).
+    """
+    bad = ~np.isfinite(X)
+    if bad.any():
+        t, u = np.argwhere(bad)[0]
+        raise UsageError(
+            f"{Path(path).name} holds {int(bad.sum())} values that are not finite (NaN or inf), the "
+            f"first at token {t}, layer {neurons['layer'].iloc[u]} neuron {neurons['neuron'].iloc[u]}: "
+            "the model overflowed while it was recorded; convert it again with --dtype float32 "
+            "and --overwrite")
 
 
 def load_run(run, mmap=True):

@@ -171,5 +171,8 @@ def recurrence(dataset, participant, task, run, site, templates, method, backend
     n_runs = int((res.table["kind"] == "run").sum() / max(len(s), 1))
     click.echo(f"{len(s)} templates over {n_runs} run(s): mean recurrence {s['recurrence'].mean():.2f}, "
                f"{int((s['recurrence'] >= 0.5).sum())} recur in at least half of the runs")
+    if res.left_out:
+        click.echo("  left out: " + ", ".join(f"{r['unit']} ({r['tokens']} token)" for r in res.left_out)
+                   + ": too short to decompose alone")
     for key, path in res.paths.items():
         click.echo(f"  {key + ':':9s} {path}")

@@ -122,6 +122,10 @@ def evaluate(networks, dataset, output, model, gguf_file, participant, network_n
                f"networks; {len(res.results)} results in {s['seconds']} s")
     for line in res.verdicts:
         click.echo("  " + line)
+    empty = [str(e["k"]) for e in s.get("fnk", []) if e["n_neurons"] == 0]
+    if empty:
+        click.echo(f"  FN@k left out at k = {', '.join(empty)}: no unit past the threshold "
+                   "(lower --k-threshold)")
     click.echo(f"  results: {res.output / 'results.tsv'}")
     click.echo(f"  summary: {res.output / 'summary.tsv'}")
     for f in res.figures:

@@ -112,6 +112,9 @@ def connectivity(components, dataset, kinds, signals, estimator, threshold, part
                            compare_dataset=compare_dataset, compare_task=compare_task,
                            min_iou=min_iou, progress=not quiet)
     click.echo(f"{len(res.names)} networks over {len(res.time_series)} run(s)")
+    if res.left_out:
+        click.echo("  left out: " + ", ".join(f"{r['run']} ({r['tokens']} tokens)" for r in res.left_out)
+                   + ": a network's time course is constant there")
     for kind, paths in ((k, v) for k, v in res.paths.items() if isinstance(v, dict)):
         click.echo(f"  {kind}: {paths['tsv']} (+ .png)")
     if res.comparison is not None:

@@ -436,15 +436,16 @@ def record_runs(plan, result):
     buffers, slot = [None, None], 0
     stats = RunningStats(layout.n_neurons)
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="llm2nifti-write")
-    with deferred():
-        pending, in_flight = [pool.submit(_write_dataset_files, plan)], 0
+    # The dataset's own files are written before the first run that is kept or recorded whole
+    # (a model that overflows on its first run leaves nothing behind).
+    pending, in_flight, described = [], 0, []
     try:
         for r, (start, stop) in enumerate(plan.runs, 1):
             if s.resume and writer.run_done(r, ext):
                 result.skipped.append(r)
                 bar.update(stop - start)
                 with deferred():  # its statistics are read back from disk, in order
-                    _wait(pending)
+                    _wait(pending + _describe_once(pool, plan, described))
                     pending = [pool.submit(_add_saved_run, stats, writer.bold_path(r, ext))]
                 continue
             if buffers[slot] is None:  # page-locked on a GPU: copies need not wait
@@ -453,12 +454,14 @@ def record_runs(plan, result):
             buf = buffers[slot][: stop - start]  # its previous write was waited for below
             slot ^= 1
             ids = torch.as_tensor(stream.ids[start:stop]).reshape(1, -1).to(device_t)
-            with torch.inference_mode(), Recorder(plan.lm, plan.site, buffer=buf):
+            with torch.inference_mode(), Recorder(plan.lm, plan.site, buffer=buf) as rec:
                 body(input_ids=ids, use_cache=False)
+            if not rec.all_finite():
+                raise _overflow(plan, r, buf)
             sidecar, events = _run_files(plan, common, token_text, doc_ids, r, start, stop)
             img = layout.buffer_to_img(buf, tr=TR)
             with deferred():
-                _wait(pending)
+                _wait(pending + _describe_once(pool, plan, described))
                 bar.update(in_flight)
                 pending = [pool.submit(_add_run_stats, stats, layout, buf),
                            pool.submit(writer.write_run, r, img, sidecar, events, ext)]
@@ -475,6 +478,25 @@ def record_runs(plan, result):
         with deferred():
             pool.shutdown(wait=True)
             bar.close()
+
+
+def _describe_once(pool, plan, described):
+    """The job writing the dataset's own files, the first time only (``described`` remembers)."""
+    if described:
+        return []
+    described.append(True)
+    return [pool.submit(_write_dataset_files, plan)]
+
+
+def _overflow(plan, r, buf):
+    """The one-line refusal of a run whose units hold inf or NaN (it is not written)."""
+    t, k, n = np.argwhere(~np.isfinite(buf))[0]
+    dtype = str(next(plan.lm.parameters()).dtype).replace("torch.", "")
+    kept = f" (runs 1-{r - 1} are written)" if r > 1 else ""
+    return UsageError(
+        f"run {r}: the model's {plan.site.kind} units are not finite (inf or NaN) from token {t} "
+        f"of the run, layer {plan.site.layers[k]} neuron {n}: the model overflowed in {dtype}"
+        f"{kept}; convert again with --dtype float32 and --overwrite")
 
 
 def _wait(futures):

@@ -67,6 +67,7 @@ class Recorder:
         self.activations_ = {layer: [] for layer in self.site.layers}
         self._pieces = {}
         self._calls = {}
+        self._finite = None
         target = None if self.buffer is None else torch.from_numpy(self.buffer)
         self._copy_stream = None
         if target is not None and torch.cuda.is_available() and target.is_pinned():
@@ -96,6 +97,8 @@ class Recorder:
                                  "forward pass (a model that loops over its layers): llm2nifti "
                                  "records modules that run once per token")
             act = act.detach()
+            ok = torch.isfinite(act).all()  # on act's device: no synchronisation here
+            self._finite = ok if self._finite is None else self._finite & ok
             if act.ndim == 2:  # experts see flattened (tokens, .) rows of a batch of one
                 act = act.unsqueeze(0)
             if act.ndim != 3 or act.shape[-1] != width:
@@ -145,6 +148,10 @@ class Recorder:
                                  "while the model read the text (layers that need another input, "
                                  "such as images): choose --layers without them")
         return False
+
+    def all_finite(self):
+        """Whether every unit recorded so far was finite (no inf or NaN: no overflow)."""
+        return self._finite is None or bool(self._finite)
 
     def matrix(self):
         """Recorded activations as a ``(tokens, n_neurons)`` float32 array, layer-major.

@@ -73,8 +73,8 @@ def write_connectivity(res, components, dataset, out, kinds, signals, estimator,
         png = plot_connectome_matrix(m, labels, tsv.with_suffix(".png"),
                                      title=f"{kind} between networks, ordered by depth\n{stem}")
         res.paths[kind] = {"tsv": tsv, "png": png}
-    rows = [pd.DataFrame(ts, columns=res.names).round(6).assign(run=r + 1, token=np.arange(len(ts)))
-            for r, ts in enumerate(res.time_series)]
+    rows = [pd.DataFrame(ts, columns=res.names).round(6).assign(run=run, token=np.arange(len(ts)))
+            for run, ts in zip(res.runs, res.time_series)]
     ts = pd.concat(rows, ignore_index=True)
     ts = ts[["run", "token", *res.names]]
     res.paths["timeseries"] = folder / f"{stem}_timeseries.tsv"
@@ -83,7 +83,8 @@ def write_connectivity(res, components, dataset, out, kinds, signals, estimator,
     write_json(res.paths["json"], {
         "Components": str(Path(components).resolve()), "Signals": signals,
         "CovarianceEstimator": estimator,
-        "Kinds": list(kinds), "NRuns": len(res.time_series),
+        "Kinds": list(kinds), "NRuns": len(res.time_series), "Runs": res.runs,
+        "RunsLeftOut": res.left_out,
         "Networks": res.names, "Order": [res.names[i] for i in order],
         "Depth": {n: round(float(d), 3) for n, d in zip(res.names, res.depth)},
         "GroupMatrix": "mean over runs (tangent: nilearn's geometric-mean covariance)",

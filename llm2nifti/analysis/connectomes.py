@@ -58,6 +58,12 @@ class ConnectivityResult:
         Kind -> ``(runs, networks, networks)``.
     masks : ndarray of bool
         ``(networks, n_neurons)`` thresholded unit sets (for matching).
+    runs : list of str
+        The runs the connectomes rest on (file names without ``_bold``), in ``time_series``'
+        order.
+    left_out : list of dict
+        Runs in which a network's time course is constant (a one-token run, a run of one
+        repeated token): ``{"run", "tokens", "constant"}``; their correlations are undefined.
     paths : dict
         What was written (kind -> TSV and PNG; ``"json"``).
     """
@@ -70,6 +76,8 @@ class ConnectivityResult:
     per_run: dict = field(default_factory=dict)
     masks: np.ndarray | None = None
     layout: object = None
+    runs: list = field(default_factory=list)
+    left_out: list = field(default_factory=list)
     paths: dict = field(default_factory=dict)
     comparison: dict | None = None
 
@@ -161,10 +169,6 @@ def _measure(time_series, kind, estimator="ledoit-wolf"):
     if kind == "tangent" and len(time_series) < 2:
         raise UsageError("the tangent kind compares runs to their group mean: it needs at least "
                          "2 runs (select more with --runs, or use correlation)")
-    flat = [i for i, ts in enumerate(time_series) if np.any(ts.std(axis=0) == 0)]
-    if flat:
-        raise UsageError(f"run(s) {flat[:5]} have a network whose time course is constant: "
-                         "use --signals maps, or a components image without empty maps")
     cov = (LedoitWolf(store_precision=False) if estimator == "ledoit-wolf"
            else EmpiricalCovariance(store_precision=False))
     measure = ConnectivityMeasure(kind=kind, cov_estimator=cov, standardize="zscore_sample")
@@ -252,12 +256,41 @@ def _connectomes(components, dataset, participant, task, runs, site, kinds, sign
     ts = network_time_series(selected, components, maps, layout, ds.mask_path(participant, site),
                              signals, threshold, progress, nset=nset)
     names = network_names(len(maps))
+    ts, labels, left_out = _varying_runs(ts, selected, names)
     depth = layer_depth(maps, layout, threshold)
     res = ConnectivityResult(names, np.argsort(depth, kind="stable"), depth, ts,
-                             masks=_masks(nset, layout, names), layout=layout)
+                             masks=_masks(nset, layout, names), layout=layout, runs=labels,
+                             left_out=left_out)
     for kind in kinds:
         res.connectomes[kind], res.per_run[kind] = _measure(ts, kind, estimator)
     return res
+
+
+def _varying_runs(time_series, runs, names):
+    """The runs in which every network's time course varies; the others, named, left out.
+
+    A network is constant over a run of one token, over a run in which the model's units are
+    (to float32 rounding, see :func:`~llm2nifti.analysis.reduction.constant_tolerance`)
+    constant, and in every run when its map is empty (``signals="mean"``). Its correlations
+    there are undefined, so such a run is left out; a network constant in every run is refused.
+    """
+    import torch
+
+    from .reduction import constant_tolerance
+
+    tol = constant_tolerance(torch.float32)  # the runs are float32
+    flat = [ts.std(axis=0) <= tol * np.abs(ts).max(axis=0, initial=0.0) for ts in time_series]
+    always = np.logical_and.reduce(flat) if flat else np.zeros(len(names), bool)
+    if always.any():
+        raise UsageError(f"network(s) {[names[i] for i in np.flatnonzero(always)][:5]} have a "
+                         "constant time course in every run: use --signals maps, or a components "
+                         "image without empty maps")
+    labels = [r.path.name.split("_bold")[0] for r in runs]
+    keep = [i for i, f in enumerate(flat) if not f.any()]
+    left_out = [{"run": labels[i], "tokens": len(time_series[i]),
+                 "constant": [names[j] for j in np.flatnonzero(flat[i])]}
+                for i in range(len(runs)) if i not in keep]
+    return [time_series[i] for i in keep], [labels[i] for i in keep], left_out
 
 
 def _check_memory(components, runs, layout, n_kinds):

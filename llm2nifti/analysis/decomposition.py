@@ -233,6 +233,11 @@ class Decomposition(BaseEstimator):
         if self.n_components > layout.n_neurons:
             raise UsageError(f"n_components={self.n_components} exceeds the {layout.n_neurons} units "
                              "of the selected runs: ask for fewer components (-k) or scan more units")
+        rank = sum(t - 1 for t in shapes)  # each run is z-scored over its own tokens
+        if self.method == "canica" and self.n_components > rank:
+            raise UsageError(f"n_components={self.n_components} exceeds the rank of the selected runs "
+                             f"({rank}: a run of T tokens, z-scored over them, adds T - 1): ask for "
+                             "fewer components (-k) or convert more text into fewer runs")
         self._check_memory(paths, shapes, layout)
         t0 = time.perf_counter()
         if self.backend == "fast":
@@ -277,6 +282,8 @@ class Decomposition(BaseEstimator):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 # DictLearning's inner lasso steps warn on every batch; the maps are still used
                 warnings.simplefilter("ignore", ConvergenceWarning)
+                # a one-token run: nothing to z-score; nilearn leaves it as it is (zero, centred)
+                warnings.filterwarnings("ignore", "Standardization of 3D signal", UserWarning)
                 est.fit(paths)
             self.components_ = layout.from_masked(np.asarray(est.components_)).astype(np.float32)
             var = getattr(est, "variance_", None)

@@ -11,7 +11,7 @@ the neuron sets). A template *recurs* in a run when its matched IoU exceeds
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -86,12 +86,16 @@ class RecurrenceResult:
         the threshold), IoU mean/median/min/max over runs, seed_iou_mean,
         seed_recurrence.
     paths : dict of str to Path
+    left_out : list of dict
+        Runs too short to decompose alone (fewer than 2 tokens: no variance once z-scored):
+        ``{"unit", "tokens"}``. They still count in the group decomposition.
     """
 
     templates: object
     table: pd.DataFrame
     summary: pd.DataFrame
     paths: dict
+    left_out: list = field(default_factory=list)
 
 
 def _networks_of(est_or_maps, layout, threshold, two_sided, top_k):
@@ -127,7 +131,8 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
         A components image to use as templates (default: decompose all selected runs).
     method, backend, n_components, n_init, random_state, device, n_jobs :
         Decomposition settings (see :class:`llm2nifti.analysis.decomposition.Decomposition`);
-        a run with fewer tokens than ``n_components`` gets as many components as tokens.
+        a run decomposed alone gets at most its rank, ``T - 1`` components for ``T`` tokens;
+        a run of one token is left out of the per-run rows (``RecurrenceResult.left_out``).
     n_seeds : int
         Extra group decompositions with seeds ``random_state + 1 ...``.
     threshold, two_sided, top_k :
@@ -178,7 +183,7 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
                 return est.fit(selected, layout)
             return est.fit(selected, layout, reduced=reductions)
 
-        table, t_set, t_names = _recurrence_rows(fit, runs, layout, templates, n_components,
+        table, t_set, t_names, left_out = _recurrence_rows(fit, runs, layout, templates, n_components,
                                                  random_state, n_seeds, threshold, two_sided,
                                                  top_k, iou_threshold)
     sizes = summarize(t_set, layout, names=t_names).set_index("network")
@@ -187,7 +192,7 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
                              figures, iou_threshold, templates, method, backend, n_components,
                              n_init, random_state, n_seeds, dict(threshold=threshold,
                                                                  two_sided=bool(two_sided),
-                                                                 top_k=top_k))
+                                                                 top_k=top_k), left_out)
 
 
 def _recurrence_rows(fit, runs, layout, templates, n_components, random_state, n_seeds,
@@ -209,20 +214,28 @@ def _recurrence_rows(fit, runs, layout, templates, n_components, random_state, n
         nset, names = _networks_of(est, layout, **select)
         return _match_rows(unit, kind, nset, names, t_masks, t_names, layout, iou_threshold)
 
-    rows = []
+    rows, left_out = [], []
     for r in runs:
         n_tok = nib.load(str(r.path), mmap=True).shape[3]
         unit = f"run-{r.run:02d}" if r.run is not None else r.path.name
-        rows += match(unit, "run", fit([r], min(n_components, n_tok), random_state))
+        # Z-scored over its own tokens, a run of T tokens has rank T - 1 at most.
+        if n_tok < 2:
+            left_out.append({"unit": unit, "tokens": int(n_tok)})
+            log.info("%s left out: %d token(s), nothing to decompose alone", unit, n_tok)
+            continue
+        rows += match(unit, "run", fit([r], min(n_components, n_tok - 1), random_state))
         log.info("run %s decomposed", r.run)
     for s in range(1, n_seeds + 1):
         rows += match(f"seed-{random_state + s}", "seed", fit(runs, len(t_names), random_state + s))
-    return pd.DataFrame(rows), t_set, t_names
+    return pd.DataFrame(rows, columns=_TABLE_COLUMNS), t_set, t_names, left_out
+
+
+_TABLE_COLUMNS = ["unit", "kind", "template", "match", "iou", "recurs"]
 
 
 def _write_recurrence(ds, runs, layout, table, summary, sizes, t_set, t_names, output, figures,
                       iou_threshold, templates, method, backend, n_components, n_init,
-                      random_state, n_seeds, select):
+                      random_state, n_seeds, select, left_out):
     """The recurrence derivative: tables, templates, figures and the JSON record."""
     from bids_llm.io import write_json, write_text
     from bids_llm.naming import inside
@@ -246,9 +259,10 @@ def _write_recurrence(ds, runs, layout, table, summary, sizes, t_set, t_names, o
         "RandomState": int(random_state), "NSeeds": int(n_seeds), "Selection": select,
         "IoUThreshold": iou_threshold,
         "MeanRecurrence": round(float(summary["recurrence"].mean()), 6),
+        "RunsLeftOut": left_out,
         "llm2nifti": _version.__version__,
     })
-    return RecurrenceResult(t_set, table, summary, paths)
+    return RecurrenceResult(t_set, table, summary, paths, left_out)
 
 
 def _template_summary(table, t_names, sizes, iou_threshold):

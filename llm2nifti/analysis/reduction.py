@@ -30,16 +30,18 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from bids_llm.dataset import check_finite
 
 from ..errors import UsageError
 from .scheduling import map_runs
 
 __all__ = ["zscore_", "run_pca", "gram_pca", "reduce_array", "resolve_gram_dtype",
-           "reduction_method", "reduce_run", "check_finite", "RunReductions", "subspace_angle", "EXACT_MAX", "GRAM_DTYPES",
+           "reduction_method", "reduce_run", "check_finite", "constant_tolerance", "RunReductions",
+           "subspace_angle", "EXACT_MAX", "GRAM_DTYPES",
            "GRAM_DTYPE_ENV"]
 
 EXACT_MAX = 4096
@@ -50,21 +52,35 @@ GRAM_DTYPE_ENV = "LLM2NIFTI_GRAM_DTYPE"
 def _center_(Z, eps=None):
     """Centre the columns of ``Z`` (T, V) in place; return ``1 / std`` (sample std, ddof=1).
 
-    Columns with (near) zero variance get a factor of 1 (they are zero once centred), as in
-    nilearn. Column sums go through matrix-vector products (one streaming pass each), which on
+    Constant columns get a factor of 1 (they are zero once centred). A column is constant where
+    its std is below ``eps`` or within rounding of its mean (``std <= sqrt(eps) * |mean|``, eps
+    of the dtype): a model reading one repeated token gives units that vary by float32 rounding
+    alone (a few hundred eps of their value), which z-scoring would blow up into unit-variance
+    noise. Column sums go through matrix-vector products (one streaming pass each), which on
     CPU is several times faster than a reduction over the token axis.
     """
     T = Z.shape[0]
     ones = torch.ones(1, T, dtype=Z.dtype, device=Z.device)
-    Z -= (ones @ Z) / T
+    mean = (ones @ Z) / T
+    Z -= mean
     if T < 2:
         return torch.ones(Z.shape[1], dtype=Z.dtype, device=Z.device)
     sq = torch.square(Z)
     std = ((ones @ sq)[0] / (T - 1)).sqrt_()
     del sq
     eps = float(torch.finfo(Z.dtype).eps) if eps is None else eps
-    std[std < eps] = 1.0
+    std[(std < eps) | (std <= constant_tolerance(Z.dtype) * mean[0].abs())] = 1.0
     return std.reciprocal_()
+
+
+def constant_tolerance(dtype):
+    """Relative spread under which a unit counts as constant: ``sqrt(eps)`` of ``dtype``.
+
+    Rounding makes a unit that should be constant vary by a few hundred eps of its value in a
+    real forward pass; a unit that really varies does so by far more than ``sqrt(eps)``
+    (3.5e-4 in float32).
+    """
+    return float(torch.finfo(dtype).eps) ** 0.5
 
 
 def zscore_(Z, eps=None):
@@ -221,22 +237,6 @@ def reduce_run(path, n_components, random_state=0, n_oversamples=10, device="cpu
     rows = reduce_array(X, n_components, random_state, n_oversamples, device, method,
                         gram_dtype).cpu().numpy()
     return (rows, method) if with_method else rows
-
-
-def check_finite(X, path, neurons):
-    """Refuse a run ``(T, units)`` holding NaN or inf, in one line naming its first such value.
-
-    A model run in float16 can overflow; one such value would make every decomposition of the
-    run undefined (the fast backend's SVD fails; nilearn would carry it on silently).
-    """
-    bad = ~np.isfinite(X)
-    if bad.any():
-        t, u = np.argwhere(bad)[0]
-        raise UsageError(
-            f"{Path(path).name} holds {int(bad.sum())} values that are not finite (NaN or inf), the "
-            f"first at token {t}, layer {neurons['layer'].iloc[u]} neuron {neurons['neuron'].iloc[u]}: "
-            "the model overflowed while it was recorded; convert it again with --dtype float32, "
-            "or leave the run out (--runs)")
 
 
 class RunReductions:
