@@ -8,7 +8,7 @@ weights (:func:`expert_hidden`). An intervention adds to the module's output the
 its edited hidden neurons make (:func:`expert_output` of the edited minus the original),
 exact to float rounding and zero where nothing is edited.
 
-Two kernels cover the fused experts of transformers:
+Three kernels cover the fused experts of transformers:
 
 ``interface``
     Experts modules that follow transformers' experts interface (``forward(hidden_states,
@@ -21,6 +21,10 @@ Two kernels cover the fused experts of transformers:
     (Llama 4: ``forward(hidden_states)`` over ``(experts x tokens, hidden)`` rows, transposed
     weights). Units are 0 on tokens the router did not send to the expert; the routing
     weights are the router module's output.
+``flat``
+    Experts-interface routing (``forward(hidden_states, top_k_index, top_k_weights)``) over a
+    gated MLP whose weights are 2-D, flattened over experts: ``w1`` (gate), ``v1`` (up) and
+    ``w2`` (down), each ``(experts x width, hidden)`` (DBRX). Units as for ``interface``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 __all__ = ["ExpertsInfo", "describe", "routing_inputs", "expert_hidden", "expert_output",
-           "dense_hidden", "dense_output", "routing_matrix"]
+           "dense_hidden", "dense_output", "routing_matrix", "flat_glu"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,10 @@ def describe(experts, block=None):
     block : torch.nn.Module, optional
         The mixture-of-experts block around it (where the router is looked for).
     """
+    flat = flat_glu(experts)
+    if flat is not None and len(_forward_params(experts)) >= 3:
+        n_experts = int(experts.num_experts)
+        return ExpertsInfo("flat", n_experts, int(flat.w1.shape[0]) // n_experts)
     down = getattr(experts, "down_proj", None)
     if not isinstance(down, torch.Tensor) or down.ndim != 3:
         return ExpertsInfo(None, reason="no fused down_proj of shape (experts, ., .)")
@@ -81,6 +89,26 @@ def describe(experts, block=None):
                                     "llm2nifti knows")
 
 
+def flat_glu(experts):
+    """The child of ``experts`` holding ``w1``, ``v1``, ``w2`` flattened over its experts, or None."""
+    n = getattr(experts, "num_experts", None)
+    if not isinstance(n, int) or n < 1:
+        return None
+    for child in experts.children():
+        w = [getattr(child, a, None) for a in ("w1", "v1", "w2")]
+        if (all(isinstance(t, torch.Tensor) and t.ndim == 2 for t in w)
+                and w[0].shape == w[1].shape == w[2].shape and w[0].shape[0] % n == 0):
+            return child
+    return None
+
+
+def _flat_weights(experts, e):
+    """Expert ``e``'s ``(gate, up, down)`` rows of a flat GLU, each ``(width, hidden)``."""
+    glu = flat_glu(experts)
+    n = int(experts.num_experts)
+    return [getattr(glu, a).view(n, -1, glu.w1.shape[1])[e] for a in ("w1", "v1", "w2")], glu
+
+
 def _router(block, n_experts, hidden):
     for name, m in block.named_children():
         w = getattr(m, "weight", None)
@@ -91,11 +119,12 @@ def _router(block, n_experts, hidden):
 
 # ---------------------------------------------------------------- interface
 def routing_inputs(args, kwargs):
-    """``(hidden_states, top_k_index, top_k_weights)`` of an experts-interface call."""
+    """``(hidden_states, top_k_index, top_k_weights)`` of an experts-interface call, the
+    hidden states as ``(tokens, hidden)`` rows (DBRX passes them as ``(batch, tokens, hidden)``)."""
     values = list(args) + [v for k, v in kwargs.items()]
     if len(values) < 3:
         raise RuntimeError("the experts module was called without its routing inputs")
-    return values[0], values[1], values[2]
+    return values[0].reshape(-1, values[0].shape[-1]), values[1], values[2]
 
 
 def routing_matrix(index, weights, experts):
@@ -109,6 +138,9 @@ def routing_matrix(index, weights, experts):
 
 def expert_hidden(experts, e, x):
     """Hidden neurons of expert ``e`` on rows ``x`` (tokens, hidden): (tokens, width)."""
+    if not hasattr(experts, "has_gate"):  # flat
+        (gate, up, _), glu = _flat_weights(experts, e)
+        return glu.activation_fn(F.linear(x, gate)) * F.linear(x, up)
     if experts.has_gate:
         w = experts.gate_up_proj[e]
         b = experts.gate_up_proj_bias[e] if experts.has_bias else None
@@ -121,6 +153,9 @@ def expert_hidden(experts, e, x):
 
 def expert_output(experts, e, h):
     """Output of expert ``e`` for hidden neurons ``h``, before its routing weight."""
+    if not hasattr(experts, "has_gate"):  # flat
+        (_, _, down), _ = _flat_weights(experts, e)
+        return h @ down
     b = experts.down_proj_bias[e] if experts.has_bias else None
     y = _linear(h, experts.down_proj[e], b, experts.is_transposed)
     if getattr(experts, "has_post_expert_norm", False):

@@ -403,11 +403,16 @@ def _io(m):
 
 
 def _fused_experts(m):
-    """True for a module holding fused expert weights (3-D parameters, not a convolution's)."""
+    """True for a module holding fused expert weights (3-D parameters, not a convolution's, or
+    a gated MLP's 2-D weights flattened over experts)."""
     import torch.nn as nn
+
+    from .experts import flat_glu
 
     if isinstance(m, nn.modules.conv._ConvNd):
         return False
+    if flat_glu(m) is not None:  # 2-D weights flattened over experts (DBRX)
+        return True
     return any(p.ndim == 3 and min(p.shape) > 1 for p in m.parameters(recurse=False)) and (
         hasattr(m, "num_experts") or "expert" in type(m).__name__.lower()
         or any(hasattr(m, a) for a in ("down_proj", "gate_up_proj", "up_proj")))

@@ -9,6 +9,8 @@ built, so the derived ones follow.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .sites import _text_config
@@ -46,6 +48,11 @@ def _overrides(d, layers):
         old = d.get(key)
         if isinstance(old, int) and not isinstance(old, bool) and old > value:
             out[key] = value
+        elif isinstance(old, list) and old and all(isinstance(x, int) and x > value for x in old):
+            out[key] = [value] * len(old)  # one size per layer (Gemma 3n's MLP widths)
+    for key in [k for k in d if k.startswith("vocab_size_")]:  # per-layer input embeddings
+        if isinstance(d[key], int) and d[key] > VOCAB:
+            out[key] = VOCAB
     if isinstance(d.get("vocab_size"), int) and d["vocab_size"] > VOCAB:
         out["vocab_size"] = VOCAB
         for tok in ("pad_token_id", "bos_token_id", "eos_token_id", "image_token_id"):
@@ -68,8 +75,11 @@ def _overrides(d, layers):
             n = max(n, min(v) + 1)
     n = min(n, n_old)
     out[n_key] = n
+    for k, v in d.items():  # layers that reuse an earlier layer's cache need layers to reuse
+        if "shared_layers" in k and isinstance(v, int) and v >= n:
+            out[k] = 0
     for k, v in patterns.items():
-        out[k] = v[:n]
+        out[k] = out.get(k, v)[:n]
     for k, v in d.items():
         if "indices" in k and isinstance(v, list) and v and all(isinstance(i, int) for i in v):
             out[k] = [i for i in v if i < n]
@@ -108,6 +118,12 @@ def shrink_config(model_type, layers=LAYERS):
 
 
 def _finish(cfg):
+    for sub in vars(cfg).values():  # DBRX's nested attention config: transformers 5.25's
+        if type(sub).__name__.endswith("AttentionConfig"):  # default lacks what its code reads
+            if not hasattr(sub, "rope_theta"):
+                sub.rope_theta = float((getattr(cfg, "rope_parameters", None) or {}).get("rope_theta", 1e4))
+            if getattr(sub, "clip_qkv", 0) is None:
+                sub.clip_qkv = 8.0  # the released checkpoints' value; None fails torch.clamp
     tc = _text_config(cfg)
     try:
         hs, heads, hd = tc.hidden_size, tc.num_attention_heads, tc.head_dim

@@ -366,3 +366,60 @@ def test_apertus_with_0d_activation_parameters_scans(models, tmp_path, tokenizer
     res = scan(tmp_path / "ds", "tiny-apertus", str(text_file), loaded=(m, tokenizer),
                run_tokens=64, max_tokens=64, progress=False, threads=1)
     assert len(Dataset(res.root).runs()) == 1 and res.layout.n_neurons == resolve_site(m, "mlp").n_neurons
+
+
+def test_gemma3n_widths_per_layer_from_a_list_scan(models, tmp_path, tokenizer, text_file):
+    # Gemma 3n's intermediate_size is a list, one width per layer; the last layers reuse an
+    # earlier layer's attention cache (num_kv_shared_layers), which a shrunk build must respect.
+    from bids_llm.dataset import Dataset, load_run
+    from llm2nifti.acquisition.convert import scan
+
+    widths = [128, 96, 128, 64, 128]
+    m = tiny_model("gemma3n_text", intermediate_size=widths)
+    site = resolve_site(m, "mlp")
+    assert [site.width_of(layer) for layer in site.layers] == widths
+    ref = logits(m)
+    with Recorder(m, site) as rec:
+        assert torch.equal(ref, logits(m))
+    assert rec.matrix().shape == (IDS.shape[1], sum(widths))
+    res = scan(tmp_path / "ds", "tiny-gemma3n", str(text_file), loaded=(m, tokenizer),
+               run_tokens=64, max_tokens=64, progress=False, threads=1)
+    (run,) = Dataset(res.root).runs()
+    X, neurons = load_run(run)
+    assert X.shape == (64, sum(widths)) and np.isfinite(X).all()
+    assert neurons.groupby("layer").size().tolist() == widths
+
+
+def test_dbrx_flat_experts_are_read_and_inhibited_exactly(models):
+    # DBRX keeps its experts' gated MLP as 2-D w1 (gate), v1 (up), w2 (down) of shape
+    # (experts x width, hidden), and hands its experts module (batch, tokens, hidden) states.
+    m = models("dbrx")
+    layer, E = 1, 4
+    block = m.transformer.blocks[layer].ffn
+    site = resolve_site(m, "mlp", str(layer))
+    (part,) = site.parts(layer)
+    assert part.hook == "experts" and part.kernel == "flat" and part.experts == tuple(range(E))
+    glu, width = block.experts.mlp, part.expert_width
+    assert width * E == glu.w1.shape[0]
+    (x, index, _), _ = capture_inputs(block.experts, lambda: logits(m))
+    x = x.reshape(-1, x.shape[-1])
+    ref = logits(m)
+    with Recorder(m, site) as rec:
+        assert torch.equal(ref, logits(m))
+    X = torch.from_numpy(rec.matrix())
+    w1, v1 = (getattr(glu, a).view(E, width, -1) for a in ("w1", "v1"))
+    with torch.no_grad():
+        for t in range(X.shape[0]):
+            for e in range(E):
+                got = X[t, e * width:(e + 1) * width]
+                h = glu.activation_fn(w1[e] @ x[t]) * (v1[e] @ x[t])
+                torch.testing.assert_close(got, h if e in index[t].tolist() else torch.zeros_like(h),
+                                           rtol=1e-5, atol=1e-6)
+    e, neuron = 2, 3
+    zeroed = copy.deepcopy(m)
+    with torch.no_grad():  # the neuron's up row zero: its hidden value is 0 on every token
+        zeroed.transformer.blocks[layer].ffn.experts.mlp.v1.view(E, width, -1)[e, neuron].zero_()
+    with intervene(m, {layer: [e * width + neuron]}, site=site):
+        got = logits(m)
+    assert not torch.equal(got, ref)
+    torch.testing.assert_close(got, logits(zeroed), rtol=1e-4, atol=1e-5)

@@ -308,7 +308,10 @@ def _check_memory(lm, layout, longest, run_tokens):
     cfg = getattr(lm, "config", None)
     cfg = getattr(cfg, "get_text_config", lambda: cfg)() if cfg is not None else None
     hidden = int(getattr(cfg, "hidden_size", 0) or 0)
-    inter = int(getattr(cfg, "intermediate_size", 0) or 0) or 4 * hidden
+    inter = getattr(cfg, "intermediate_size", 0) or 0
+    if isinstance(inter, (list, tuple)):  # a width per layer (Gemma 3n): the widest counts
+        inter = max(inter, default=0)
+    inter = int(inter) or 4 * hidden
     heads = int(getattr(cfg, "num_attention_heads", 0) or 0)
     itemsize = next(lm.parameters()).element_size()
     buffers = 2 * layout.empty_buffer(0).strides[0] * longest

@@ -149,14 +149,14 @@ def _post_hook(apply):
 def _routing_hook(part, apply):
     """Edit the routing weights of ``part.experts`` in an experts module's inputs."""
     def hook(mod, args, kwargs):
-        x, index, weights = experts.routing_inputs(args, kwargs)
+        _, index, weights = experts.routing_inputs(args, kwargs)
         edited = apply(experts.routing_matrix(index, weights, part.experts))
         new = weights.clone()
         for j, e in enumerate(part.experts):
             hit = index == e
             new = torch.where(hit, edited[:, j:j + 1].to(new.dtype), new)
         if len(args) >= 3:
-            return (x, index, new) + tuple(args[3:]), kwargs
+            return (args[0], index, new) + tuple(args[3:]), kwargs
         key = list(kwargs)[2 - len(args)]  # the third routing input came as a keyword
         return args, dict(kwargs, **{key: new})
     return hook
@@ -168,7 +168,7 @@ def _experts_hook(part, apply):
 
     def routed(mod, args, kwargs, output):
         x, index, weights = experts.routing_inputs(args, kwargs)
-        out = output.clone()
+        out = output.reshape(-1, output.shape[-1]).clone()  # rows, as the routing inputs
         for j, e in enumerate(part.experts):
             edit = apply.only(j * width, (j + 1) * width)
             rows = (index == e).any(-1).nonzero().squeeze(-1)
@@ -178,7 +178,7 @@ def _experts_hook(part, apply):
             delta = experts.expert_output(mod, e, edit(h)) - experts.expert_output(mod, e, h)
             w = (weights[rows] * (index[rows] == e)).sum(-1, keepdim=True)
             out.index_add_(0, rows, (delta * w).to(out.dtype))
-        return out
+        return out.view(output.shape)
 
     def dense(mod, args, kwargs, output):
         x = args[0] if args else next(iter(kwargs.values()))
