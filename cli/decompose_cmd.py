@@ -73,8 +73,14 @@ def _threshold(threshold, top_k):
 @_decomposition_options
 @click.option("--alpha", type=float, default=10.0, show_default=True, help="DictLearning sparsity.")
 @click.option("--desc", default=None, help="BIDS desc label of the outputs [default: the method].")
+@click.option("--n-runs", type=int, default=1, show_default=True,
+              help="Decompose N times (seeds from --random-state) and keep the components that "
+                   "recur (ICASSO): each gets a stability index.")
+@click.option("--bootstrap", is_flag=True,
+              help="With --n-runs: each decomposition after the first reads a resample of the runs.")
 def decompose(dataset, participant, task, run, site, method, backend, n_components, n_init,
-              random_state, n_jobs, device, threads, scheduler, workers, quiet, alpha, desc):
+              random_state, n_jobs, device, threads, scheduler, workers, quiet, alpha, desc,
+              n_runs, bootstrap):
     """Decompose the runs of DATASET into maps over neurons (a BIDS derivative).
 
     \b
@@ -82,6 +88,8 @@ def decompose(dataset, participant, task, run, site, method, backend, n_componen
       *_desc-<desc>_components.nii         maps (volume i = component i)
       *_desc-<desc>_stat-z_components.nii  maps z-scored over neurons (threshold these)
       *_desc-<desc>_components.json        parameters, explained variance, timing
+      *_desc-<desc>_stability.tsv          --n-runs N > 1: each component's stability (ICASSO Iq)
+      *_desc-<desc>_estimates.tsv          --n-runs N > 1: the N x k estimates and their clusters
     """
     from llm2nifti.analysis.decomposition import decompose as run_decompose
 
@@ -89,11 +97,17 @@ def decompose(dataset, participant, task, run, site, method, backend, n_componen
                         method=method, backend=backend, n_components=n_components, n_init=n_init,
                         random_state=random_state, n_jobs=n_jobs, device=device, alpha=alpha,
                         desc=desc, threads=threads, scheduler=scheduler, workers=workers,
-                        progress=not quiet)
+                        progress=not quiet, n_runs=n_runs, bootstrap=bootstrap)
     est = res.estimator
     click.echo(f"{method} ({backend}): {n_components} components from {est.n_runs_} run(s), "
                f"{est.n_tokens_} tokens in {est.fit_seconds_:.1f} s; explained variance "
                f"{res.explained_variance_total:.3f}")
+    if est.stability_ is None:
+        click.echo("  one decomposition: whether each map recurs is not known (--n-runs 10 tells)")
+    else:
+        iq = est.stability_["stability"]
+        click.echo(f"  stability over {n_runs} decompositions: median {iq.median():.2f}, "
+                   f"{int((iq >= 0.8).sum())} of {len(iq)} components at 0.8 or more")
     click.echo(f"  maps:   {res.components}")
     click.echo(f"  z-maps: {res.zmaps}")
     click.echo(f"  next:   llm2nifti networks {res.zmaps} --dataset {dataset}")
@@ -109,7 +123,10 @@ def decompose(dataset, participant, task, run, site, method, backend, n_componen
 @_selection_of_neurons
 @click.option("--output", "-o", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of the tables [default: DATASET/derivatives/llm2nifti-networks].")
-def networks(components, dataset, participant, site, threshold, one_sided, top_k, output):
+@click.option("--min-stability", type=float, default=None,
+              help="Keep the networks whose stability (decompose --n-runs) is at least this, e.g. 0.8.")
+def networks(components, dataset, participant, site, threshold, one_sided, top_k, output,
+             min_stability):
     """Map the maps of COMPONENTS (a 4D image on DATASET's grid) back to exact neurons.
 
     \b
@@ -122,10 +139,17 @@ def networks(components, dataset, participant, site, threshold, one_sided, top_k
 
     res = run_networks(components, dataset, participant=participant, site=site,
                        threshold=_threshold(threshold, top_k), two_sided=not one_sided,
-                       top_k=top_k, output=output)
+                       top_k=top_k, output=output, min_stability=min_stability)
     sizes = res.summary["size"]
     click.echo(f"{len(sizes)} networks, {int(sizes.min())}-{int(sizes.max())} neurons each; "
                f"{len(res.key)} key neurons")
+    if "stability" in res.summary:
+        iq = res.summary["stability"]
+        click.echo(f"  stability {iq.min():.2f}-{iq.max():.2f}"
+                   + (f" (kept at {min_stability} or more)" if min_stability is not None else ""))
+    else:
+        click.echo("  the maps rest on one decomposition: whether each network recurs is not known "
+                   "(decompose --n-runs 10)")
     click.echo(f"  networks: {res.networks_tsv}")
     click.echo(f"  summary:  {res.summary_tsv}")
     click.echo(f"  key:      {res.key_tsv}")

@@ -380,7 +380,8 @@ def _entities(runs, desc):
 def decompose(dataset, *, participant=None, task=None, run=None, site=None, method="canica",
               backend="nilearn", n_components=20, n_init=10, random_state=0, n_jobs=1,
               device="cpu", alpha=10.0, desc=None, threads=None, scheduler=None, workers=2,
-              progress=False, gram_dtype="auto", precision="mixed", reductions=None):
+              progress=False, gram_dtype="auto", precision="mixed", reductions=None, n_runs=1,
+              bootstrap=False):
     """Decompose a dataset's runs and write a BIDS derivative.
 
     Parameters
@@ -405,6 +406,11 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
     reductions : RunReductions, optional
         Fast backend: per-run reductions shared with other decompositions of these runs
         (an FN@k sweep reduces each run once, at its largest ``k``).
+    n_runs, bootstrap :
+        Decompose ``n_runs`` times (seeds derived from ``random_state``; with ``bootstrap``,
+        on resamples of the runs) and keep the clusters' centrotypes with their stability
+        (:class:`~llm2nifti.analysis.stability.StableDecomposition`). ``n_runs=1`` is one
+        decomposition, as before.
 
     Returns
     -------
@@ -417,6 +423,8 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
         sub-<label>_task-<t>[_run-<n>]_desc-<desc>_components.nii         maps, volume i = component i
         sub-<label>_task-<t>[_run-<n>]_desc-<desc>_components.json        parameters, variance, timing
         sub-<label>_task-<t>[_run-<n>]_desc-<desc>_stat-z_components.nii  maps z-scored over neurons (+ .json)
+        sub-<label>_task-<t>[_run-<n>]_desc-<desc>_stability.tsv           n_runs > 1: each component's stability
+        sub-<label>_task-<t>[_run-<n>]_desc-<desc>_estimates.tsv           n_runs > 1: every estimate's cluster
 
     ``run`` appears when a single run was decomposed; several tasks join their labels.
     The names follow tedana's ICA derivatives, so that a BIDS query for ``bold`` finds time
@@ -442,11 +450,14 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     runs, layout = select_runs(ds, participant, task, run, site)
-    est = Decomposition(method=method, n_components=n_components, n_init=n_init,
-                        random_state=random_state, backend=backend, n_jobs=n_jobs,
-                        device=device, alpha=alpha, scheduler=scheduler,
-                        workers=workers, progress=progress, gram_dtype=gram_dtype,
-                        precision=precision).fit(runs, layout, reduced=reductions)
+    from .stability import StableDecomposition
+
+    est = StableDecomposition(n_runs=n_runs, bootstrap=bootstrap, method=method,
+                              n_components=n_components, n_init=n_init,
+                              random_state=random_state, backend=backend, n_jobs=n_jobs,
+                              device=device, alpha=alpha, scheduler=scheduler,
+                              workers=workers, progress=progress, gram_dtype=gram_dtype,
+                              precision=precision).fit(runs, layout, reduced=reductions)
     t0 = time.perf_counter()
     ev, ev_total = explained_variance(runs, est.components_, device=device if backend == "fast" else "cpu")
     ev_seconds = time.perf_counter() - t0
@@ -454,7 +465,7 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
     ents = _entities(runs, desc)
     out = derivative_dir(ds.root, f"llm2nifti-{method}",
                          f"llm2nifti {method}: spatial maps over neurons",
-                         ignore=("*_components.*",))
+                         ignore=("*_components.*", "*_stability.tsv", "*_estimates.tsv"))
     func = out / f"sub-{ents['sub']}" / "func"
     comp_path = func / components_name(".nii", **ents)
     z_path = func / components_name(".nii", z=True, **ents)
@@ -477,6 +488,7 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
         "ExplainedVariance": [float(x) for x in ev],
         "ExplainedVarianceTotal": float(ev_total),
         "BackendDetails": est.info_,
+        "Stability": _stability_record(est, comp_path),
         "Software": {"llm2nifti": _version.__version__, **_versions(backend)},
         "NeuronLayout": layout.to_dict(),
         "Timing": {"fit_seconds": round(est.fit_seconds_, 3),
@@ -494,8 +506,40 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
         "Description": f"{method} maps z-scored over neurons (volume i: component i); "
                        f"threshold these to select neurons",
         "RawMaps": comp_path.name})
+    _write_stability(est, comp_path)
     write_json(json_path, sidecar)
     return DecomposeResult(est, comp_path, z_path, json_path, ev, ev_total)
+
+
+def _stability_record(est, comp_path):
+    """The sidecar's ``Stability``: how many decompositions the maps rest on, and where the
+    table of each component's stability is."""
+    from .stability import stability_paths
+
+    if est.n_runs == 1:
+        return {"NDecompositions": 1, "Note": "one ICA optimum: whether each map recurs is not "
+                                              "known (decompose --n-runs 10)"}
+    table, members = stability_paths(comp_path)
+    return {"NDecompositions": int(est.n_runs), "Bootstrap": bool(est.bootstrap),
+            "Seeds": est.seeds_, "Method": "ICASSO: average-linkage clusters of |r| between maps; "
+            "centrotypes; Iq = mean |r| within - mean |r| to the others",
+            "MeanStability": round(float(est.stability_["stability"].mean()), 6),
+            "Table": table.name, "Estimates": members.name}
+
+
+def _write_stability(est, comp_path):
+    """Write the stability tables beside the maps (``n_runs > 1``); remove stale ones (``n_runs = 1``)."""
+    from bids_llm.io import write_text
+
+    from .stability import stability_paths
+
+    table, members = stability_paths(comp_path)
+    if est.n_runs == 1:
+        table.unlink(missing_ok=True)
+        members.unlink(missing_ok=True)
+        return
+    write_text(table, est.stability_.to_csv(sep="\t", index=False))
+    write_text(members, est.members_.to_csv(sep="\t", index=False))
 
 
 def _versions(backend):

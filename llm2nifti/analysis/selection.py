@@ -256,8 +256,30 @@ def site_of_image(components, ds, participant=None):
     return only_choice(sites, "site", "--site")
 
 
+def _network_stability(components, names, min_stability):
+    """Each network's stability (a Series by name, those at ``min_stability`` or above), or None."""
+    from .stability import read_stability
+
+    table = read_stability(components)
+    if table is None:
+        if min_stability is not None:
+            raise UsageError("--min-stability: these maps rest on one decomposition, so no network "
+                             "has a stability; decompose with --n-runs 10 first")
+        return None
+    if len(table) != len(names):
+        raise UsageError(f"the stability table beside {Path(components).name} lists {len(table)} "
+                         f"components for {len(names)} maps: decompose again")
+    stability = pd.Series(table["stability"].to_numpy(), index=names)
+    if min_stability is not None:
+        stability = stability[stability >= min_stability]
+        if stability.empty:
+            raise UsageError(f"no network has a stability of {min_stability} or more (the highest "
+                             f"is {table['stability'].max():.2f}): lower --min-stability")
+    return stability
+
+
 def networks(components, dataset, *, participant=None, site=None, threshold=3.6, two_sided=True,
-             top_k=None, output=None):
+             top_k=None, output=None, min_stability=None):
     """Map a components image to neuron networks and write the tables.
 
     Parameters
@@ -276,6 +298,8 @@ def networks(components, dataset, *, participant=None, site=None, threshold=3.6,
         See :func:`maps_to_neurons`.
     output : path, optional
         Folder of the tables (default ``DATASET/derivatives/llm2nifti-networks``).
+    min_stability : float, optional
+        Keep only the networks whose stability index (``decompose --n-runs``) is at least this.
 
     Returns
     -------
@@ -285,7 +309,10 @@ def networks(components, dataset, *, participant=None, site=None, threshold=3.6,
     -----
     Writes ``<stem>_networks.tsv`` (network, site, layer, neuron, z),
     ``<stem>_summary.tsv``, ``<stem>_keyneurons.tsv`` and ``<stem>_networks.json``
-    (the selection), where ``<stem>`` is the image's name without ``_bold.nii``.
+    (the selection), where ``<stem>`` is the image's name without ``_bold.nii``. When the maps
+    were decomposed several times (``decompose --n-runs``), each network's stability is a
+    column of the networks and summary tables; otherwise the JSON says they rest on one
+    decomposition.
     """
     from bids_llm.dataset import Dataset
     from bids_llm.io import write_json, write_text
@@ -303,7 +330,14 @@ def networks(components, dataset, *, participant=None, site=None, threshold=3.6,
     nset = maps_to_neurons(maps, layout, threshold=threshold, two_sided=two_sided, top_k=top_k)
     n_maps = maps.shape[0]
     names = network_names(n_maps)
+    stability = _network_stability(components, names, min_stability)
+    if stability is not None:
+        names = [n for n in names if n in stability.index]
+        nset = nset.select([n for n in nset.names if n in stability.index])
+        nset.table["stability"] = stability.loc[nset.table["network"]].to_numpy()
     summary = summarize(nset, layout, names=names)
+    if stability is not None:
+        summary.insert(1, "stability", stability.loc[summary["network"]].to_numpy())
     key = key_neurons(nset)
 
     out = Path(output) if output is not None else inside(ds.root, "derivatives", "llm2nifti-networks")
@@ -318,7 +352,10 @@ def networks(components, dataset, *, participant=None, site=None, threshold=3.6,
         "Dataset": str(ds.root.resolve()), "Participant": participant, "Site": layout.site.kind,
         "Selection": {"zscore": "each map over neurons (ddof=0)", "threshold": threshold,
                       "two_sided": bool(two_sided), "top_k": top_k},
-        "NNetworks": n_maps, "NKeyNeurons": len(key), "NNeurons": layout.n_neurons,
+        "NNetworks": len(names), "NMaps": n_maps, "NKeyNeurons": len(key), "NNeurons": layout.n_neurons,
+        "Stability": ({"MinStability": min_stability, "Dropped": n_maps - len(names)}
+                      if stability is not None else
+                      "not known: the maps rest on one decomposition (decompose --n-runs 10)"),
         "KeyShare": round(len(key) / layout.n_neurons, 6),
         "Naming": "network FNxx is volume xx (0-based) of the components image",
         "llm2nifti": _version.__version__,

@@ -1,0 +1,284 @@
+"""Stable networks: decompose many times, keep what recurs (ICASSO).
+
+ICA has many optima: two seeds of the same CanICA give different components, and one
+decomposition cannot tell a network of the model from a network of the seed. ICASSO (Himberg,
+Hyvärinen & Esposito, NeuroImage 2004; the default of the GIFT toolbox for group ICA) runs the
+decomposition ``N`` times from different starts, optionally on bootstrap resamples of the runs,
+clusters all ``N x k`` estimates by their absolute correlation (agglomerative, average linkage)
+into ``k`` clusters, and scores each cluster with its stability index
+
+    Iq = mean |r| between the cluster's members - mean |r| between its members and the others
+
+(1: the same component every time, 0: no better than chance; a cluster of a single estimate,
+found by one decomposition only, has a within-similarity of 0). Each cluster's estimate is its
+centrotype, the member with the largest summed similarity to the other members. nilearn's
+``n_init`` keeps the sparsest of several starts, which does not say whether it recurs.
+
+With the fast backend the exact per-run reductions are computed once and shared by all ``N``
+decompositions (:class:`~llm2nifti.analysis.RunReductions`): only the group step and FastICA
+repeat.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator
+
+from ..errors import UsageError
+
+__all__ = ["StableDecomposition", "icasso", "run_seeds", "abs_correlation", "stability_paths",
+           "read_stability"]
+
+
+def run_seeds(random_state, n_runs):
+    """Seeds of the ``n_runs`` decompositions: the first is ``random_state`` itself (so ``N = 1``
+    is the single decomposition), the others drawn from it."""
+    rest = np.random.SeedSequence(int(random_state)).generate_state(max(n_runs - 1, 0))
+    return [int(random_state)] + [int(s) % (2**31 - 1) for s in rest]
+
+
+def abs_correlation(maps):
+    """``|r|`` between every pair of rows of ``maps`` (float64)."""
+    M = np.asarray(maps, dtype=np.float64)
+    M = M - M.mean(axis=1, keepdims=True)
+    norms = np.linalg.norm(M, axis=1, keepdims=True)
+    norms[norms == 0] = 1.0
+    M /= norms
+    return np.clip(np.abs(M @ M.T), 0.0, 1.0)
+
+
+def icasso(estimates, n_clusters):
+    """Cluster ``N`` decompositions' maps and score each cluster.
+
+    Parameters
+    ----------
+    estimates : list of ndarray
+        One ``(k, n_neurons)`` array of maps per decomposition.
+    n_clusters : int
+
+    Returns
+    -------
+    centrotypes : ndarray of shape (n_clusters, n_neurons)
+        Clusters in decreasing stability.
+    table : pandas.DataFrame
+        One row per cluster, in the same order: ``component``, ``stability`` (Iq),
+        ``size``, ``mean_abs_r`` (between members), ``runs`` (decompositions contributing),
+        ``centrotype_run``, ``centrotype_component``.
+    members : pandas.DataFrame
+        One row per estimate: ``run``, ``component`` (within its decomposition), ``cluster``
+        (index into ``centrotypes``), ``centrotype``, and ``x``, ``y`` (a 2-D projection of
+        the distances ``1 - |r|``, classical multidimensional scaling).
+    """
+    from scipy.cluster.hierarchy import cut_tree, linkage
+    from scipy.spatial.distance import squareform
+
+    maps = np.concatenate([np.asarray(e) for e in estimates])
+    run = np.repeat(np.arange(len(estimates)), [len(e) for e in estimates])
+    comp = np.concatenate([np.arange(len(e)) for e in estimates])
+    S = abs_correlation(maps)
+    n = len(maps)
+    if n_clusters >= n:
+        labels = np.arange(n)
+    else:
+        D = 1.0 - S
+        np.fill_diagonal(D, 0.0)
+        tree = linkage(squareform(D, checks=False), method="average")
+        labels = cut_tree(tree, n_clusters=n_clusters).ravel()
+    rows, centro = [], []
+    for c in range(n_clusters):
+        inside = np.flatnonzero(labels == c)
+        outside = np.flatnonzero(labels != c)
+        block = S[np.ix_(inside, inside)]
+        # a cluster of one estimate: nothing recurred, its within-similarity counts as 0
+        within = (block.sum() - len(inside)) / max(len(inside) * (len(inside) - 1), 1)
+        between = S[np.ix_(inside, outside)].mean() if len(outside) else 0.0
+        best = inside[np.argmax(block.sum(axis=1))]
+        centro.append(best)
+        rows.append({"stability": float(within - between), "size": int(len(inside)),
+                     "mean_abs_r": float(within), "runs": int(len(np.unique(run[inside]))),
+                     "centrotype_run": int(run[best]), "centrotype_component": int(comp[best]),
+                     "_cluster": c})
+    order = sorted(range(n_clusters), key=lambda i: -rows[i]["stability"])
+    rank = {rows[i]["_cluster"]: j for j, i in enumerate(order)}
+    table = pd.DataFrame([rows[i] for i in order]).drop(columns="_cluster")
+    table.insert(0, "component", np.arange(n_clusters))
+    centrotypes = maps[[centro[i] for i in order]]
+    xy = _mds(1.0 - S)
+    members = pd.DataFrame({"run": run, "component": comp,
+                            "cluster": [rank[int(c)] for c in labels],
+                            "centrotype": np.isin(np.arange(n), centro), "x": xy[:, 0], "y": xy[:, 1]})
+    return centrotypes, table.round(6), members.round(6)
+
+
+def _mds(D):
+    """Classical multidimensional scaling of the distance matrix ``D`` into 2 dimensions."""
+    n = len(D)
+    if n < 3:
+        return np.zeros((n, 2))
+    J = np.eye(n) - 1.0 / n
+    B = -0.5 * J @ (D ** 2) @ J
+    if n > 500:
+        from scipy.sparse.linalg import eigsh
+
+        vals, vecs = eigsh(B, k=2, which="LA")
+    else:
+        vals, vecs = np.linalg.eigh(B)
+        vals, vecs = vals[-2:], vecs[:, -2:]
+    idx = np.argsort(vals)[::-1]
+    return vecs[:, idx] * np.sqrt(np.clip(vals[idx], 0.0, None))
+
+
+class StableDecomposition(BaseEstimator):
+    """``n_runs`` decompositions of the same runs, clustered into stable components (ICASSO).
+
+    Parameters
+    ----------
+    n_runs : int
+        Decompositions; seeds from :func:`run_seeds` (``n_runs=1`` is the single
+        decomposition, bit for bit).
+    bootstrap : bool
+        Each decomposition after the first reads a resample of the runs (drawn with
+        replacement), so that stability covers the choice of text as well as the start.
+    **params
+        :class:`~llm2nifti.analysis.decomposition.Decomposition`'s parameters
+        (``method``, ``n_components``, ``n_init``, ``random_state``, ``backend``, ...).
+
+    Attributes
+    ----------
+    components_, zmaps_ : ndarray of shape (n_components, n_neurons)
+        Centrotypes (clusters in decreasing stability) and their z-maps.
+    stability_ : pandas.DataFrame
+        One row per component (see :func:`icasso`); None when ``n_runs == 1``.
+    members_ : pandas.DataFrame
+        Every estimate's cluster and 2-D position (see :func:`icasso`); None when ``n_runs == 1``.
+    estimators_ : list of Decomposition
+        The ``n_runs`` decompositions (their maps are kept in ``members_`` order).
+    seeds_ : list of int
+    layout_, n_runs_, n_tokens_, singular_values_, info_, fit_seconds_ :
+        As :class:`~llm2nifti.analysis.decomposition.Decomposition`'s, for the first
+        decomposition (``info_`` adds the ICASSO settings).
+    """
+
+    def __init__(self, n_runs=10, bootstrap=False, method="canica", n_components=20, n_init=10,
+                 random_state=0, backend="fast", n_jobs=1, device="cpu", alpha=10.0, verbose=0,
+                 scheduler=None, workers=2, progress=False, gram_dtype="auto", precision="mixed"):
+        self.n_runs = n_runs
+        self.bootstrap = bootstrap
+        self.method = method
+        self.n_components = n_components
+        self.n_init = n_init
+        self.random_state = random_state
+        self.backend = backend
+        self.n_jobs = n_jobs
+        self.device = device
+        self.alpha = alpha
+        self.verbose = verbose
+        self.scheduler = scheduler
+        self.workers = workers
+        self.progress = progress
+        self.gram_dtype = gram_dtype
+        self.precision = precision
+
+    def _decomposition(self, seed):
+        from .decomposition import Decomposition
+
+        params = {k: v for k, v in self.get_params().items() if k not in ("n_runs", "bootstrap")}
+        return Decomposition(**dict(params, random_state=seed))
+
+    def fit(self, runs, layout, reduced=None):
+        """Decompose ``runs`` ``n_runs`` times and cluster the maps.
+
+        Parameters
+        ----------
+        runs : list of Run or path
+        layout : NeuronLayout
+        reduced : RunReductions, optional
+            Fast backend: per-run reductions shared by every decomposition (made here when
+            not given).
+
+        Returns
+        -------
+        self
+        """
+        runs = list(runs)
+        check_stable(self.n_runs, self.bootstrap, len(runs), self.n_components, layout.n_neurons)
+        self.seeds_ = run_seeds(self.random_state, self.n_runs)
+        if self.backend == "fast" and reduced is None and self.n_runs > 1:
+            from .reduction import RunReductions
+            from .scheduling import dask_client
+
+            with dask_client(self.scheduler, self.workers) as client:
+                cache = RunReductions(client, self.device, self.progress, self.gram_dtype,
+                                      n_components=self.n_components)
+                return self._fit(runs, layout, cache)
+        return self._fit(runs, layout, reduced)
+
+    def _fit(self, runs, layout, reduced):
+        import time
+
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(self.seeds_[-1])
+        self.estimators_ = []
+        for i, seed in enumerate(self.seeds_):
+            chosen = runs
+            if self.bootstrap and i > 0:
+                chosen = [runs[j] for j in np.sort(rng.integers(0, len(runs), len(runs)))]
+            self.estimators_.append(self._decomposition(seed).fit(chosen, layout, reduced=reduced))
+        first = self.estimators_[0]
+        for name in ("layout_", "n_runs_", "n_tokens_", "singular_values_"):
+            setattr(self, name, getattr(first, name))
+        self.info_ = dict(first.info_)
+        if self.n_runs == 1:
+            self.components_, self.stability_, self.members_ = first.components_, None, None
+        else:
+            maps, self.stability_, self.members_ = icasso([e.components_ for e in self.estimators_],
+                                                          self.n_components)
+            self.components_ = maps.astype(np.float32)
+            self.info_["icasso"] = {
+                "n_runs": int(self.n_runs), "bootstrap": bool(self.bootstrap), "seeds": self.seeds_,
+                "linkage": "average", "similarity": "|r| between maps",
+                "mean_stability": round(float(self.stability_["stability"].mean()), 6)}
+        from .decomposition import zscore_maps
+
+        self.zmaps_ = zscore_maps(self.components_)
+        self.fit_seconds_ = time.perf_counter() - t0
+        return self
+
+    def components_img(self, z=False):
+        """The centrotypes (or their z-maps) as a 4D image, one volume per component."""
+        return self.layout_.to_img(self.zmaps_ if z else self.components_)
+
+
+def check_stable(n_runs, bootstrap, n_bold, n_components, n_neurons):
+    """Refuse, in one line, settings that cannot give stable components."""
+    from ..memory import check_fits
+
+    if int(n_runs) < 1:
+        raise UsageError(f"--n-runs {n_runs}: decompose at least once (1 is a single decomposition)")
+    if bootstrap and n_bold < 2:
+        raise UsageError("--bootstrap resamples the runs: it needs at least 2 runs (convert with a "
+                         "smaller --run-tokens, or leave --bootstrap out)")
+    # the N x k maps (float32) and their float64 copies while clustered
+    need = int(n_runs) * int(n_components) * int(n_neurons) * (4 + 8) + (int(n_runs) * int(n_components)) ** 2 * 8 * 4
+    check_fits(need, f"{n_runs} decompositions of {n_components} components over {n_neurons} units",
+               "fewer --n-runs or components")
+
+
+def stability_paths(components):
+    """``(stability table, estimates table)`` paths beside a components image (raw or z)."""
+    from pathlib import Path
+
+    p = Path(components)
+    stem = p.name.split(".nii")[0].replace("_stat-z_components", "_components")
+    stem = stem[: -len("_components")] if stem.endswith("_components") else stem
+    return p.with_name(f"{stem}_stability.tsv"), p.with_name(f"{stem}_estimates.tsv")
+
+
+def read_stability(components):
+    """The stability table of a components image (one row per map), or None when the maps
+    rest on a single decomposition (or come from elsewhere)."""
+    table, _ = stability_paths(components)
+    if not table.is_file():
+        return None
+    return pd.read_csv(table, sep="\t")
