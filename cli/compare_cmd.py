@@ -58,6 +58,9 @@ def words(dataset, participant, site, task, pool, output, quiet):
               help="CanICA components of a participant that has no decomposition yet.")
 @click.option("--threshold", "-t", type=float, default=3.6, show_default=True,
               help="|z| threshold of the networks.")
+@click.option("--n-runs", type=int, default=10, show_default=True,
+              help="Decompositions clustered into the stable components of a participant that "
+                   "has no decomposition yet (1: a single decomposition).")
 @click.option("--no-rsa", is_flag=True, help="Skip the layer x layer RSA and CKA.")
 @click.option("--random-state", type=int, default=0, show_default=True, help="Seed.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")
@@ -65,7 +68,7 @@ def words(dataset, participant, site, task, pool, output, quiet):
               help="Folder [default: DATASET/derivatives/llm2nifti-fingerprint].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def fingerprint(dataset, reference, candidates, independent, random_copies, site, task, pool,
-                networks, n_permutations, n_components, threshold, no_rsa, random_state,
+                networks, n_permutations, n_components, threshold, n_runs, no_rsa, random_state,
                 threads, output, quiet):
     """Functional-network fingerprints: is each candidate's network structure the reference's,
     beyond what reading the same text gives (stimulus null), and closer than independent
@@ -84,11 +87,16 @@ def fingerprint(dataset, reference, candidates, independent, random_copies, site
               task=task, site=site, pool=pool, n_permutations=n_permutations,
               threshold=threshold, n_components=n_components, random_state=random_state,
               rsa=not no_rsa, networks=tables, output=output, threads=threads,
-              progress=not quiet)
+              progress=not quiet, n_runs=n_runs)
     for r in res.summary.itertuples():
         click.echo(f"sub-{r.participant} ({r.role}): score {r.score:.3f} (null mean "
                    f"{r.null_mean:.3f}, 95th {r.null_95:.3f}; p = {r.p:.3g}; {r.n_above}/"
                    f"{r.n_matched} pairs > 0.5) -> {r.verdict}")
+    single = [p for p, n in [(reference, res.reference_decompositions),
+                             *zip(res.summary["participant"], res.summary["decompositions"])] if n == 1]
+    if single:
+        click.echo(f"  networks of {', '.join(f'sub-{p}' for p in single)} rest on one decomposition "
+                   "(an earlier decompose): they move with its seed; decompose --n-runs 10 first")
     click.echo(f"Wrote {res.paths['summary']}")
 
 

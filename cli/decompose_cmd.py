@@ -43,8 +43,9 @@ def _decomposition_options(f):
     f = click.option("--n-jobs", type=int, default=1, show_default=True, help="nilearn parallel jobs.")(f)
     f = click.option("--random-state", type=int, default=0, show_default=True,
                      help="Seed: the same seed gives identical output.")(f)
-    f = click.option("--n-init", type=int, default=10, show_default=True,
-                     help="FastICA restarts (CanICA); the sparsest result is kept.")(f)
+    f = click.option("--n-init", type=int, default=None,
+                     help="FastICA restarts (CanICA); the sparsest result is kept [default: 10; "
+                          "1 for each decomposition of --n-runs].")(f)
     f = click.option("--n-components", "-k", type=int, default=20, show_default=True,
                      help="Number of components (networks).")(f)
     return f
@@ -172,9 +173,11 @@ def networks(components, dataset, participant, site, threshold, one_sided, top_k
 @click.option("--output", "-o", default=None, type=click.Path(file_okay=False, path_type=Path),
               help="Folder of tables and figures [default: DATASET/derivatives/llm2nifti-recurrence].")
 @click.option("--no-figures", is_flag=True, help="Skip the PNG figures.")
+@click.option("--n-runs", type=int, default=1, show_default=True,
+              help="Decompose the templates N times and keep the components that recur (ICASSO).")
 def recurrence(dataset, participant, task, run, site, templates, method, backend, n_components,
                n_init, random_state, n_jobs, device, threads, scheduler, workers, quiet, n_seeds,
-               threshold, one_sided, top_k, iou_threshold, output, no_figures):
+               threshold, one_sided, top_k, iou_threshold, output, no_figures, n_runs):
     """Decompose each run of DATASET alone and tell how often the group's networks recur.
 
     Networks are matched to the templates one to one by the IoU of their neuron sets; writes a
@@ -190,11 +193,16 @@ def recurrence(dataset, participant, task, run, site, templates, method, backend
                          two_sided=not one_sided, top_k=top_k, iou_threshold=iou_threshold,
                          device=device, n_jobs=n_jobs, threads=threads, output=output,
                          figures=not no_figures, scheduler=scheduler, workers=workers,
-                         progress=not quiet)
+                         progress=not quiet, n_runs=n_runs)
     s = res.summary
-    n_runs = int((res.table["kind"] == "run").sum() / max(len(s), 1))
-    click.echo(f"{len(s)} templates over {n_runs} run(s): mean recurrence {s['recurrence'].mean():.2f}, "
+    n_bold = int((res.table["kind"] == "run").sum() / max(len(s), 1))
+    click.echo(f"{len(s)} templates over {n_bold} run(s): mean recurrence {s['recurrence'].mean():.2f}, "
                f"{int((s['recurrence'] >= 0.5).sum())} recur in at least half of the runs")
+    if "stability" in s:
+        click.echo(f"  template stability: median {s['stability'].median():.2f}, "
+                   f"{int((s['stability'] >= 0.8).sum())} at 0.8 or more")
+    else:
+        click.echo("  the templates rest on one decomposition (--n-runs 10 gives their stability)")
     if res.left_out:
         click.echo("  left out: " + ", ".join(f"{r['unit']} ({r['tokens']} token)" for r in res.left_out)
                    + ": too short to decompose alone")

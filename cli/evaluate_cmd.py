@@ -74,8 +74,11 @@ def _names(value):
                    "zero the union of each decomposition's networks, against random sets.")
 @click.option("--k-backend", type=click.Choice(["fast", "nilearn"]), default="fast", show_default=True,
               help="CanICA backend of the FN@k decompositions.")
-@click.option("--k-n-init", type=int, default=10, show_default=True,
-              help="FastICA starts of each FN@k decomposition.")
+@click.option("--k-n-init", type=int, default=None,
+              help="FastICA starts of each FN@k decomposition [default: 10; 1 for each of "
+                   "--k-n-runs].")
+@click.option("--k-n-runs", type=int, default=10, show_default=True,
+              help="Decompositions per k clustered into stable components (1: one per k).")
 @click.option("--k-threshold", type=float, default=None,
               help="|z| threshold of the FN@k networks [default: the one that made NETWORKS, else 3.6].")
 @click.option("--massive-factor", type=float, default=100.0, show_default=True,
@@ -93,7 +96,7 @@ def _names(value):
 def evaluate(networks, dataset, output, model, gguf_file, participant, network_names, heldout, task,
              template, label_words, max_new_tokens, bigbench,
              n_docs, n_items, max_doc_tokens, seeds, amplify, no_amplify_controls, ablation, curve,
-             curve_networks, curve_seeds, fnk, k_backend, k_n_init, k_threshold,
+             curve_networks, curve_seeds, fnk, k_backend, k_n_init, k_n_runs, k_threshold,
              massive_factor, allow_overlap, batch_size, n_resamples, threads, device, dtype, quiet):
     """Inhibit, retain and amplify the neurons of NETWORKS (a networks.tsv) against controls.
 
@@ -113,7 +116,8 @@ def evaluate(networks, dataset, output, model, gguf_file, participant, network_n
         n_items=n_items, max_doc_tokens=max_doc_tokens, seeds=seeds, amplify=_floats(amplify),
         amplify_controls=not no_amplify_controls, curve=_ints(curve), curve_networks=curve_networks,
         curve_seeds=None if curve_seeds is None else list(range(curve_seeds)),
-        fnk=_names(fnk) or (), fnk_backend=k_backend, fnk_n_init=k_n_init, fnk_threshold=k_threshold,
+        fnk=_names(fnk) or (), fnk_backend=k_backend, fnk_n_init=k_n_init, fnk_n_runs=k_n_runs,
+        fnk_threshold=k_threshold,
         massive_factor=massive_factor, allow_overlap=allow_overlap, ablations=_names(ablation) or [],
         device=device, dtype=dtype,
         threads=threads, batch_size=batch_size, n_resamples=n_resamples, progress=not quiet)

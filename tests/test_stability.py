@@ -140,3 +140,15 @@ def test_bad_stability_settings_are_one_line_and_write_nothing(tmp_path, monkeyp
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
     assert message in r.output
     assert not (tmp_path / "derivatives" / "llm2nifti-canica").exists()
+
+
+def test_recurrence_reports_the_stability_of_its_templates(tmp_path):
+    _planted(tmp_path)
+    out = tmp_path / "rec"
+    r = CliRunner().invoke(main, ["recurrence", str(tmp_path), "-k", "6", "--n-runs", "4",
+                                  "--n-seeds", "0", "--threads", "1", "--no-figures", "-q",
+                                  "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "template stability: median" in r.output
+    summary = pd.read_csv(next(out.glob("*_templates.tsv")), sep="\t")
+    assert summary["stability"].between(-1, 1).all() and (summary["stability"] > 0.9).sum() >= 3

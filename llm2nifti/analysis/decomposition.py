@@ -378,7 +378,7 @@ def _entities(runs, desc):
 
 
 def decompose(dataset, *, participant=None, task=None, run=None, site=None, method="canica",
-              backend="nilearn", n_components=20, n_init=10, random_state=0, n_jobs=1,
+              backend="nilearn", n_components=20, n_init=None, random_state=0, n_jobs=1,
               device="cpu", alpha=10.0, desc=None, threads=None, scheduler=None, workers=2,
               progress=False, gram_dtype="auto", precision="mixed", reductions=None, n_runs=1,
               bootstrap=False):
@@ -395,7 +395,8 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
     site : str, optional
         Neuron site (``"mlp"``, ``"mlp-out"``, ...); default: the only one among the runs.
     method, backend, n_components, n_init, random_state, n_jobs, device, alpha :
-        See :class:`Decomposition`.
+        See :class:`Decomposition`; ``n_init`` None: 10 for one decomposition, 1 for each of
+        ``n_runs`` (:func:`~llm2nifti.analysis.stability.resolve_n_init`).
     desc : str, optional
         BIDS ``desc`` label of the outputs (letters and digits; default: ``method``).
     threads : int, optional
@@ -450,7 +451,9 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     runs, layout = select_runs(ds, participant, task, run, site)
-    from .stability import StableDecomposition
+    from .stability import StableDecomposition, resolve_n_init
+
+    n_init = resolve_n_init(n_init, n_runs)
 
     est = StableDecomposition(n_runs=n_runs, bootstrap=bootstrap, method=method,
                               n_components=n_components, n_init=n_init,

@@ -58,8 +58,9 @@ class ParticipantNetworks:
     slices: list = field(default_factory=list)
 
 
-def _components(ds, participant, task, site, n_components, backend, random_state):
-    """A CanICA components image of the participant: the dataset's, else one made now."""
+def _components(ds, participant, task, site, n_components, backend, random_state, n_runs=10):
+    """A CanICA components image of the participant: the dataset's, else one made now (stable
+    components of ``n_runs`` decompositions)."""
     from bids_llm.dataset import acq_for
     from bids_llm.naming import components_name, existing, inside
 
@@ -72,11 +73,12 @@ def _components(ds, participant, task, site, n_components, backend, random_state
         return path
     return decompose(ds, participant=participant, task=task, site=site,
                      n_components=n_components, backend=backend,
-                     random_state=random_state).components
+                     random_state=random_state, n_runs=n_runs).components
 
 
 def participant_networks(ds, participant, task, site, *, pool="mean", threshold=3.6,
-                         n_components=20, backend="fast", random_state=0, networks_tsv=None):
+                         n_components=20, backend="fast", random_state=0, networks_tsv=None,
+                         n_runs=10):
     """:class:`ParticipantNetworks` of one participant (see the module)."""
     from bids_llm.dataset import load_run
 
@@ -96,7 +98,8 @@ def participant_networks(ds, participant, task, site, *, pool="mean", threshold=
                "convert with a smaller --run-tokens so that runs are smaller")
     components = None
     if networks_tsv is None:
-        components = _components(ds, participant, task, site, n_components, backend, random_state)
+        components = _components(ds, participant, task, site, n_components, backend, random_state,
+                                 n_runs)
         maps = load_maps(components, layout)
         nset = maps_to_neurons(maps, layout, threshold=threshold)
         names = network_names(len(maps))
@@ -191,6 +194,9 @@ class FingerprintResult:
         Inter-model correlation per reference network (three or more participants).
     rsa : dict or None
         Participant -> :class:`~llm2nifti.analysis.rsa.LayerSimilarity`.
+    reference_decompositions : int or str
+        How many decompositions the reference's networks rest on (the summary's
+        ``decompositions`` column says it for the others; ``"networks.tsv"``: given).
     paths : dict
     """
 
@@ -201,6 +207,7 @@ class FingerprintResult:
     nulls: dict
     isc: object = None
     rsa: dict | None = None
+    reference_decompositions: object = 1
     paths: dict = field(default_factory=dict)
 
 
@@ -306,7 +313,7 @@ def _isc(ref, others, frames, random_state):
 def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, task=None,
                 site=None, pool="mean", n_permutations=1000, threshold=3.6, n_components=20,
                 backend="fast", random_state=0, rsa=True, alpha=0.05, networks=None,
-                output=None, threads=None, progress=False):
+                output=None, threads=None, progress=False, n_runs=10):
     """Compare a reference model with candidates, as subjects reading one text.
 
     Parameters
@@ -327,8 +334,10 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
         How a word's value comes from its tokens.
     n_permutations : int
         Draws of the stimulus null (at least 1,000 for a p-value the verdict uses).
-    threshold, n_components, backend, random_state :
-        Networks: ``|z|`` threshold and the CanICA made when a participant has none.
+    threshold, n_components, backend, random_state, n_runs :
+        Networks: ``|z|`` threshold and the CanICA made when a participant has none (stable
+        components of ``n_runs`` decompositions, :mod:`llm2nifti.analysis.stability`; one
+        decomposition's networks move with its seed).
     rsa : bool
         Also compare every layer of the reference with every layer of each model
         (:func:`~llm2nifti.analysis.rsa.layer_similarity`).
@@ -369,7 +378,7 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
     randoms = random_copies(ds, reference, task, site, n_random, seed=random_state,
                             threads=threads, progress=progress) if n_random else []
     nets = {p: participant_networks(ds, p, task, site, pool=pool, threshold=threshold,
-                                    n_components=n_components, backend=backend,
+                                    n_components=n_components, backend=backend, n_runs=n_runs,
                                     random_state=random_state,
                                     networks_tsv=(networks or {}).get(p))
             for p in [reference, *candidates, *independent, *randoms]}
@@ -379,7 +388,8 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
         row, matrices[p], pairs[p], nulls[p], _ = _compare_pair(ref, nets[p], n_permutations,
                                                                 random_state)
         rows.append(dict(row, role="candidate" if p in candidates else
-                         "random-init" if p in randoms else "independent"))
+                         "random-init" if p in randoms else "independent",
+                         decompositions=_n_decompositions(nets[p])))
     summary = _verdicts(pd.DataFrame(rows), alpha)
     group = [nets[p] for p in [*candidates, *independent]]
     isc = _isc(ref, group, matrices, random_state) if len(group) >= 2 else None
@@ -389,9 +399,20 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
 
         similarity = {p: layer_similarity(ds, ref, nets[p], n_permutations=n_permutations,
                                           random_state=random_state) for p in nets if p != reference}
-    result = FingerprintResult(reference, summary, matrices, pairs, nulls, isc, similarity)
+    result = FingerprintResult(reference, summary, matrices, pairs, nulls, isc, similarity,
+                               reference_decompositions=_n_decompositions(ref))
     result.paths = write_fingerprint(result, ds, task, site, pool, PIPELINE_FINGERPRINT, output)
     return result
+
+
+def _n_decompositions(net):
+    """How many decompositions a participant's networks rest on (``"networks.tsv"``: given)."""
+    from .decomposition import read_sidecar
+
+    if net.components is None:
+        return "networks.tsv"
+    sidecar = read_sidecar(net.components) or {}
+    return int(sidecar.get("Stability", {}).get("NDecompositions", 1))
 
 
 def _verdicts(summary, alpha):

@@ -116,10 +116,10 @@ def _match_rows(unit, kind, nset, names, t_masks, t_names, layout, iou_threshold
 
 
 def recurrence(dataset, *, participant=None, task=None, run=None, site=None, templates=None,
-               method="canica", backend="fast", n_components=20, n_init=10, random_state=0,
+               method="canica", backend="fast", n_components=20, n_init=None, random_state=0,
                n_seeds=3, threshold=3.6, two_sided=True, top_k=None, iou_threshold=0.2,
                device="cpu", n_jobs=1, threads=None, output=None, figures=True,
-               scheduler=None, workers=2, progress=False):
+               scheduler=None, workers=2, progress=False, n_runs=1):
     """Recurrence of networks across runs and stability across seeds.
 
     Parameters
@@ -143,6 +143,10 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
         Default ``DATASET/derivatives/llm2nifti-recurrence``.
     figures : bool
         Write the PNG figures.
+    n_runs : int
+        The templates' decomposition: ``n_runs`` decompositions clustered into stable
+        components (:class:`~llm2nifti.analysis.stability.StableDecomposition`); their
+        stability is a column of the summary (also read beside a ``templates`` image made so).
     scheduler, workers :
         Where the fast backend's per-run reductions run (see
         ``llm2nifti.analysis.scheduling``): one cluster serves every decomposition.
@@ -155,7 +159,8 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
     """
     from bids_llm.dataset import Dataset
 
-    from .decomposition import Decomposition, select_runs
+    from .decomposition import select_runs
+    from .stability import StableDecomposition
     from .selection import summarize
 
     if threads is not None:
@@ -176,18 +181,19 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
 
         reductions = RunReductions(client, device, progress)
 
-        def fit(selected, k, seed):
-            est = Decomposition(method=method, n_components=k, n_init=n_init, random_state=seed,
-                                backend=backend, n_jobs=n_jobs, device=device)
-            if backend != "fast":
-                return est.fit(selected, layout)
-            return est.fit(selected, layout, reduced=reductions)
+        def fit(selected, k, seed, stable=False):
+            est = StableDecomposition(n_runs=n_runs if stable else 1, method=method, n_components=k,
+                                      n_init=n_init, random_state=seed, backend=backend,
+                                      n_jobs=n_jobs, device=device)
+            return est.fit(selected, layout, reduced=reductions if backend == "fast" else None)
 
-        table, t_set, t_names, left_out = _recurrence_rows(fit, runs, layout, templates, n_components,
+        table, t_set, t_names, left_out, stability = _recurrence_rows(fit, runs, layout, templates, n_components,
                                                  random_state, n_seeds, threshold, two_sided,
                                                  top_k, iou_threshold)
     sizes = summarize(t_set, layout, names=t_names).set_index("network")
     summary = _template_summary(table, t_names, sizes, iou_threshold)
+    if stability is not None:
+        summary.insert(2, "stability", stability["stability"].to_numpy())
     return _write_recurrence(ds, runs, layout, table, summary, sizes, t_set, t_names, output,
                              figures, iou_threshold, templates, method, backend, n_components,
                              n_init, random_state, n_seeds, dict(threshold=threshold,
@@ -202,10 +208,13 @@ def _recurrence_rows(fit, runs, layout, templates, n_components, random_state, n
 
     from .selection import load_maps
 
+    from .stability import read_stability
+
     if templates is not None:
-        t_maps = load_maps(templates, layout)
+        t_maps, stability = load_maps(templates, layout), read_stability(templates)
     else:
-        t_maps = fit(runs, n_components, random_state).components_
+        est = fit(runs, n_components, random_state, stable=True)
+        t_maps, stability = est.components_, est.stability_
     select = dict(threshold=threshold, two_sided=bool(two_sided), top_k=top_k)
     t_set, t_names = _networks_of(t_maps, layout, **select)
     t_masks = _masks(t_set, layout, t_names)
@@ -227,7 +236,7 @@ def _recurrence_rows(fit, runs, layout, templates, n_components, random_state, n
         log.info("run %s decomposed", r.run)
     for s in range(1, n_seeds + 1):
         rows += match(f"seed-{random_state + s}", "seed", fit(runs, len(t_names), random_state + s))
-    return pd.DataFrame(rows, columns=_TABLE_COLUMNS), t_set, t_names, left_out
+    return pd.DataFrame(rows, columns=_TABLE_COLUMNS), t_set, t_names, left_out, stability
 
 
 _TABLE_COLUMNS = ["unit", "kind", "template", "match", "iou", "recurs"]
@@ -255,7 +264,10 @@ def _write_recurrence(ds, runs, layout, table, summary, sizes, t_set, t_names, o
     write_json(paths["sidecar"], {
         "Dataset": str(ds.root.resolve()), "Runs": [str(Path(r.path).relative_to(ds.root)) for r in runs],
         "Templates": str(Path(templates).resolve()) if templates is not None else "decomposition of all runs",
-        "Method": method, "Backend": backend, "NComponents": int(n_components), "NInit": int(n_init),
+        "Method": method, "Backend": backend, "NComponents": int(n_components),
+        "NInit": n_init if n_init is not None else "10 (templates with --n-runs: 1 each)",
+        "TemplateStability": ("not known: the templates rest on one decomposition"
+                              if "stability" not in summary else "column 'stability' (ICASSO Iq)"),
         "RandomState": int(random_state), "NSeeds": int(n_seeds), "Selection": select,
         "IoUThreshold": iou_threshold,
         "MeanRecurrence": round(float(summary["recurrence"].mean()), 6),

@@ -459,8 +459,8 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
              max_new_tokens=16, n_docs=None, n_items=None,
              max_doc_tokens=128, seeds=5, controls=CONTROLS, amplify=(0.5,), amplify_controls=True,
              curve=(), curve_seeds=None, curve_networks=(), massive_factor=100.0, spread_bins=20,
-             allow_overlap=False, ablations=("zero",), fnk=(), fnk_backend="fast", fnk_n_init=10,
-             fnk_threshold=None, device="cpu", dtype="auto", threads=None, batch_size=8, n_resamples=2000,
+             allow_overlap=False, ablations=("zero",), fnk=(), fnk_backend="fast", fnk_n_init=None,
+             fnk_threshold=None, fnk_n_runs=10, device="cpu", dtype="auto", threads=None, batch_size=8, n_resamples=2000,
              progress=True, loaded=None, cache=None):
     """Evaluate the networks of ``networks.tsv`` against controls; write tables and figures.
 
@@ -511,6 +511,8 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
         Numbers of components of the FN@k curve: the scan is decomposed once per k
         (:func:`llm2nifti.intervention.fnk.fn_at_k`) and each union of networks is kept
         alone and zeroed against random sets (``curve_seeds``).
+    fnk_n_runs : int
+        Decompositions per k clustered into stable components (ICASSO); 1: one per k.
     fnk_backend, fnk_n_init : str, int
         CanICA backend and FastICA starts of those decompositions.
     fnk_threshold : float, optional
@@ -544,7 +546,7 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
     choice = _choice_task(task, bigbench, n_items, template, label_words, max_new_tokens)
     overlap_docs = _check_texts(ds, participant, heldout_docs, choice, allow_overlap)
     fnk_sets = _fnk_sets(ds, participant, nset, networks, fnk, fnk_backend, fnk_n_init,
-                         fnk_threshold, device, progress)
+                         fnk_threshold, device, progress, fnk_n_runs)
 
     if threads is not None or str(device) == "cpu":
         set_threads(threads)
@@ -590,7 +592,7 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
         "amplify": list(amplify),
         "curve": list(curve), "curve_networks": [str(p) for p in curve_networks],
         "fnk": [{"k": k, "n_neurons": len(n), "components": str(p)} for k, n, p in fnk_sets],
-        "fnk_backend": fnk_backend, "fnk_n_init": fnk_n_init,
+        "fnk_backend": fnk_backend, "fnk_n_init": fnk_n_init, "fnk_n_runs": int(fnk_n_runs),
         "massive_factor": massive_factor,
         "massive_neurons": [[int(l), int(n)] for l, idx in massive.items() for n in idx],
         "spread_bins": spread_bins, "n_resamples": n_resamples,
@@ -614,7 +616,8 @@ def _choice_task(task, bigbench, n_items, template=None, label_words=None, max_n
                      max_new_tokens=max_new_tokens).subset(n_items)
 
 
-def _fnk_sets(ds, participant, nset, networks, ks, backend, n_init, threshold, device, progress):
+def _fnk_sets(ds, participant, nset, networks, ks, backend, n_init, threshold, device, progress,
+              n_runs=10):
     """FN@k for each k (decomposed or reused), after the ks are checked against the scan."""
     from .fnk import fn_at_k, parse_ks
 
@@ -627,7 +630,7 @@ def _fnk_sets(ds, participant, nset, networks, ks, backend, n_init, threshold, d
         two_sided = True
     return fn_at_k(ds, ks, participant=participant, site=nset.site, backend=backend,
                    n_init=n_init, threshold=threshold, two_sided=two_sided, device=device,
-                   progress=progress)
+                   progress=progress, n_runs=n_runs)
 
 
 def _check_texts(ds, participant, heldout_docs, choice, allow_overlap):

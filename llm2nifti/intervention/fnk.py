@@ -52,14 +52,15 @@ def _reusable(dataset, runs, k, settings):
         params = meta.get("Parameters", {})
         if (sorted(meta.get("Sources", [])) == sources and meta.get("Backend") == settings["backend"]
                 and params.get("n_components") == k and params.get("n_init") == settings["n_init"]
-                and params.get("random_state") == settings["random_state"]):
+                and params.get("random_state") == settings["random_state"]
+                and meta.get("Stability", {}).get("NDecompositions", 1) == settings["n_runs"]):
             return path
     return None
 
 
-def fn_at_k(dataset, ks, *, participant=None, site=None, backend="fast", n_init=10,
+def fn_at_k(dataset, ks, *, participant=None, site=None, backend="fast", n_init=None,
             random_state=0, threshold=3.6, two_sided=True, device="cpu", output=None,
-            progress=False):
+            progress=False, n_runs=10):
     """Decompose the scan once per k and return each FN@k (the union of its k networks).
 
     Parameters
@@ -72,7 +73,11 @@ def fn_at_k(dataset, ks, *, participant=None, site=None, backend="fast", n_init=
     site : str
     backend : {"fast", "nilearn"}
     n_init, random_state :
-        CanICA's FastICA starts and seed (see :class:`~llm2nifti.analysis.Decomposition`).
+        CanICA's FastICA starts and seed (see :class:`~llm2nifti.analysis.Decomposition`);
+        ``n_init`` None: 10 for one decomposition, 1 for each of ``n_runs``.
+    n_runs : int
+        Decompositions per k clustered into stable components (ICASSO,
+        :mod:`llm2nifti.analysis.stability`); 1: a single decomposition per k.
     threshold, two_sided :
         Selection of each map's neurons (see :func:`~llm2nifti.analysis.maps_to_neurons`).
     device : str
@@ -94,7 +99,11 @@ def fn_at_k(dataset, ks, *, participant=None, site=None, backend="fast", n_init=
 
     dataset = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     runs, layout = select_runs(dataset, participant, task="all", site=site)
-    settings = {"backend": backend, "n_init": int(n_init), "random_state": random_state}
+    from ..analysis.stability import resolve_n_init
+
+    n_init = resolve_n_init(n_init, n_runs)
+    settings = {"backend": backend, "n_init": n_init, "random_state": random_state,
+                "n_runs": int(n_runs)}
     ks = parse_ks(ks)
     from ..analysis import RunReductions, check_decomposition_fits
     from ..memory import run_shapes
@@ -111,7 +120,7 @@ def fn_at_k(dataset, ks, *, participant=None, site=None, backend="fast", n_init=
             path = decompose(dataset, participant=runs[0].participant, site=site, method="canica",
                              backend=backend, n_components=k, n_init=n_init,
                              random_state=random_state, device=device, desc=f"fnk{k}",
-                             reductions=reductions).components
+                             reductions=reductions, n_runs=n_runs).components
         else:
             log.info("FN@%d: reusing %s", k, path)
         res = networks(path, dataset, participant=runs[0].participant, site=site,

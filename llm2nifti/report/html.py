@@ -149,6 +149,55 @@ def _components_figure(z, layout, names, threshold):
     return fig
 
 
+def _stability_figure(table, members):
+    """ICASSO at a glance: each component's stability, and every estimate in 2-D by cluster."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 3.6), gridspec_kw={"width_ratios": [3, 2]})
+    names = [f"FN{c:02d}" for c in table["component"]]
+    left.bar(range(len(table)), table["stability"], color="#4477aa")
+    left.axhline(0.8, color="grey", lw=0.8, ls="--")
+    left.set_xticks(range(len(table)), names, rotation=90, fontsize=7)
+    left.set_ylim(min(0.0, float(table["stability"].min())), 1.0)
+    left.set_ylabel("stability index Iq")
+    left.set_title("stability of each component (1: found alike by every decomposition)", fontsize=9)
+    cmap = plt.get_cmap("tab20")
+    for c in sorted(members["cluster"].unique()):
+        m = members[members["cluster"] == c]
+        right.scatter(m["x"], m["y"], s=9, color=cmap(c % 20), alpha=0.6, lw=0)
+        centre = m[m["centrotype"].astype(bool)]
+        right.scatter(centre["x"], centre["y"], s=40, color=cmap(c % 20), edgecolor="black", lw=0.8)
+    right.set_xticks([])
+    right.set_yticks([])
+    right.set_title(f"{len(members)} estimates by cluster (distance 1 - |r|, 2-D); ringed: "
+                    "centrotypes", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _stability_blocks(path, maps):
+    """The components' stability (``decompose --n-runs``), or a line saying it is not known."""
+    from ..analysis.stability import read_stability, stability_paths
+
+    table = read_stability(path)
+    if table is None or len(table) != len(maps):
+        return [{"text": "These maps rest on one decomposition: whether each recurs is not known "
+                         "(llm2nifti decompose --n-runs 10 clusters ten and scores each component)."}]
+    members = pd.read_csv(stability_paths(path)[1], sep="\t")
+    n = int(members["run"].nunique())
+    iq = table["stability"]
+    return [{"text": f"Stability over {n} decompositions (ICASSO): median {iq.median():.2f}, "
+                     f"{int((iq >= 0.8).sum())} of {len(iq)} components at 0.8 or more."},
+            {"image": _png(_stability_figure(table, members)),
+             "caption": "Left: each component's stability index (mean |r| between the estimates "
+                        "of its cluster minus their mean |r| to the other estimates). Right: every "
+                        "estimate of every decomposition placed by its distances to the others; "
+                        "a tight cluster is a component that comes back whatever the seed."}]
+
+
 def _component_images(ds, participant):
     """z-scored maps of each decomposition of the participant (FN@k sweeps left out)."""
     found = []
@@ -180,6 +229,7 @@ def _components_section(ds, participant, threshold=3.6):
                        "caption": f"Each panel is one component's z-scored map, drawn where |z| > "
                                   f"{threshold:g} (the networks command's default threshold): red "
                                   "positive, blue negative; wide layers are pooled by max |z|."})
+        blocks += _stability_blocks(path, maps)
     if not blocks:
         return None
     return Section("components", "Components", "llm2nifti decompose",
@@ -214,8 +264,12 @@ def _networks_section(ds, participant):
             summary = pd.read_csv(summary_path, sep="\t", dtype={"network": str})
             blocks.append({"image": _png(_sizes_figure(summary, layout)),
                            "caption": "Network sizes per layer (from the summary table)."})
-            blocks.append({"table": _table(summary[["network", "size", "share", "n_positive",
-                                                    "n_negative", "peak_layer", "peak_z"]])})
+            columns = ["network", "stability"] if "stability" in summary else ["network"]
+            blocks.append({"table": _table(summary[columns + ["size", "share", "n_positive",
+                                                              "n_negative", "peak_layer", "peak_z"]])})
+            if "stability" not in summary:
+                blocks.append({"text": "These networks rest on one decomposition: whether each "
+                                       "recurs is not known (decompose --n-runs 10)."})
     return Section("networks", "Networks", "llm2nifti decompose, then llm2nifti networks",
                    "A network is the set of units whose z-scored component map passes the "
                    "threshold (|z| > 3.6 by default). Units are exact (layer, neuron) indices.",
