@@ -14,7 +14,9 @@ For each k, side by side in one process on the same runs:
   (Hungarian on |r|), for single decompositions and for stable ones: mean and minimum
   matched |r|, and how many components reach 0.9;
 - with ``--nilearn``: nilearn's CanICA (one decomposition per seed, and ``--n-runs`` of them
-  clustered) against the fast backend's stable maps, matched the same way.
+  clustered) against the fast backend's stable maps, matched the same way;
+- with ``--keysets S``: the key-unit set (the union of the networks at |z| > 3.6, as the paper
+  defines it) for seeds 0 .. S-1, single and stable: the mean Jaccard overlap between seeds.
 """
 
 from __future__ import annotations
@@ -49,6 +51,13 @@ def fit(runs, layout, k, n_runs, seed, backend, n_init, reductions=None):
     return est, time.perf_counter() - t0
 
 
+def keyset(est, layout, threshold=3.6):
+    """The key units (union of the networks at |z| > threshold) as a set of global indices."""
+    from llm2nifti.analysis.selection import maps_to_neurons
+
+    return set(maps_to_neurons(est.components_, layout, threshold=threshold).global_index(layout).tolist())
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("dataset")
@@ -60,6 +69,8 @@ def main():
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--participant", default=None)
     ap.add_argument("--nilearn", action="store_true", help="nilearn's CanICA side by side (slow).")
+    ap.add_argument("--keysets", type=int, default=0, help="Seeds whose key-unit sets are compared.")
+    ap.add_argument("--site", default=None)
     args = ap.parse_args()
 
     import torch
@@ -68,7 +79,7 @@ def main():
     from bids_llm.dataset import Dataset
     from llm2nifti.analysis.decomposition import select_runs
 
-    runs, layout = select_runs(Dataset(args.dataset), participant=args.participant)
+    runs, layout = select_runs(Dataset(args.dataset), participant=args.participant, site=args.site)
     print(f"{len(runs)} runs x {layout.n_neurons} units, n_init={args.n_init}, "
           f"{args.threads} threads")
     stable_init = args.stable_n_init or args.n_init
@@ -83,6 +94,13 @@ def main():
         other_many, _ = fit(runs, layout, k, args.n_runs, 1, "fast", stable_init)
         print(f"  seed 0 vs seed 1, single:  {describe(matched(one.components_, other_one.components_))}")
         print(f"  seed 0 vs seed 1, stable:  {describe(matched(many.components_, other_many.components_))}")
+        if args.keysets:
+            for label, n, init in (("single", 1, args.n_init), ("stable", args.n_runs, stable_init)):
+                sets = [keyset(fit(runs, layout, k, n, seed, "fast", init)[0], layout)
+                        for seed in range(args.keysets)]
+                j = [len(a & b) / max(len(a | b), 1) for i, a in enumerate(sets) for b in sets[i + 1:]]
+                print(f"  key units over {args.keysets} seeds, {label}: {np.mean([len(x) for x in sets]):.0f} "
+                      f"units, Jaccard between seeds mean {np.mean(j):.3f}, min {np.min(j):.3f}")
         if args.nilearn:
             nl_one, t_nl = fit(runs, layout, k, 1, 0, "nilearn", args.n_init)
             nl_many, t_nl_many = fit(runs, layout, k, args.n_runs, 0, "nilearn", stable_init)

@@ -61,6 +61,8 @@ def words(dataset, participant, site, task, pool, output, quiet):
 @click.option("--n-runs", type=int, default=10, show_default=True,
               help="Decompositions clustered into the stable components of a participant that "
                    "has no decomposition yet (1: a single decomposition).")
+@click.option("--min-stability", type=float, default=None,
+              help="Compare only the networks whose stability (decompose --n-runs) is at least this.")
 @click.option("--no-rsa", is_flag=True, help="Skip the layer x layer RSA and CKA.")
 @click.option("--random-state", type=int, default=0, show_default=True, help="Seed.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")
@@ -68,7 +70,8 @@ def words(dataset, participant, site, task, pool, output, quiet):
               help="Folder [default: DATASET/derivatives/llm2nifti-fingerprint].")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def fingerprint(dataset, reference, candidates, independent, random_copies, site, task, pool,
-                networks, n_permutations, n_components, threshold, n_runs, no_rsa, random_state,
+                networks, n_permutations, n_components, threshold, n_runs, min_stability, no_rsa,
+                random_state,
                 threads, output, quiet):
     """Functional-network fingerprints: is each candidate's network structure the reference's,
     beyond what reading the same text gives (stimulus null), and closer than independent
@@ -87,7 +90,7 @@ def fingerprint(dataset, reference, candidates, independent, random_copies, site
               task=task, site=site, pool=pool, n_permutations=n_permutations,
               threshold=threshold, n_components=n_components, random_state=random_state,
               rsa=not no_rsa, networks=tables, output=output, threads=threads,
-              progress=not quiet, n_runs=n_runs)
+              progress=not quiet, n_runs=n_runs, min_stability=min_stability)
     for r in res.summary.itertuples():
         click.echo(f"sub-{r.participant} ({r.role}): score {r.score:.3f} (null mean "
                    f"{r.null_mean:.3f}, 95th {r.null_95:.3f}; p = {r.p:.3g}; {r.n_above}/"

@@ -78,7 +78,7 @@ def _components(ds, participant, task, site, n_components, backend, random_state
 
 def participant_networks(ds, participant, task, site, *, pool="mean", threshold=3.6,
                          n_components=20, backend="fast", random_state=0, networks_tsv=None,
-                         n_runs=10):
+                         n_runs=10, min_stability=None):
     """:class:`ParticipantNetworks` of one participant (see the module)."""
     from bids_llm.dataset import load_run
 
@@ -103,6 +103,12 @@ def participant_networks(ds, participant, task, site, *, pool="mean", threshold=
         maps = load_maps(components, layout)
         nset = maps_to_neurons(maps, layout, threshold=threshold)
         names = network_names(len(maps))
+        if min_stability is not None:
+            from .selection import _network_stability
+
+            stable = _network_stability(components, names, min_stability).index
+            names = [n for n in names if n in stable]
+            nset = nset.select([n for n in nset.names if n in stable])
     else:
         nset = NeuronSet.from_tsv(networks_tsv)
         names = list(nset.names)
@@ -313,7 +319,7 @@ def _isc(ref, others, frames, random_state):
 def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, task=None,
                 site=None, pool="mean", n_permutations=1000, threshold=3.6, n_components=20,
                 backend="fast", random_state=0, rsa=True, alpha=0.05, networks=None,
-                output=None, threads=None, progress=False, n_runs=10):
+                output=None, threads=None, progress=False, n_runs=10, min_stability=None):
     """Compare a reference model with candidates, as subjects reading one text.
 
     Parameters
@@ -379,6 +385,7 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
                             threads=threads, progress=progress) if n_random else []
     nets = {p: participant_networks(ds, p, task, site, pool=pool, threshold=threshold,
                                     n_components=n_components, backend=backend, n_runs=n_runs,
+                                    min_stability=min_stability,
                                     random_state=random_state,
                                     networks_tsv=(networks or {}).get(p))
             for p in [reference, *candidates, *independent, *randoms]}
