@@ -43,7 +43,7 @@ def describe(values):
 
 
 def fit(runs, layout, k, n_runs, seed, backend, n_init, reductions=None):
-    from llm2nifti.analysis.stability import StableDecomposition
+    from llm2nifti.analysis.decomposition import StableDecomposition
 
     t0 = time.perf_counter()
     est = StableDecomposition(n_runs=n_runs, n_components=k, n_init=n_init, random_state=seed,

@@ -21,6 +21,7 @@ _EXPORTS = {
     "Recorder": ".acquisition.recording", "record": ".acquisition.recording",
     "load_documents": ".acquisition.stimuli",
     "decompose": ".analysis.decomposition", "Decomposition": ".analysis.decomposition",
+    "StableDecomposition": ".analysis.decomposition",
     "maps_to_neurons": ".analysis.selection", "iou_matrix": ".analysis.matching",
     "intervene": ".intervention.hooks", "Intervention": ".intervention.hooks",
     "Evaluator": ".intervention.evaluation", "pang_lee_task": ".intervention.tasks",

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from test_decomposition import _write_runs
 
 from bids_llm.dataset import Dataset
-from llm2nifti.analysis.decomposition import Decomposition
-from llm2nifti.analysis.stability import StableDecomposition, abs_correlation, icasso, run_seeds
+from llm2nifti.analysis.decomposition import Decomposition, StableDecomposition
+from llm2nifti.analysis.stability import abs_correlation, icasso, run_seeds
 from llm2nifti.cli.main import main
 
 V, T = 400, 300

@@ -1,14 +1,15 @@
 """Analysis: what the neurons do together, found with the methods of fMRI.
 
 Takes the runs of a dataset; gives components images (CanICA, DictLearning), networks as exact
-neuron sets (``networks.tsv``) and their recurrence across runs and seeds.
+neuron sets (``networks.tsv``), their stability over many decompositions (ICASSO) and their
+recurrence across runs and seeds.
 """
 
 from .._lazy import lazy_exports
 
 _EXPORTS = {
     **{name: ".decomposition" for name in (
-        "Decomposition", "decompose", "DecomposeResult", "zscore_maps", "explained_variance",
+        "Decomposition", "StableDecomposition", "decompose", "DecomposeResult", "zscore_maps", "explained_variance",
         "nilearn_estimator", "METHODS", "BACKENDS", "select_runs", "read_sidecar",
         "check_decomposition_fits")},
     **{name: ".selection" for name in (
@@ -29,6 +30,7 @@ _EXPORTS = {
         "fingerprint", "FingerprintResult", "ParticipantNetworks", "participant_networks",
         "random_copies", "PIPELINE_FINGERPRINT")},
     **{name: ".reduction" for name in ("RunReductions",)},
+    **{name: ".stability" for name in ("icasso", "read_stability", "stability_paths")},
     **{name: ".rsa" for name in (
         "LayerSimilarity", "layer_similarity", "rsa_matrix", "linear_cka", "rdm_vectors")},
 }

@@ -23,7 +23,7 @@ from sklearn.base import BaseEstimator
 
 from ..errors import UsageError
 
-__all__ = ["Decomposition", "decompose", "DecomposeResult", "zscore_maps",
+__all__ = ["Decomposition", "StableDecomposition", "decompose", "DecomposeResult", "zscore_maps",
            "explained_variance", "nilearn_estimator", "METHODS", "BACKENDS", "select_runs"]
 
 log = logging.getLogger(__name__)
@@ -303,6 +303,136 @@ class Decomposition(BaseEstimator):
         return self.layout_.to_img(self.zmaps_ if z else self.components_)
 
 
+class StableDecomposition(BaseEstimator):
+    """``n_runs`` decompositions of the same runs, clustered into stable components (ICASSO).
+
+    Parameters
+    ----------
+    n_runs : int
+        Decompositions; seeds from :func:`~llm2nifti.analysis.stability.run_seeds` (``n_runs=1`` is the single
+        decomposition, bit for bit).
+    bootstrap : bool
+        Each decomposition after the first reads a resample of the runs (drawn with
+        replacement), so that stability covers the choice of text as well as the start.
+    n_init : int, optional
+        FastICA starts of each decomposition (default:
+        :func:`~llm2nifti.analysis.stability.resolve_n_init`).
+    **params
+        :class:`Decomposition`'s other parameters
+        (``method``, ``n_components``, ``random_state``, ``backend``, ...).
+
+    Attributes
+    ----------
+    components_, zmaps_ : ndarray of shape (n_components, n_neurons)
+        Centrotypes (clusters in decreasing stability) and their z-maps.
+    stability_ : pandas.DataFrame
+        One row per component (see :func:`~llm2nifti.analysis.stability.icasso`); None when
+        ``n_runs == 1``.
+    members_ : pandas.DataFrame
+        Every estimate's cluster and 2-D position (see
+        :func:`~llm2nifti.analysis.stability.icasso`); None when ``n_runs == 1``.
+    estimators_ : list of Decomposition
+        The ``n_runs`` decompositions (their maps are kept in ``members_`` order).
+    seeds_ : list of int
+    layout_, n_runs_, n_tokens_, singular_values_, info_, fit_seconds_ :
+        As :class:`Decomposition`'s, for the first
+        decomposition (``info_`` adds the ICASSO settings).
+    """
+
+    def __init__(self, n_runs=10, bootstrap=False, method="canica", n_components=20, n_init=None,
+                 random_state=0, backend="fast", n_jobs=1, device="cpu", alpha=10.0, verbose=0,
+                 scheduler=None, workers=2, progress=False, gram_dtype="auto", precision="mixed"):
+        self.n_runs = n_runs
+        self.bootstrap = bootstrap
+        self.method = method
+        self.n_components = n_components
+        self.n_init = n_init
+        self.random_state = random_state
+        self.backend = backend
+        self.n_jobs = n_jobs
+        self.device = device
+        self.alpha = alpha
+        self.verbose = verbose
+        self.scheduler = scheduler
+        self.workers = workers
+        self.progress = progress
+        self.gram_dtype = gram_dtype
+        self.precision = precision
+
+    def _decomposition(self, seed):
+        params = {k: v for k, v in self.get_params().items() if k not in ("n_runs", "bootstrap")}
+        from .stability import resolve_n_init
+
+        return Decomposition(**dict(params, random_state=seed,
+                                    n_init=resolve_n_init(self.n_init, self.n_runs)))
+
+    def fit(self, runs, layout, reduced=None):
+        """Decompose ``runs`` ``n_runs`` times and cluster the maps.
+
+        Parameters
+        ----------
+        runs : list of Run or path
+        layout : NeuronLayout
+        reduced : RunReductions, optional
+            Fast backend: per-run reductions shared by every decomposition (made here when
+            not given).
+
+        Returns
+        -------
+        self
+        """
+        from .stability import check_stable, run_seeds
+
+        runs = list(runs)
+        check_stable(self.n_runs, self.bootstrap, len(runs), self.n_components, layout.n_neurons)
+        self.seeds_ = run_seeds(self.random_state, self.n_runs)
+        if self.backend == "fast" and reduced is None and self.n_runs > 1:
+            from .reduction import RunReductions
+            from .scheduling import dask_client
+
+            with dask_client(self.scheduler, self.workers) as client:
+                cache = RunReductions(client, self.device, self.progress, self.gram_dtype,
+                                      n_components=self.n_components)
+                return self._fit(runs, layout, cache)
+        return self._fit(runs, layout, reduced)
+
+    def _fit(self, runs, layout, reduced):
+        import time
+
+        t0 = time.perf_counter()
+        rng = np.random.default_rng(self.seeds_[-1])
+        self.estimators_ = []
+        for i, seed in enumerate(self.seeds_):
+            chosen = runs
+            if self.bootstrap and i > 0:
+                chosen = [runs[j] for j in np.sort(rng.integers(0, len(runs), len(runs)))]
+            self.estimators_.append(self._decomposition(seed).fit(chosen, layout, reduced=reduced))
+        first = self.estimators_[0]
+        for name in ("layout_", "n_runs_", "n_tokens_", "singular_values_"):
+            setattr(self, name, getattr(first, name))
+        self.info_ = dict(first.info_)
+        if self.n_runs == 1:
+            self.components_, self.stability_, self.members_ = first.components_, None, None
+        else:
+            from .stability import icasso
+
+            maps, self.stability_, self.members_ = icasso([e.components_ for e in self.estimators_],
+                                                          self.n_components)
+            self.components_ = maps.astype(np.float32)
+            self.info_["icasso"] = {
+                "n_runs": int(self.n_runs), "bootstrap": bool(self.bootstrap), "seeds": self.seeds_,
+                "linkage": "average", "similarity": "|r| between maps",
+                "mean_stability": round(float(self.stability_["stability"].mean()), 6)}
+        self.zmaps_ = zscore_maps(self.components_)
+        self.fit_seconds_ = time.perf_counter() - t0
+        return self
+
+    def components_img(self, z=False):
+        """The centrotypes (or their z-maps) as a 4D image, one volume per component."""
+        return self.layout_.to_img(self.zmaps_ if z else self.components_)
+
+
+
 @dataclass
 class DecomposeResult:
     """What :func:`decompose` wrote.
@@ -410,7 +540,7 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
     n_runs, bootstrap :
         Decompose ``n_runs`` times (seeds derived from ``random_state``; with ``bootstrap``,
         on resamples of the runs) and keep the clusters' centrotypes with their stability
-        (:class:`~llm2nifti.analysis.stability.StableDecomposition`). ``n_runs=1`` is one
+        (:class:`StableDecomposition`). ``n_runs=1`` is one
         decomposition, as before.
 
     Returns
@@ -451,7 +581,7 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     runs, layout = select_runs(ds, participant, task, run, site)
-    from .stability import StableDecomposition, resolve_n_init
+    from .stability import resolve_n_init
 
     n_init = resolve_n_init(n_init, n_runs)
 

@@ -145,7 +145,7 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
         Write the PNG figures.
     n_runs : int
         The templates' decomposition: ``n_runs`` decompositions clustered into stable
-        components (:class:`~llm2nifti.analysis.stability.StableDecomposition`); their
+        components (:class:`~llm2nifti.analysis.decomposition.StableDecomposition`); their
         stability is a column of the summary (also read beside a ``templates`` image made so).
     scheduler, workers :
         Where the fast backend's per-run reductions run (see
@@ -159,8 +159,7 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
     """
     from bids_llm.dataset import Dataset
 
-    from .decomposition import select_runs
-    from .stability import StableDecomposition
+    from .decomposition import StableDecomposition, select_runs
     from .selection import summarize
 
     if threads is not None:

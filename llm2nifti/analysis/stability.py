@@ -5,7 +5,7 @@ decomposition cannot tell a network of the model from a network of the seed. ICA
 Hyvärinen & Esposito, NeuroImage 2004; the default of the GIFT toolbox for group ICA) runs the
 decomposition ``N`` times from different starts, optionally on bootstrap resamples of the runs,
 clusters all ``N x k`` estimates by their absolute correlation (agglomerative, average linkage)
-into ``k`` clusters, and scores each cluster with its stability index
+into ``k`` clusters, and scores each cluster with its stability index::
 
     Iq = mean |r| between the cluster's members - mean |r| between its members and the others
 
@@ -14,21 +14,21 @@ found by one decomposition only, has a within-similarity of 0). Each cluster's e
 centrotype, the member with the largest summed similarity to the other members. nilearn's
 ``n_init`` keeps the sparsest of several starts, which does not say whether it recurs.
 
-With the fast backend the exact per-run reductions are computed once and shared by all ``N``
-decompositions (:class:`~llm2nifti.analysis.RunReductions`): only the group step and FastICA
-repeat.
+This module holds the clustering and its bookkeeping; the estimator that runs the ``N``
+decompositions is :class:`~llm2nifti.analysis.decomposition.StableDecomposition`. With the fast
+backend the exact per-run reductions are computed once and shared by all ``N`` decompositions
+(:class:`~llm2nifti.analysis.RunReductions`): only the group step and FastICA repeat.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.base import BaseEstimator
 
 from ..errors import UsageError
 
-__all__ = ["StableDecomposition", "icasso", "run_seeds", "abs_correlation", "stability_paths",
-           "read_stability", "resolve_n_init"]
+__all__ = ["icasso", "run_seeds", "abs_correlation", "stability_paths", "read_stability",
+           "resolve_n_init", "check_stable"]
 
 
 def resolve_n_init(n_init, n_runs):
@@ -137,130 +137,6 @@ def _mds(D):
         vals, vecs = vals[-2:], vecs[:, -2:]
     idx = np.argsort(vals)[::-1]
     return vecs[:, idx] * np.sqrt(np.clip(vals[idx], 0.0, None))
-
-
-class StableDecomposition(BaseEstimator):
-    """``n_runs`` decompositions of the same runs, clustered into stable components (ICASSO).
-
-    Parameters
-    ----------
-    n_runs : int
-        Decompositions; seeds from :func:`run_seeds` (``n_runs=1`` is the single
-        decomposition, bit for bit).
-    bootstrap : bool
-        Each decomposition after the first reads a resample of the runs (drawn with
-        replacement), so that stability covers the choice of text as well as the start.
-    n_init : int, optional
-        FastICA starts of each decomposition (default: :func:`resolve_n_init`).
-    **params
-        :class:`~llm2nifti.analysis.decomposition.Decomposition`'s other parameters
-        (``method``, ``n_components``, ``random_state``, ``backend``, ...).
-
-    Attributes
-    ----------
-    components_, zmaps_ : ndarray of shape (n_components, n_neurons)
-        Centrotypes (clusters in decreasing stability) and their z-maps.
-    stability_ : pandas.DataFrame
-        One row per component (see :func:`icasso`); None when ``n_runs == 1``.
-    members_ : pandas.DataFrame
-        Every estimate's cluster and 2-D position (see :func:`icasso`); None when ``n_runs == 1``.
-    estimators_ : list of Decomposition
-        The ``n_runs`` decompositions (their maps are kept in ``members_`` order).
-    seeds_ : list of int
-    layout_, n_runs_, n_tokens_, singular_values_, info_, fit_seconds_ :
-        As :class:`~llm2nifti.analysis.decomposition.Decomposition`'s, for the first
-        decomposition (``info_`` adds the ICASSO settings).
-    """
-
-    def __init__(self, n_runs=10, bootstrap=False, method="canica", n_components=20, n_init=None,
-                 random_state=0, backend="fast", n_jobs=1, device="cpu", alpha=10.0, verbose=0,
-                 scheduler=None, workers=2, progress=False, gram_dtype="auto", precision="mixed"):
-        self.n_runs = n_runs
-        self.bootstrap = bootstrap
-        self.method = method
-        self.n_components = n_components
-        self.n_init = n_init
-        self.random_state = random_state
-        self.backend = backend
-        self.n_jobs = n_jobs
-        self.device = device
-        self.alpha = alpha
-        self.verbose = verbose
-        self.scheduler = scheduler
-        self.workers = workers
-        self.progress = progress
-        self.gram_dtype = gram_dtype
-        self.precision = precision
-
-    def _decomposition(self, seed):
-        from .decomposition import Decomposition
-
-        params = {k: v for k, v in self.get_params().items() if k not in ("n_runs", "bootstrap")}
-        return Decomposition(**dict(params, random_state=seed,
-                                    n_init=resolve_n_init(self.n_init, self.n_runs)))
-
-    def fit(self, runs, layout, reduced=None):
-        """Decompose ``runs`` ``n_runs`` times and cluster the maps.
-
-        Parameters
-        ----------
-        runs : list of Run or path
-        layout : NeuronLayout
-        reduced : RunReductions, optional
-            Fast backend: per-run reductions shared by every decomposition (made here when
-            not given).
-
-        Returns
-        -------
-        self
-        """
-        runs = list(runs)
-        check_stable(self.n_runs, self.bootstrap, len(runs), self.n_components, layout.n_neurons)
-        self.seeds_ = run_seeds(self.random_state, self.n_runs)
-        if self.backend == "fast" and reduced is None and self.n_runs > 1:
-            from .reduction import RunReductions
-            from .scheduling import dask_client
-
-            with dask_client(self.scheduler, self.workers) as client:
-                cache = RunReductions(client, self.device, self.progress, self.gram_dtype,
-                                      n_components=self.n_components)
-                return self._fit(runs, layout, cache)
-        return self._fit(runs, layout, reduced)
-
-    def _fit(self, runs, layout, reduced):
-        import time
-
-        t0 = time.perf_counter()
-        rng = np.random.default_rng(self.seeds_[-1])
-        self.estimators_ = []
-        for i, seed in enumerate(self.seeds_):
-            chosen = runs
-            if self.bootstrap and i > 0:
-                chosen = [runs[j] for j in np.sort(rng.integers(0, len(runs), len(runs)))]
-            self.estimators_.append(self._decomposition(seed).fit(chosen, layout, reduced=reduced))
-        first = self.estimators_[0]
-        for name in ("layout_", "n_runs_", "n_tokens_", "singular_values_"):
-            setattr(self, name, getattr(first, name))
-        self.info_ = dict(first.info_)
-        if self.n_runs == 1:
-            self.components_, self.stability_, self.members_ = first.components_, None, None
-        else:
-            maps, self.stability_, self.members_ = icasso([e.components_ for e in self.estimators_],
-                                                          self.n_components)
-            self.components_ = maps.astype(np.float32)
-            self.info_["icasso"] = {
-                "n_runs": int(self.n_runs), "bootstrap": bool(self.bootstrap), "seeds": self.seeds_,
-                "linkage": "average", "similarity": "|r| between maps",
-                "mean_stability": round(float(self.stability_["stability"].mean()), 6)}
-        from .decomposition import zscore_maps
-
-        self.zmaps_ = zscore_maps(self.components_)
-        self.fit_seconds_ = time.perf_counter() - t0
-        return self
-
-    def components_img(self, z=False):
-        """The centrotypes (or their z-maps) as a 4D image, one volume per component."""
-        return self.layout_.to_img(self.zmaps_ if z else self.components_)
 
 
 def check_stable(n_runs, bootstrap, n_bold, n_components, n_neurons):
