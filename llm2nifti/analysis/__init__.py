@@ -30,7 +30,8 @@ _EXPORTS = {
         "fingerprint", "FingerprintResult", "ParticipantNetworks", "participant_networks",
         "random_copies", "PIPELINE_FINGERPRINT")},
     **{name: ".reduction" for name in ("RunReductions",)},
-    **{name: ".stability" for name in ("icasso", "read_stability", "stability_paths")},
+    **{name: ".stability" for name in (
+        "icasso", "read_stability", "stability_paths", "resolve_n_init")},
     **{name: ".rsa" for name in (
         "LayerSimilarity", "layer_similarity", "rsa_matrix", "linear_cka", "rdm_vectors")},
 }

@@ -148,6 +148,8 @@ def check_stable(n_runs, bootstrap, n_bold, n_components, n_neurons):
     if bootstrap and n_bold < 2:
         raise UsageError("--bootstrap resamples the runs: it needs at least 2 runs (convert with a "
                          "smaller --run-tokens, or leave --bootstrap out)")
+    if int(n_runs) == 1 or int(n_components) > int(n_neurons):
+        return  # a single decomposition checks its own size (and k against the units)
     # the N x k maps (float32) and their float64 copies while clustered
     need = int(n_runs) * int(n_components) * int(n_neurons) * (4 + 8) + (int(n_runs) * int(n_components)) ** 2 * 8 * 4
     check_fits(need, f"{n_runs} decompositions of {n_components} components over {n_neurons} units",

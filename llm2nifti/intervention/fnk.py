@@ -99,7 +99,7 @@ def fn_at_k(dataset, ks, *, participant=None, site=None, backend="fast", n_init=
 
     dataset = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     runs, layout = select_runs(dataset, participant, task="all", site=site)
-    from ..analysis.stability import resolve_n_init
+    from ..analysis import resolve_n_init
 
     n_init = resolve_n_init(n_init, n_runs)
     settings = {"backend": backend, "n_init": n_init, "random_state": random_state,

@@ -180,7 +180,7 @@ def _stability_figure(table, members):
 
 def _stability_blocks(path, maps):
     """The components' stability (``decompose --n-runs``), or a line saying it is not known."""
-    from ..analysis.stability import read_stability, stability_paths
+    from ..analysis import read_stability, stability_paths
 
     table = read_stability(path)
     if table is None or len(table) != len(maps):
