@@ -145,6 +145,9 @@ def check_stable(n_runs, bootstrap, n_bold, n_components, n_neurons):
 
     if int(n_runs) < 1:
         raise UsageError(f"--n-runs {n_runs}: decompose at least once (1 is a single decomposition)")
+    if bootstrap and int(n_runs) == 1:
+        raise UsageError("--bootstrap resamples the runs of the decompositions after the first: "
+                         "give --n-runs 2 or more (10 is usual)")
     if bootstrap and n_bold < 2:
         raise UsageError("--bootstrap resamples the runs: it needs at least 2 runs (convert with a "
                          "smaller --run-tokens, or leave --bootstrap out)")
