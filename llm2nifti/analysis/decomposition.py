@@ -309,7 +309,7 @@ class StableDecomposition(BaseEstimator):
     Parameters
     ----------
     n_runs : int
-        Decompositions; seeds from :func:`~llm2nifti.analysis.stability.run_seeds` (``n_runs=1`` is the single
+        Decompositions; seeds from ``stability.run_seeds`` (``n_runs=1`` is the single
         decomposition, bit for bit).
     bootstrap : bool
         Each decomposition after the first reads a resample of the runs (drawn with

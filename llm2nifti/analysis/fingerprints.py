@@ -342,7 +342,7 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
         Draws of the stimulus null (at least 1,000 for a p-value the verdict uses).
     threshold, n_components, backend, random_state, n_runs :
         Networks: ``|z|`` threshold and the CanICA made when a participant has none (stable
-        components of ``n_runs`` decompositions, :mod:`llm2nifti.analysis.stability`; one
+        components of ``n_runs`` decompositions, :class:`~llm2nifti.analysis.StableDecomposition`; one
         decomposition's networks move with its seed).
     rsa : bool
         Also compare every layer of the reference with every layer of each model

@@ -77,7 +77,7 @@ def fn_at_k(dataset, ks, *, participant=None, site=None, backend="fast", n_init=
         ``n_init`` None: 10 for one decomposition, 1 for each of ``n_runs``.
     n_runs : int
         Decompositions per k clustered into stable components (ICASSO,
-        :mod:`llm2nifti.analysis.stability`); 1: a single decomposition per k.
+        :class:`~llm2nifti.analysis.StableDecomposition`); 1: a single decomposition per k.
     threshold, two_sided :
         Selection of each map's neurons (see :func:`~llm2nifti.analysis.maps_to_neurons`).
     device : str
