@@ -360,9 +360,9 @@ class StableDecomposition(BaseEstimator):
         self.precision = precision
 
     def _decomposition(self, seed):
-        params = {k: v for k, v in self.get_params().items() if k not in ("n_runs", "bootstrap")}
         from .stability import resolve_n_init
 
+        params = {k: v for k, v in self.get_params().items() if k not in ("n_runs", "bootstrap")}
         return Decomposition(**dict(params, random_state=seed,
                                     n_init=resolve_n_init(self.n_init, self.n_runs)))
 
@@ -397,8 +397,6 @@ class StableDecomposition(BaseEstimator):
         return self._fit(runs, layout, reduced)
 
     def _fit(self, runs, layout, reduced):
-        import time
-
         t0 = time.perf_counter()
         rng = np.random.default_rng(self.seeds_[-1])
         self.estimators_ = []

@@ -153,8 +153,10 @@ def check_stable(n_runs, bootstrap, n_bold, n_components, n_neurons):
                          "smaller --run-tokens, or leave --bootstrap out)")
     if int(n_runs) == 1 or int(n_components) > int(n_neurons):
         return  # a single decomposition checks its own size (and k against the units)
-    # the N x k maps (float32) and their float64 copies while clustered
-    need = int(n_runs) * int(n_components) * int(n_neurons) * (4 + 8) + (int(n_runs) * int(n_components)) ** 2 * 8 * 4
+    # the N x k maps and z-maps (float32) and their float64 copy while clustered, and the
+    # (N k)^2 similarities (a few float64 copies)
+    need = (int(n_runs) * int(n_components) * int(n_neurons) * (4 + 4 + 8)
+            + (int(n_runs) * int(n_components)) ** 2 * 8 * 4)
     check_fits(need, f"{n_runs} decompositions of {n_components} components over {n_neurons} units",
                "fewer --n-runs or components")
 
