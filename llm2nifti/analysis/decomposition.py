@@ -494,7 +494,8 @@ def select_runs(dataset, participant=None, task=None, run=None, site=None, verif
     if len(subs) > 1:
         raise UsageError(f"the runs belong to several participants {subs}: choose one with --participant")
     if verify:
-        dataset.check_runs(runs)
+        # finiteness is checked where each run is read anyway (reduce_run; nilearn's preflight)
+        dataset.check_runs(runs, finite=False)
     return runs, dataset.layout(subs[0], site)
 
 
