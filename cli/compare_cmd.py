@@ -105,9 +105,13 @@ def fingerprint(dataset, reference, candidates, independent, random_copies, site
 
 @main.command()
 @click.argument("output", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--kind", type=click.Choice(["permuted", "finetuned", "random"]), required=True,
+@click.option("--kind", type=click.Choice(["permuted", "finetuned", "random", "amplified",
+                                           "quantized", "pruned"]), required=True,
               help="permuted: MLP neurons reordered (same function); finetuned: a short "
-                   "fine-tune on --text; random: same architecture, random weights.")
+                   "fine-tune on --text; random: same architecture, random weights; amplified: "
+                   "--neurons MLP units of --layer multiplied by --factor through the weights; "
+                   "quantized: weights rounded to --bits; pruned: --fraction of the smallest "
+                   "weights set to 0.")
 @click.option("--model", "-m", default=None,
               help="Model to derive from [default: the embedded SmolLM2-135M-Instruct].")
 @click.option("--gguf-file", default=None, help="Which GGUF file of a --model folder holding several.")
@@ -115,15 +119,28 @@ def fingerprint(dataset, reference, candidates, independent, random_copies, site
 @click.option("--text", default="pang-lee", show_default=True, help="Fine-tuning text.")
 @click.option("--steps", type=int, default=300, show_default=True, help="Fine-tuning steps.")
 @click.option("--lr", type=float, default=5e-5, show_default=True, help="Fine-tuning learning rate.")
+@click.option("--layer", type=int, default=None,
+              help="amplified: the layer [default: the middle layer of the MLP site].")
+@click.option("--neurons", "n_neurons", type=int, default=64, show_default=True,
+              help="amplified: how many MLP units (drawn with --seed).")
+@click.option("--factor", type=float, default=2.0, show_default=True,
+              help="amplified: the factor (2 scales exactly in floating point).")
+@click.option("--fraction", type=float, default=0.3, show_default=True,
+              help="pruned: share of each linear layer's weights set to 0 (smallest first).")
+@click.option("--bits", type=click.IntRange(2, 8), default=4, show_default=True,
+              help="quantized: bits per weight.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def derive(output, kind, model, gguf_file, seed, text, steps, lr, threads, overwrite, quiet):
-    """Save a variant of a model whose lineage is known (for `fingerprint`): a unit-permuted
-    copy, a fine-tuned copy, or a randomly initialised one. Pruned copies: `llm2nifti prune`.
+def derive(output, kind, model, gguf_file, seed, text, steps, lr, layer, n_neurons, factor,
+           fraction, bits, threads, overwrite, quiet):
+    """Save a variant of a model whose lineage is known (for `fingerprint` and `diff`): a
+    unit-permuted, fine-tuned, randomly initialised, unit-amplified, 4-bit-rounded or
+    magnitude-pruned copy. Copies with units removed: `llm2nifti prune`.
     """
     from llm2nifti.intervention import derive as make
 
     path = make(output, kind, model=model, gguf_file=gguf_file, seed=seed, text=text,
-                steps=steps, lr=lr, threads=threads, overwrite=overwrite, progress=not quiet)
+                steps=steps, lr=lr, threads=threads, overwrite=overwrite, progress=not quiet,
+                layer=layer, n_neurons=n_neurons, factor=factor, fraction=fraction, bits=bits)
     click.echo(f"Wrote {path}")

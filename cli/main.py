@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from . import compare_cmd, convert, decompose_cmd, evaluate_cmd, localize_cmd, report_cmd  # noqa: F401
+from . import (compare_cmd, convert, decompose_cmd, diff_cmd, evaluate_cmd,  # noqa: F401
+               localize_cmd, report_cmd)
 from .group import former_name, main, model_options  # noqa: F401
 
 __all__ = ["main"]

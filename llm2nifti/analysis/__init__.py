@@ -30,6 +30,9 @@ _EXPORTS = {
         "fingerprint", "FingerprintResult", "ParticipantNetworks", "participant_networks",
         "random_copies", "PIPELINE_FINGERPRINT")},
     **{name: ".reduction" for name in ("RunReductions",)},
+    **{name: ".diffs" for name in ("diff", "DiffResult", "PIPELINE_DIFF")},
+    **{name: ".dualreg" for name in ("dual_regression",)},
+    **{name: ".permutation" for name in ("max_t_fwe", "PermutationResult")},
     **{name: ".stability" for name in (
         "icasso", "read_stability", "stability_paths", "resolve_n_init")},
     **{name: ".rsa" for name in (

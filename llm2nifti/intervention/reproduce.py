@@ -30,6 +30,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 __all__ = ["main", "results_markdown", "answers", "answer_grid", "choice_grid"]
@@ -39,6 +40,7 @@ DEFAULTS = {
     "n_docs": 20, "max_doc_tokens": 64, "n_items": 80, "seeds": 5, "amplify": "0.05,0.25",
     "curve": "", "curve_thresholds": "2.5", "curve_seeds": 3,
     "sites": "mlp,mlp-out", "ablations": "zero,mean", "k": "10,40", "k_n_init": 5,
+    "n_runs": 10,
 }
 # --full: the paper's sweep (several hours on 2 CPU cores); any option given explicitly wins
 FULL = {"tokens": 16384, "n_docs": 50, "n_items": 200, "seeds": 10, "k": "10,32,64,128",
@@ -197,8 +199,9 @@ def _settings_lines(s, sites, total):
         "`down_proj`), `mlp-out` the MLP's output (output of `down_proj`, the authors' units).",
         f"- Scan: the first {s['tokens']:,} tokens of the Lee news corpus ({ev['scan_tokens']:,} "
         "tokens recorded per site).",
-        f"- Networks: CanICA ({s['backend']} backend), {s['components']} components, {s['n_init']} "
-        f"FastICA starts; units with |z| > {s['threshold']} in a z-scored map; key set = their union.",
+        f"- Networks: CanICA ({s['backend']} backend), {s['components']} components, "
+        + _decomposition_words(s.get("n_runs", 1), s["n_init"])
+        + f"; units with |z| > {s['threshold']} in a z-scored map; key set = their union.",
         f"- Perplexity: {ev['n_heldout_docs']} held-out Lee articles (`lee-test`, none in the scan: "
         f"checked), each cut to {ev['max_doc_tokens']} tokens; 95% CI: bootstrap over documents.",
         f"- Accuracy: {ev['n_items']} Pang-Lee sentiment sentences (balanced), answer ` positive` or "
@@ -215,11 +218,56 @@ def _settings_lines(s, sites, total):
         f"{', '.join(f'{x:g}' for x in ev['amplify']) or 'nothing'}; the threshold curve (the key "
         f"sets of the same maps at |z| > {s['curve_thresholds'].replace(',', ', ')}); FN@k for k = "
         f"{', '.join(str(f['k']) for f in ev.get('fnk', [])) or 'none'} (one decomposition per k, "
-        f"fast backend, {s.get('k_n_init')} starts), each point against {s['curve_seeds']} random "
+        f"fast backend, {_decomposition_words(s.get('n_runs', 1), s.get('k_n_init'))}), each point "
+        f"against {s['curve_seeds']} random "
         "sets of the same count per layer.",
         f"- Total time: {total / 60:.1f} min.",
         "",
     ]
+
+
+def _decomposition_words(n_runs, n_init):
+    if n_runs == 1:
+        return f"one decomposition of {n_init} FastICA starts"
+    return (f"stable networks: {n_runs} decompositions of one FastICA start each, clustered "
+            "(ICASSO) into the centrotypes")
+
+
+def _stability_line(r):
+    table = r.get("stability")
+    if table is None:
+        return ("Networks from one decomposition: whether each recurs is not known "
+                "(`--n-runs 10` tells).")
+    iq = table["stability"].to_numpy()
+    return (f"Stability (ICASSO Iq) of the {len(iq)} networks: median {np.median(iq):.2f}, lowest "
+            f"{iq.min():.2f}; {int((iq >= 0.8).sum())} at 0.8 or more.")
+
+
+def beside_grid(sites, other_sites, this_label, other_label):
+    """Markdown: each verdict of this run beside the same verdict of another run.
+
+    Rows are question and metric, columns each configuration (site, ablation); a cell reads
+    ``this / other`` and is bold where the two differ.
+    """
+    def grid(rows):
+        return {(f"{r['site']}, {a}", q, m): w for r in rows for a in r["evaluation"]["ablations"]
+                for q, m, w, _, _ in answer_grid(r["summary"], a)}
+
+    mine, theirs = grid(sites), grid(other_sites)
+    configs = list(dict.fromkeys(c for c, _, _ in mine))
+    rows = list(dict.fromkeys((q, m) for _, q, m in mine))
+    lines = [f"| question | metric | {' | '.join(configs)} |", "|---|---|" + "---|" * len(configs)]
+    changed = 0
+    for q, m in rows:
+        cells = []
+        for c in configs:
+            a, b = mine.get((c, q, m), ""), theirs.get((c, q, m), "")
+            cells.append(f"**{a} / {b}**" if a != b else f"{a} / {b}")
+            changed += a != b
+        lines.append(f"| {q} | {m} | " + " | ".join(cells) + " |")
+    head = (f"Each cell: {this_label} / {other_label}; bold where they differ "
+            f"({changed} of {len(rows) * len(configs)} verdicts).")
+    return head + "\n\n" + "\n".join(lines)
 
 
 def _site_section(r):
@@ -227,7 +275,7 @@ def _site_section(r):
     lines = [f"## Site `{r['site']}`", "",
              f"Key set: {ev['n_key_neurons']:,} units ({100 * ev['key_share']:.1f}% of "
              f"{ev['site']['n_layers'] * ev['site']['width']:,}) in {ev['n_networks']} networks. "
-             + ev["verdicts"][-1], ""]
+             + ev["verdicts"][-1], "", _stability_line(r), ""]
     for ablation in ev["ablations"]:
         lines += [f"### Answers, {ablation}-ablation", "",
                   *[f"- {line}" for line in answers(summary, ablation)], ""]
@@ -289,28 +337,49 @@ def _page(settings, steps, sites, prune_report, total):
     return "\n".join(lines) + "\n"
 
 
-def _site_results(a, evaluation, docs):
-    """Per site: its evaluation settings, summary, verdicts and figures copied under docs/."""
+def _site_results(a, evaluation, docs, figures=True):
+    """Per site: its evaluation settings, summary, verdicts, the networks' stability table
+    (None for one decomposition) and figures copied under docs/ (unless ``figures=False``)."""
+    from ..analysis import read_stability
     from .experiment import verdicts
 
     out = []
     figdir = docs / "figures"
-    figdir.mkdir(parents=True, exist_ok=True)
     for site in _sites(a):
         folder = evaluation / site
         summary = pd.read_csv(folder / "summary.tsv", sep="\t")
-        figures = []
-        for name in ("interventions.png", "curve.png", "fnk.png"):
+        copied = []
+        for name in ("interventions.png", "curve.png", "fnk.png") if figures else ():
             if (folder / name).is_file():
+                figdir.mkdir(parents=True, exist_ok=True)
                 target = f"{site}-{name}"
                 tmp = figdir / f".tmp-{os.getpid()}-{target}"
                 shutil.copyfile(folder / name, tmp)
                 os.replace(tmp, figdir / target)
-                figures.append(f"figures/{target}")
+                copied.append(f"figures/{target}")
+        zmaps = _zmaps(evaluation.parent / "scan", site)
         out.append({"site": site, "summary": summary, "verdicts": verdicts(summary),
-                    "figures": figures,
+                    "figures": copied, "stability": read_stability(zmaps[0]) if zmaps else None,
                     "evaluation": json.loads((folder / "evaluation.json").read_text())})
     return out
+
+
+def _label(settings):
+    n = settings.get("n_runs", 1)
+    return "one decomposition" if n == 1 else f"stable ({n} decompositions)"
+
+
+def _beside_lines(run, sites, beside):
+    """The section putting this run's verdicts beside another finished run's."""
+    other = json.loads((beside / "run.json").read_text())
+    other_sites = _site_results(argparse.Namespace(**other["settings"]), beside / "evaluation",
+                                None, figures=False)
+    this, that = _label(run["settings"]), _label(other["settings"])
+    return ["## Verdicts beside another run's", "",
+            f"The same steps and settings with {that} (`--beside {beside.name}`, "
+            f"{other['seconds'] / 60:.1f} min): does any verdict change when the networks are "
+            "the ones that recur?", "", beside_grid(sites, other_sites, this, that), "",
+            *[f"- `{r['site']}`, {that}: {_stability_line(r)}" for r in other_sites], ""]
 
 
 def main(argv=None):
@@ -324,6 +393,9 @@ def main(argv=None):
     p.add_argument("--fresh", action="store_true", help="Delete the working folder first.")
     p.add_argument("--render-only", action="store_true",
                    help="Only rewrite results.md from the working folder's finished outputs.")
+    p.add_argument("--beside", default=None,
+                   help="Another finished run's working folder (e.g. with --n-runs 1): put its "
+                        "verdicts beside this run's.")
     p.add_argument("--full", action="store_true",
                    help="The paper's sweep: " + ", ".join(f"--{k.replace('_', '-')} {v}"
                                                           for k, v in FULL.items()) + ".")
@@ -338,6 +410,8 @@ def main(argv=None):
     from ..models import cache_dir
 
     work = Path(a.work) if a.work else cache_dir() / "reproduce"
+    if a.beside and not (Path(a.beside) / "run.json").is_file():
+        raise SystemExit(f"--beside {a.beside} holds no finished run: run reproduce there first")
     docs = Path(a.docs)
     if a.fresh and not a.render_only and work.exists():
         shutil.rmtree(work)
@@ -357,7 +431,11 @@ def main(argv=None):
     steps, total = run["steps"], run["seconds"]
     prune_report = json.loads((work / "pruned.json").read_text())
     sites = _site_results(argparse.Namespace(**run["settings"]), evaluation, docs)
-    write_text(docs / "results.md", _page(run["settings"], steps, sites, prune_report, total))
+    page = _page(run["settings"], steps, sites, prune_report, total)
+    if a.beside:
+        extra = "\n".join(_beside_lines(run, sites, Path(a.beside)))
+        page = page.replace("\n## Site ", "\n" + extra + "\n## Site ", 1)
+    write_text(docs / "results.md", page)
     print(f"Wrote {docs / 'results.md'} ({total / 60:.1f} min of computation)")
 
 
@@ -397,8 +475,10 @@ def _site_steps(a, work, scan, site, evaluation, threads, steps, main):
     _run(["convert", scan, "--site", site, "--max-tokens", a.tokens, "--resume", "-q", *threads],
          steps)
     if not _zmaps(scan, site):
+        # with --n-runs N > 1 each decomposition takes one start (decompose's default)
+        starts = ["--n-init", a.n_init] if a.n_runs == 1 else []
         _run(["decompose", scan, "--site", site, "--backend", a.backend, "--n-components",
-              a.components, "--n-init", a.n_init, *threads], steps)
+              a.components, "--n-runs", a.n_runs, *starts, *threads], steps)
     zmap = _zmaps(scan, site)[0]
     _run(["networks", zmap, "--dataset", scan, "--site", site, "--threshold", a.threshold], steps)
     networks = scan / "derivatives" / "llm2nifti-networks" / zmap.name.replace("_components.nii",
@@ -411,7 +491,8 @@ def _site_steps(a, work, scan, site, evaluation, threads, steps, main):
             _run(["networks", zmap, "--dataset", scan, "--site", site, "--threshold", t,
                   "--output", folder], steps)
             extra += ["--curve-networks", folder / networks.name]
-        extra += ["--k", a.k, "--k-n-init", a.k_n_init] if a.k else []
+        extra += (["--k", a.k, "--k-n-runs", a.n_runs]
+                  + (["--k-n-init", a.k_n_init] if a.n_runs == 1 else [])) if a.k else []
     _run(["evaluate", networks, "--dataset", scan, "--output", evaluation, "--n-docs", a.n_docs,
           "--max-doc-tokens", a.max_doc_tokens, "--n-items", a.n_items, "--seeds", a.seeds,
           "--ablation", a.ablations, *extra, "--curve-seeds", a.curve_seeds, "-q", *threads], steps)

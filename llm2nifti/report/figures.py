@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["plot_interventions", "plot_curve", "plot_fnk", "METRICS"]
+__all__ = ["plot_interventions", "plot_curve", "plot_fnk", "plot_diff_layers", "METRICS"]
 
 METRICS = ("perplexity", "accuracy", "exact_match", "f1")
 
@@ -162,5 +162,34 @@ def plot_fnk(summary, path):
             ax.legend(fontsize=7)
     fig.suptitle("FN@k: union of all networks of a decomposition with k components, one "
                  "decomposition per k", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def plot_diff_layers(layers, alpha, path, title=""):
+    """Per layer, the share of units that changed (past FWE ``alpha``), one line per test.
+
+    ``layers``: the per-layer table of :func:`~llm2nifti.analysis.diffs.diff`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4), sharex=True)
+    for test, rows in layers.groupby("test", sort=False):
+        axes[0].plot(rows["layer"], 100 * rows["share_changed"], marker="o", ms=3, label=test)
+        axes[1].plot(rows["layer"], rows["mean_abs_effect"], marker="o", ms=3, label=test)
+    axes[0].set_ylabel(f"units changed (% past FWE {alpha:g})")
+    axes[1].set_ylabel("mean |effect| over units\n(mean: activation; amplitude: log sd ratio)")
+    axes[1].set_yscale("symlog", linthresh=1e-3)
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in axes:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("layer")
+        ax.grid(alpha=0.3)
+    axes[0].legend(frameon=False)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return _save(fig, path)

@@ -1,0 +1,69 @@
+"""``llm2nifti diff`` and ``llm2nifti patch``: what changed between two checkpoints, and
+whether the changed units carry the change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .group import main
+
+
+@main.command()
+@click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--reference", "-r", required=True, help="Participant label of the base model.")
+@click.option("--candidate", "-c", required=True, help="Participant label of the variant.")
+@click.option("--site", default=None, help="Neuron site (acq entity) [default: the only one].")
+@click.option("--task", default=None, help="BIDS task label [default: the only one].")
+@click.option("--n-components", "-k", type=int, default=20, show_default=True,
+              help="Group CanICA networks over both participants.")
+@click.option("--n-runs", type=int, default=10, show_default=True,
+              help="Group decompositions clustered into stable networks (1: a single one).")
+@click.option("--n-permutations", type=int, default=1000, show_default=True,
+              help="Sign flips of whole documents behind every FWE-corrected p.")
+@click.option("--alpha", type=float, default=0.05, show_default=True,
+              help="FWE level of the units written to units.tsv.")
+@click.option("--random-state", type=int, default=0, show_default=True, help="Seed.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder [default: DATASET/derivatives/llm2nifti-diff].")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def diff(dataset, reference, candidate, site, task, n_components, n_runs, n_permutations, alpha,
+         random_state, threads, output, quiet):
+    """Compare two checkpoints of one model that read the same text: per unit, a paired test
+    of the mean and of the amplitude over documents (FWE by permutation); per group network
+    (dual regression), its shape and amplitude change.
+
+    \b
+    Writes under derivatives/llm2nifti-diff/sub-<candidate>/func/:
+      *_contrast-<test>Vs<ref>_stat-{t,pfwe,effect}_statmap.nii   per unit (mean, amplitude)
+      *_contrast-shapeVs<ref>_stat-{t,pfwe}_statmap.nii          per network (4D)
+      *_desc-vs<ref>_units.tsv      the units past FWE (read by evaluate, prune, patch)
+      *_desc-vs<ref>_networks.tsv   per network: amplitude ratio [95% CI], shape changes
+      *_desc-vs<ref>_layers.tsv/.png  per layer: units changed
+    """
+    from llm2nifti.analysis import diff as run
+
+    res = run(dataset, reference, candidate, task=task, site=site, n_components=n_components,
+              n_runs=n_runs, n_permutations=n_permutations, alpha=alpha,
+              random_state=random_state, threads=threads, progress=not quiet, output=output)
+    n_units = res.layout.n_neurons
+    click.echo(f"sub-{candidate} vs sub-{reference} ({res.site}, {len(res.documents)} documents, "
+               f"{n_permutations} sign flips):")
+    for test, r in res.units.items():
+        passed = r.p_fwe <= alpha
+        layers = res.layers[(res.layers["test"] == test) & (res.layers["n_changed"] > 0)]["layer"]
+        first = f"; first changed layer {int(layers.min())}" if len(layers) else ""
+        click.echo(f"  {test}: {int(passed.sum()):,} of {n_units:,} units past FWE {alpha:g} "
+                   f"(|t| > {r.threshold(alpha):.2f}){first}")
+    nets = res.networks
+    amp = nets[nets["amplitude_p_fwe"] <= alpha]["network"].tolist()
+    shape = nets[nets["shape_n_changed"] > 0]["network"].tolist()
+    click.echo(f"  networks ({len(nets)}): amplitude changed in {len(amp)} "
+               f"({', '.join(amp) or 'none'}); shape changed in {len(shape)}")
+    if res.group.stability_ is None:
+        click.echo("  the group networks rest on one decomposition (--n-runs 10 tells how stable)")
+    click.echo(f"Wrote {res.paths['units']}")
+    click.echo(f"Wrote {res.paths['networks']}")
+    click.echo(f"Wrote {res.paths['figure']}")
