@@ -67,3 +67,37 @@ def diff(dataset, reference, candidate, site, task, n_components, n_runs, n_perm
     click.echo(f"Wrote {res.paths['units']}")
     click.echo(f"Wrote {res.paths['networks']}")
     click.echo(f"Wrote {res.paths['figure']}")
+
+
+@main.command()
+@click.argument("units", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--dataset", "-d", required=True,
+              type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="The dataset both participants were converted into.")
+@click.option("--reference", "-r", required=True, help="Participant label of the base model.")
+@click.option("--candidate", "-c", required=True, help="Participant label of the variant.")
+@click.option("--test", type=click.Choice(["mean", "amplitude"]), default=None,
+              help="Only the units of this test [default: all units of the table].")
+@click.option("--text", "texts", multiple=True,
+              help="Text to score (built-in corpus or file; repeatable) [default: the variant's "
+                   "training text when variant.json names one, and lee-test].")
+@click.option("--n-docs", type=int, default=20, show_default=True)
+@click.option("--max-doc-tokens", type=int, default=64, show_default=True)
+@click.option("--seeds", type=int, default=5, show_default=True,
+              help="Random unit sets (same count per layer) as controls.")
+@click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")
+@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder [default: beside UNITS].")
+def patch(units, dataset, reference, candidate, test, texts, n_docs, max_doc_tokens, seeds,
+          threads, output):
+    """Run the variant with UNITS (diff's units.tsv) set to the base's values on the same
+    tokens, and report how much of its perplexity gap to the base closes, against random
+    units of the same count per layer.
+    """
+    from llm2nifti.intervention import patch_gap
+
+    res = patch_gap(units, dataset, reference, candidate, test=test, texts=texts, n_docs=n_docs,
+                    max_doc_tokens=max_doc_tokens, seeds=seeds, threads=threads, output=output)
+    for line in res.verdicts:
+        click.echo(line)
+    click.echo(f"Wrote {res.paths['table']}")

@@ -37,6 +37,7 @@ DOCS = [
 ]
 K = 4
 LAYER = 2  # the amplified layer of the 4-layer tiny Llama
+FACTOR = 8.0  # a power of 2: the planted units are scaled exactly
 
 
 def _table(path, docs):
@@ -61,13 +62,13 @@ def _convert(root, model, participant, text, *extra):
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    """A 4-layer tiny Llama (``base``), the same with 16 MLP units of layer 2 doubled through
+    """A 4-layer tiny Llama (``base``), the same with 16 MLP units of layer 2 scaled by 8 through
     the weights (``amp``), itself again (``same``) and a unit-permuted copy (``perm``)."""
     tmp = tmp_path_factory.mktemp("diff")
     text = _table(tmp / "docs.tsv", DOCS)
     base = _save(tmp / "base", tiny_llama(seed=3, layers=4))
     r = CliRunner().invoke(main, ["derive", str(tmp / "amp"), "--kind", "amplified", "--model",
-                                  str(base), "--layer", str(LAYER), "--neurons", "16", "-q"])
+                                  str(base), "--layer", str(LAYER), "--neurons", "16", "--factor", str(FACTOR), "-q"])
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["derive", str(tmp / "perm"), "--kind", "permuted", "--model",
                                   str(base), "-q"])
@@ -84,27 +85,34 @@ def _diff(root, *args):
                                      "--threads", "1", "-q", *args])
 
 
-def test_planted_units_found_and_nothing_before_their_layer(planted):
+@pytest.fixture(scope="module")
+def diffed(planted):
+    """``diff`` of the amplified variant against its base: (dataset, planted units, output)."""
     root, neurons = planted
     r = _diff(root, "-r", "base", "-c", "amp")
     assert r.exit_code == 0, r.output
+    return root, neurons, r.output
+
+
+def test_planted_units_found_and_nothing_before_their_layer(diffed):
+    root, neurons, output = diffed
     units = pd.read_csv(next(root.rglob("*_desc-vsbase_units.tsv")), sep="\t")
     assert (units["layer"] >= LAYER).all()  # earlier layers are bit-identical: no false positive
     amp = units[(units["test"] == "amplitude") & (units["layer"] == LAYER)]
     recall = np.isin(neurons, amp["neuron"]).mean()
     assert recall >= 0.9
     # the amplified units' amplitude ratio is the factor, exactly up to rounding
-    assert np.allclose(np.exp(amp.set_index("neuron").loc[neurons, "effect"]), 2.0, rtol=1e-5)
-    assert "first changed layer 2" in r.output
+    assert np.allclose(np.exp(amp.set_index("neuron").loc[neurons, "effect"]), FACTOR, rtol=1e-5)
+    assert "first changed layer 2" in output
 
 
-def test_diff_outputs_read_back(planted):
+def test_diff_outputs_read_back(diffed):
     import nibabel as nib
 
     from bids_llm.dataset import Dataset
     from llm2nifti.neuronset import NeuronSet
 
-    root, neurons = planted
+    root, neurons, _ = diffed
     folder = root / "derivatives" / "llm2nifti-diff" / "sub-amp" / "func"
     layout = Dataset(root).layout("base")
     t = layout.unfold(nib.load(next(folder.glob("*contrast-amplitudeVsbase_stat-t_statmap.nii"))))
@@ -251,3 +259,38 @@ def test_quantized_and_pruned_keep_units():
     n = prune_weights(m, 0.3)
     total = sum(l.weight.numel() for l in decoder_linears(m))
     assert 0.29 <= n / total <= 0.31
+
+
+# ------------------------------------------------------------------ patching
+def test_patching_the_planted_units_closes_the_gap(diffed, tmp_path):
+    root, neurons, _ = diffed
+    units = next((root / "derivatives" / "llm2nifti-diff" / "sub-amp").rglob("*_units.tsv"))
+    planted_tsv = tmp_path / "planted.tsv"
+    pd.DataFrame({"network": "planted", "layer": LAYER, "neuron": neurons}).to_csv(
+        planted_tsv, sep="\t", index=False)
+    text = _table(tmp_path / "eval.tsv", DOCS)
+    r = CliRunner().invoke(main, ["patch", str(planted_tsv), "-d", str(root), "-r", "base", "-c",
+                                  "amp", "--text", str(text), "--n-docs", "16", "--seeds", "3",
+                                  "--threads", "1"])
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(tmp_path / "planted_patching.tsv", sep="\t").set_index("condition")
+    # the planted units are the whole change: patching them gives the base back exactly
+    assert table.loc["patched", "perplexity"] == pytest.approx(table.loc["base", "perplexity"],
+                                                               rel=1e-5)
+    assert table.loc["patched", "closed"] == pytest.approx(1.0, abs=1e-3)
+    assert table.loc["random", "closed_max"] < 0.9
+    assert "carry the change" in r.output
+    # diff's own units.tsv runs as well
+    r = CliRunner().invoke(main, ["patch", str(units), "-d", str(root), "-r", "base", "-c", "amp",
+                                  "--text", str(text), "--n-docs", "4", "--seeds", "1",
+                                  "--threads", "1"])
+    assert r.exit_code == 0, r.output
+
+
+def test_patch_refuses_other_units_in_one_line(planted, tmp_path):
+    root, _ = planted
+    bad = tmp_path / "bad.tsv"
+    pd.DataFrame({"network": "x", "layer": [9], "neuron": [0]}).to_csv(bad, sep="\t", index=False)
+    r = CliRunner().invoke(main, ["patch", str(bad), "-d", str(root), "-r", "base", "-c", "amp"])
+    assert r.exit_code == 2 and "layer(s) [9]" in r.output
+    assert len(r.output.strip().splitlines()) == 1

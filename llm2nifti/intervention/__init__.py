@@ -25,7 +25,9 @@ _EXPORTS = {
     **{name: ".pruning" for name in ("prune_model", "prune", "PruneReport", "count_parameters",
                                    "forward_speed")},
     **{name: ".variants" for name in ("permute_units", "random_init", "finetune", "derive",
-                                    "VARIANTS")},
+                                    "VARIANTS", "amplify_units", "round_weights",
+                                    "prune_weights")},
+    **{name: ".patching" for name in ("Patch", "patch_gap", "PatchResult")},
 }
 
 __all__ = list(_EXPORTS)
