@@ -294,3 +294,13 @@ def test_patch_refuses_other_units_in_one_line(planted, tmp_path):
     r = CliRunner().invoke(main, ["patch", str(bad), "-d", str(root), "-r", "base", "-c", "amp"])
     assert r.exit_code == 2 and "layer(s) [9]" in r.output
     assert len(r.output.strip().splitlines()) == 1
+
+
+def test_report_shows_the_diff(diffed, tmp_path):
+    root, _, _ = diffed
+    r = CliRunner().invoke(main, ["report", str(root), "--participant", "amp", "--output",
+                                  str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    page = (tmp_path / "sub-amp.html").read_text()
+    assert "Changes from a base checkpoint" in page and "against sub-base" in page
+    assert "amplitude_ratio" in page

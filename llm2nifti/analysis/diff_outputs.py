@@ -140,6 +140,6 @@ def write_diff(result, ds, pairs, pipeline, output=None):
                             "backend": group.backend, "random_state": group.random_state},
         Correspondence={str(l): round(float(c), 6) for l, c in
                         zip(result.layout.site.layers, result.correspondence)},
-        Seconds=round(result.seconds, 1)))
+        Seconds=round(result.seconds, 1), Timings=result.timings))
     result.paths = paths
     return paths

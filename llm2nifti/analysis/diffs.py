@@ -65,6 +65,9 @@ class DiffResult:
         The units past FWE ``alpha`` (one network per test).
     paths : dict
         What was written.
+    timings : dict
+        Seconds per stage (read, unit_tests, group_decomposition, dual_regression,
+        network_tests).
     """
 
     reference: str
@@ -84,6 +87,19 @@ class DiffResult:
     paths: dict = field(default_factory=dict)
     group: object = None
     left_out: dict = field(default_factory=dict)
+    timings: dict = field(default_factory=dict)
+
+
+class _Clock:
+    """Seconds spent in each named stage, in order."""
+
+    def __init__(self):
+        self.seconds, self._last = {}, time.perf_counter()
+
+    def __call__(self, stage):
+        now = time.perf_counter()
+        self.seconds[stage] = round(now - self._last, 3)
+        self._last = now
 
 
 # ------------------------------------------------------------------ input checks
@@ -408,6 +424,7 @@ def diff(dataset, reference, candidate, *, task=None, site=None, n_components=20
 
     set_threads(threads)
     t0 = time.perf_counter()
+    clock = _Clock()
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     if not 0 < alpha < 1:
         raise UsageError(f"alpha {alpha}: give a level between 0 and 1, e.g. 0.05")
@@ -415,8 +432,10 @@ def diff(dataset, reference, candidate, *, task=None, site=None, n_components=20
     ma, mb, corr = unit_moments(pairs, layout, progress)
     check_blocks(sum(ma.count[d] >= 2 for d in ma.order), n_permutations)
     correspondence = _correspondence(corr, layout, reference, candidate)
+    clock("read")
     docs, units, left_units = _unit_tests(ma, mb, n_permutations, random_state)
     layers = _layer_table(units, layout, alpha)
+    clock("unit_tests")
 
     min_tokens = max(2 * n_components, 3)
     long_docs = sum(ma.count[d] >= min_tokens for d in ma.order)
@@ -424,9 +443,11 @@ def diff(dataset, reference, candidate, *, task=None, site=None, n_components=20
                                             f"(twice the {n_components} networks)")
     _check_shape_fits(long_docs, n_components, layout.n_neurons)
     group = _group_maps(pairs, layout, n_components, n_runs, random_state, backend, progress)
+    clock("group_decomposition")
     mu, sd = ma.pooled()
     shape_d, amp, _, left_networks = _dual_regressions(
         pairs, group.components_, (mu, np.where(sd > 0, sd, 1.0)), min_tokens, progress)
+    clock("dual_regression")
     from .selection import network_names
 
     names = network_names(n_components)
@@ -434,12 +455,13 @@ def diff(dataset, reference, candidate, *, task=None, site=None, n_components=20
     networks, shape = _network_tests(shape_d, amp, names, stability, n_permutations,
                                      random_state, alpha)
     membership = _membership(group.zmaps_, names)
+    clock("network_tests")
     result = DiffResult(
         reference=reference, candidate=candidate, site=site, layout=layout, documents=docs,
         units=units, networks=networks, shape=shape, layers=layers, correspondence=correspondence,
         selected=_selected(units, layout, membership, alpha), alpha=alpha,
         n_permutations=n_permutations, group=group,
-        left_out={"units": left_units, "networks": left_networks})
+        left_out={"units": left_units, "networks": left_networks}, timings=clock.seconds)
     result.task = pairs[0][0].task
     result.seconds = time.perf_counter() - t0
     if write:

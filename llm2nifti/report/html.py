@@ -389,6 +389,40 @@ def _fingerprint_section(ds, participant):
                    blocks)
 
 
+def _diff_section(ds, participant):
+    """This participant as the candidate of ``diff``: per layer and per network, what changed."""
+    folder = ds.root / "derivatives" / "llm2nifti-diff" / f"sub-{participant}" / "func"
+    blocks = []
+    for js in sorted(folder.glob(f"sub-{participant}_*_diff.json")):
+        record = json.loads(js.read_text())
+        stem = js.name.removesuffix("_diff.json")
+        layers = pd.read_csv(folder / f"{stem}_layers.tsv", sep="\t")
+        totals = layers.groupby("test", sort=False)["n_changed"].sum()
+        blocks.append({"heading": f"against {record['Reference']} ({record['Site']})",
+                       "text": f"{len(record['Documents'])} documents, {record['NPermutations']} "
+                               f"sign flips; units past FWE {record['Alpha']:g}: "
+                               + ", ".join(f"{t} {int(n):,}" for t, n in totals.items()) + "."})
+        png = folder / f"{stem}_layers.png"
+        if png.is_file():
+            blocks.append({"image": _file_png(png), "caption": "Per layer: the share of units "
+                           "past FWE and the mean effect, per test"})
+        nets = folder / f"{stem}_networks.tsv"
+        if nets.is_file():
+            blocks.append({"heading": "Group networks (dual regression)",
+                           "table": _table(pd.read_csv(nets, sep="\t").round(4))})
+        patching = folder / f"{stem}_patching.json"
+        if patching.is_file():
+            blocks.append({"heading": "Patching", "bullets": json.loads(patching.read_text())["Verdicts"]})
+    if not blocks:
+        return None
+    return Section("diff", "Changes from a base checkpoint", "llm2nifti diff, then llm2nifti patch",
+                   "This participant is the candidate. Per unit, paired tests over documents of "
+                   "its mean and amplitude against the base, FWE by the maximum |t| under sign "
+                   "flips of whole documents; per group network, dual regression's amplitude "
+                   "ratio and shape change. Patching sets the changed units to the base's values "
+                   "and measures how much of the perplexity gap closes.", blocks)
+
+
 def _interventions_section(evaluations):
     blocks = []
     for folder in evaluations:
@@ -413,7 +447,8 @@ _ABSENT = {"components": "Components: run `llm2nifti decompose`",
            "localizer": "Localizer: run `llm2nifti localize`",
            "connectivity": "Connectivity: run `llm2nifti connectivity`",
            "interventions": "Interventions: run `llm2nifti evaluate`, then pass its folder with --evaluation",
-           "fingerprint": "Fingerprints: run `llm2nifti fingerprint -r PARTICIPANT -c OTHER`"}
+           "fingerprint": "Fingerprints: run `llm2nifti fingerprint -r PARTICIPANT -c OTHER`",
+           "diff": "Changes from a base: run `llm2nifti diff -r BASE -c PARTICIPANT`"}
 
 
 def _evaluations(ds, evaluations):
@@ -466,7 +501,7 @@ def report(dataset, participant=None, output=None, evaluations=()):
                  "networks": _networks_section(ds, p),
                  "recurrence": _recurrence_section(ds, p), "localizer": _localizer_section(ds, p),
                  "connectivity": _connectivity_section(ds, p),
-                 "fingerprint": _fingerprint_section(ds, p),
+                 "fingerprint": _fingerprint_section(ds, p), "diff": _diff_section(ds, p),
                  "interventions": _interventions_section(evals)}
         info = next((r for r in ds.participants() if r["participant_id"] == f"sub-{p}"), {})
         page = template.render(
