@@ -71,6 +71,9 @@ def main(verbose):
     llm2nifti connectivity COMPONENTS -d DATASET  connectomes between networks (nilearn)
     llm2nifti words DATASET                     word-level runs: one volume per word
     llm2nifti fingerprint DATASET -r A -c B     compare models as subjects (fingerprint, ISC, RSA)
+    llm2nifti derive OUTPUT --kind KIND         variants of known lineage (fine-tuned, amplified, ...)
+    llm2nifti diff DATASET -r BASE -c VARIANT   what changed between two checkpoints, unit by unit
+    llm2nifti patch UNITS_TSV -d DATASET ...    do the changed units carry the change?
     llm2nifti report DATASET                    one HTML page per participant
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,

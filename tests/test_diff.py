@@ -304,3 +304,21 @@ def test_report_shows_the_diff(diffed, tmp_path):
     page = (tmp_path / "sub-amp.html").read_text()
     assert "Changes from a base checkpoint" in page and "against sub-base" in page
     assert "amplitude_ratio" in page
+
+
+def test_patch_with_the_source_cached_equals_patch_without():
+    from llm2nifti.intervention import Patch
+
+    base, variant = tiny_llama(seed=0), tiny_llama(seed=1)
+    ids = torch.arange(30).reshape(2, 15)
+    cache = {}
+    with Patch(variant, base, {0: [1, 5]}, cache=cache):
+        variant(input_ids=ids)  # fills the cache
+    with Patch(variant, base, {1: [2, 7, 9]}, cache=cache):
+        cached = variant(input_ids=ids).logits
+    assert len(cache) == 1
+    with Patch(variant, base, {1: [2, 7, 9]}):
+        fresh = variant(input_ids=ids).logits
+    assert torch.equal(cached, fresh)
+    plain = variant(input_ids=ids).logits
+    assert not torch.allclose(plain, fresh)  # the patch did change the variant

@@ -20,7 +20,9 @@ import torch
 from ..errors import UsageError
 from .hooks import _check_neurons, _get, _register, as_per_layer
 
-__all__ = ["Patch", "patch_gap", "PatchResult"]
+__all__ = ["Patch", "patch_gap", "PatchResult", "CACHE_BYTES"]
+
+CACHE_BYTES = 1 << 30  # the source's values kept for reuse across patches of the same texts
 
 
 class _PatchEdit:
@@ -58,6 +60,10 @@ class Patch:
     neurons : NeuronSet, dict of int -> indices, or (layer, neuron) pairs
     site : str
         The site kind of the neurons (``"mlp"``, ...).
+    cache : dict, optional
+        Shared between patches of the same models: the source's values of each input (whole
+        layers) are kept there, so that patching other units of the same texts does not run
+        the source again. Up to ``CACHE_BYTES``; beyond, the source runs every time.
 
     Attributes
     ----------
@@ -65,10 +71,11 @@ class Patch:
     n_selected_ : int
     """
 
-    def __init__(self, model, source, neurons, site="mlp"):
+    def __init__(self, model, source, neurons, site="mlp", cache=None):
         from ..sites import resolve_site
 
         self.model, self.source, self.neurons, self.site = model, source, neurons, site
+        self.cache = cache
         self.site_ = resolve_site(model, site)
         self._source_site = resolve_site(source, site)
         if (self.site_.layers, self.site_.widths) != (self._source_site.layers,
@@ -88,12 +95,19 @@ class Patch:
 
         ids = kwargs.get("input_ids", args[0] if args else None)
         mask = kwargs.get("attention_mask")
-        with torch.no_grad(), Recorder(self.source, self._source_site) as rec:
-            self.source(input_ids=ids.to(next(self.source.parameters()).device),
-                        attention_mask=None if mask is None else mask.to(ids.device),
-                        use_cache=False)
-        self._values = {l: rec.activations_[l][-1][..., torch.as_tensor(idx)]
-                        for l, idx in self.selected_.items()}
+        key = (tuple(ids.shape), ids.cpu().numpy().tobytes(),
+               None if mask is None else mask.cpu().numpy().tobytes())
+        layers = (self.cache or {}).get(key)
+        if layers is None or not set(self.selected_) <= set(layers):
+            with torch.no_grad(), Recorder(self.source, self._source_site) as rec:
+                self.source(input_ids=ids.to(next(self.source.parameters()).device),
+                            attention_mask=None if mask is None else mask.to(ids.device),
+                            use_cache=False)
+            layers = {l: rec.activations_[l][-1] for l in self._source_site.layers}
+            held = sum(t.numel() * 4 for v in (self.cache or {}).values() for t in v.values())
+            if self.cache is not None and held + sum(t.numel() * 4 for t in layers.values()) <= CACHE_BYTES:
+                self.cache[key] = layers
+        self._values = {l: layers[l][..., torch.as_tensor(idx)] for l, idx in self.selected_.items()}
 
     def attach(self):
         if self._handles:
@@ -173,19 +187,22 @@ def _score_text(base, variant, tokenizer, docs, units, site, seeds, max_doc_toke
     from .controls import random_like
     from .evaluation import Evaluator
 
+    cache = {}
+    ev = {m: Evaluator(m, tokenizer, heldout=docs, max_doc_tokens=max_doc_tokens)
+          for m in (base, variant)}
+
     def evaluate(model, patch=None):
-        ev = Evaluator(model, tokenizer, heldout=docs, max_doc_tokens=max_doc_tokens)
         if patch is None:
-            s = ev.score()
+            s = ev[model].score()
         else:
-            with Patch(variant, base, patch, site):
-                s = ev.score()
+            with Patch(variant, base, patch, site, cache=cache):
+                s = ev[model].score()
         return s.nll, s.n_tokens
 
     rb, rv = evaluate(base), evaluate(variant)
     rp = evaluate(variant, units)
-    widths = dict(zip(Patch(variant, base, units, site).site_.layers,
-                      Patch(variant, base, units, site).site_.widths))
+    found = Patch(variant, base, units, site).site_
+    widths = dict(zip(found.layers, found.widths))
     rand = [evaluate(variant, random_like(units, widths, seed=s)) for s in seeds]
     return rb, rv, rp, rand
 
