@@ -6,7 +6,7 @@ near 1 whatever the seed. With one decomposition per model the score moves with 
 decompositions' optima; with stable components (ICASSO over ``--n-runs``) it should not.
 
     python benchmarks/bench_stable_fingerprint.py WORKDIR [--tokens 4096,8192] [--seeds 0,1,2]
-        [--n-runs 1,10] [--site mlp]
+        [--n-runs 1,10] [--site mlp] [--min-stability none,0.9]
 
 Prints one row per (tokens, n-runs, seed) and, per (tokens, n-runs), the spread of the scores.
 Each fingerprint decomposes both models afresh (earlier decompositions are removed first).
@@ -42,6 +42,9 @@ def main():
     ap.add_argument("--n-runs", default="1,10")
     ap.add_argument("--site", default="mlp")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--min-stability", default="none",
+                    help="Comma-separated reference thresholds scored on the same decompositions "
+                         "(none: every network).")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     permuted = a.work / "permuted"
@@ -55,19 +58,22 @@ def main():
                 "--max-tokens", tokens, "--site", a.site, "--threads", a.threads, "--resume", "-q")
         for n_runs in (int(n) for n in a.n_runs.split(",")):
             for seed in (int(s) for s in a.seeds.split(",")):
-                for folder in ("llm2nifti-canica", "llm2nifti-fingerprint"):
-                    shutil.rmtree(ds / "derivatives" / folder, ignore_errors=True)
-                _, seconds = run("fingerprint", ds, "-r", "ref", "-c", "perm", "--random-state", seed,
-                                 "--n-runs", n_runs, "--n-permutations", 200, "--no-rsa",
-                                 "--threads", a.threads, "-q")
-                table = next((ds / "derivatives" / "llm2nifti-fingerprint").rglob("*_fingerprint.tsv"))
-                score = float(pd.read_csv(table, sep="\t").set_index("participant").loc["perm", "score"])
-                rows.append({"tokens": tokens, "n_runs": n_runs, "seed": seed, "score": round(score, 4),
-                             "seconds": round(seconds, 1)})
-                print(rows[-1], flush=True)
+                shutil.rmtree(ds / "derivatives" / "llm2nifti-canica", ignore_errors=True)
+                for least in a.min_stability.split(","):  # the decompositions are made once
+                    shutil.rmtree(ds / "derivatives" / "llm2nifti-fingerprint", ignore_errors=True)
+                    extra = [] if least == "none" else ["--min-stability", least]
+                    _, seconds = run("fingerprint", ds, "-r", "ref", "-c", "perm", "--random-state",
+                                     seed, "--n-runs", n_runs, "--n-permutations", 200, "--no-rsa",
+                                     "--threads", a.threads, "-q", *extra)
+                    table = next((ds / "derivatives" / "llm2nifti-fingerprint").rglob("*_fingerprint.tsv"))
+                    found = pd.read_csv(table, sep="\t").set_index("participant").loc["perm"]
+                    rows.append({"tokens": tokens, "n_runs": n_runs, "min_stability": least,
+                                 "seed": seed, "score": round(float(found["score"]), 4),
+                                 "matched": int(found["n_matched"]), "seconds": round(seconds, 1)})
+                    print(rows[-1], flush=True)
     frame = pd.DataFrame(rows)
     print(frame.to_string(index=False))
-    spread = frame.groupby(["tokens", "n_runs"])["score"].agg(["min", "max", "mean"])
+    spread = frame.groupby(["tokens", "n_runs", "min_stability"])["score"].agg(["min", "max", "mean"])
     spread["range"] = spread["max"] - spread["min"]
     print(spread.round(4).to_string())
 

@@ -62,7 +62,8 @@ def words(dataset, participant, site, task, pool, output, quiet):
               help="Decompositions clustered into the stable components of a participant that "
                    "has no decomposition yet (1: a single decomposition).")
 @click.option("--min-stability", type=float, default=None,
-              help="Compare only the networks whose stability (decompose --n-runs) is at least this.")
+              help="Compare only the reference's networks whose stability (decompose --n-runs) "
+                   "is at least this; the other models keep all theirs.")
 @click.option("--no-rsa", is_flag=True, help="Skip the layer x layer RSA and CKA.")
 @click.option("--random-state", type=int, default=0, show_default=True, help="Seed.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")

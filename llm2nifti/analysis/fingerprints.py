@@ -344,6 +344,11 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
         Networks: ``|z|`` threshold and the CanICA made when a participant has none (stable
         components of ``n_runs`` decompositions, :class:`~llm2nifti.analysis.StableDecomposition`; one
         decomposition's networks move with its seed).
+    min_stability : float, optional
+        Compare only the reference's networks whose stability (ICASSO Iq) is at least this;
+        every other model keeps all its networks, so that a network the reference finds
+        every time can meet its counterpart however tightly the other model's clustering
+        holds that counterpart.
     rsa : bool
         Also compare every layer of the reference with every layer of each model
         (:func:`~llm2nifti.analysis.rsa.layer_similarity`).
@@ -385,7 +390,7 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
                             threads=threads, progress=progress) if n_random else []
     nets = {p: participant_networks(ds, p, task, site, pool=pool, threshold=threshold,
                                     n_components=n_components, backend=backend, n_runs=n_runs,
-                                    min_stability=min_stability,
+                                    min_stability=min_stability if p == reference else None,
                                     random_state=random_state,
                                     networks_tsv=(networks or {}).get(p))
             for p in [reference, *candidates, *independent, *randoms]}
