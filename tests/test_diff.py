@@ -163,6 +163,16 @@ def test_bad_input_is_one_line(planted, args, words):
     assert sorted(p for p in root.rglob("*") if "llm2nifti-diff" in str(p)) == before
 
 
+def test_a_diff_beyond_memory_is_refused_before_any_work(planted, monkeypatch):
+    root, _ = planted
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+    monkeypatch.setenv("LLM2NIFTI_MEMORY_LIMIT", "1MB")
+    r = _diff(root, "-r", "base", "-c", "amp")
+    assert r.exit_code == 2 and "dual regression" in r.output and "fewer components" in r.output
+    after = {p: p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file() and "lock" not in p.name}
+    assert after == {p: t for p, t in before.items() if "lock" not in p.name}
+
+
 def test_different_tokens_are_refused(tmp_path, tiny_model_dir):
     """Other token ids (here: no BOS, as another tokenizer would give) are refused."""
     text = _table(tmp_path / "a.tsv", DOCS)

@@ -161,9 +161,13 @@ class _Moments:
         self.order, self.count, self.mean, self.m2 = [], {}, {}, {}
 
     def add(self, doc, X):
-        X = np.asarray(X, dtype=np.float64)
-        n, mean = len(X), X.mean(axis=0)
-        m2 = ((X - mean) ** 2).sum(axis=0)
+        n = len(X)
+        mean = np.empty(X.shape[1])
+        m2 = np.empty(X.shape[1])
+        for j in range(0, X.shape[1], BLOCK):
+            x = X[:, j:j + BLOCK].astype(np.float64)
+            mean[j:j + BLOCK] = x.mean(axis=0)
+            m2[j:j + BLOCK] = ((x - mean[j:j + BLOCK]) ** 2).sum(axis=0)
         if doc not in self.count:
             self.order.append(doc)
             self.count[doc], self.mean[doc], self.m2[doc] = n, mean, m2
@@ -198,14 +202,21 @@ def _segments(docs):
     return [(docs[a], int(a), int(b)) for a, b in zip(starts, stops)]
 
 
+BLOCK = 8192  # units per block of the float64 passes: memory stays at tokens x BLOCK
+
+
 def _same_unit_correlation(Xa, Xb):
     """Per unit, the correlation of the two participants' values over a run's tokens."""
-    a = Xa - Xa.mean(0)
-    b = Xb - Xb.mean(0)
-    den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        r = (a * b).sum(0) / den
-    return np.where(den > 0, r, np.nan), len(Xa)
+    r = np.full(Xa.shape[1], np.nan)
+    for j in range(0, Xa.shape[1], BLOCK):
+        a = Xa[:, j:j + BLOCK].astype(np.float64)
+        b = Xb[:, j:j + BLOCK].astype(np.float64)
+        a -= a.mean(0)
+        b -= b.mean(0)
+        den = np.sqrt((a * a).sum(0) * (b * b).sum(0))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            r[j:j + BLOCK] = np.where(den > 0, (a * b).sum(0) / den, np.nan)
+    return r, len(Xa)
 
 
 def unit_moments(pairs, layout, progress=False):
@@ -229,7 +240,7 @@ def unit_moments(pairs, layout, progress=False):
         for doc, a, b in _segments(docs):
             ma.add(doc, Xa[a:b])
             mb.add(doc, Xb[a:b])
-        r, n = _same_unit_correlation(Xa.astype(np.float64), Xb.astype(np.float64))
+        r, n = _same_unit_correlation(Xa, Xb)
         ok = np.isfinite(r)
         rsum[ok] += r[ok] * n
         wsum[ok] += n
@@ -383,12 +394,15 @@ def _selected(units, layout, membership, alpha):
 
 
 # ------------------------------------------------------------------ the command
-def _check_shape_fits(n_docs, k, n_units):
+def _check_shape_fits(n_docs, k, n_units, longest):
+    """Refuse a dual regression that would not fit: the stage-2 map differences of every
+    document, and the float64 working copies of the longest document of both participants."""
     from ..memory import check_fits
 
-    check_fits(int(n_docs) * k * n_units * 4 * 2 + 64 * 2**20,
-               f"dual regression maps of {n_docs} documents x {k} networks x {n_units} units",
-               "ask for fewer components (-k) or convert fewer documents")
+    check_fits(int(n_docs) * k * n_units * 4 * 2 + 8 * int(longest) * n_units * 8 + 64 * 2**20,
+               f"dual regression of {n_docs} documents (the longest {longest} tokens) x {k} "
+               f"networks x {n_units} units",
+               "ask for fewer components (-k) or convert shorter documents")
 
 
 def diff(dataset, reference, candidate, *, task=None, site=None, n_components=20, n_runs=10,
@@ -441,7 +455,7 @@ def diff(dataset, reference, candidate, *, task=None, site=None, n_components=20
     long_docs = sum(ma.count[d] >= min_tokens for d in ma.order)
     check_blocks(long_docs, n_permutations, f"documents of at least {min_tokens} tokens "
                                             f"(twice the {n_components} networks)")
-    _check_shape_fits(long_docs, n_components, layout.n_neurons)
+    _check_shape_fits(long_docs, n_components, layout.n_neurons, max(ma.count.values()))
     group = _group_maps(pairs, layout, n_components, n_runs, random_state, backend, progress)
     clock("group_decomposition")
     mu, sd = ma.pooled()
