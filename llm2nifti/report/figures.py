@@ -181,7 +181,9 @@ def plot_diff_layers(layers, alpha, path, title=""):
         axes[0].plot(rows["layer"], 100 * rows["share_changed"], marker="o", ms=3, label=test)
         axes[1].plot(rows["layer"], rows["mean_abs_effect"], marker="o", ms=3, label=test)
     axes[0].set_ylabel(f"units changed (% past FWE {alpha:g})")
-    axes[1].set_ylabel("mean |effect| over units\n(mean: activation; amplitude: log sd ratio)")
+    axes[1].set_ylabel("mean |effect| over the layer's units")
+    axes[1].set_title("effect: mean, in activation units; amplitude, log sd ratio", fontsize=8)
+    axes[0].set_title("units past FWE per layer", fontsize=8)
     axes[1].set_yscale("symlog", linthresh=1e-3)
     from matplotlib.ticker import MaxNLocator
 
