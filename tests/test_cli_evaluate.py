@@ -71,6 +71,16 @@ def test_evaluate_writes_results_and_figures(tiny_scan, tiny_model_dir, networks
     row = [r for r in grid.splitlines() if "than inhibiting random" in r and "perplexity" in r][0]
     assert [c.strip() for c in row.split("|")[3:6]] == ["yes", "no (the other way round)", "**no**"]
 
+    # one run's verdicts beside another's: bold where they differ, counted in the heading
+    from llm2nifti.intervention.reproduce import beside_grid
+
+    site = lambda summ: [{"site": "mlp", "summary": summ, "evaluation": {"ablations": ["zero"]}}]  # noqa: E731
+    text = beside_grid(site(high), site(low), "stable", "single")
+    assert "Each cell: stable / single" in text and "verdicts)." in text
+    row = [r for r in text.splitlines() if "than inhibiting random" in r and "perplexity" in r][0]
+    assert "**yes / no (the other way round)**" in row
+    assert "(0 of " in beside_grid(site(high), site(high), "a", "b")
+
     table = results_markdown(summary).splitlines()
     assert table[0].startswith("| condition | sets |") and len(table) == 2 + summary.condition.nunique()
     assert any(line.startswith("| inhibit random | 2 | 5 |") and "range" in line for line in table)
