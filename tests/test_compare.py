@@ -49,6 +49,10 @@ def test_correlation_and_matching_agree_with_scipy():
     B[:, [3, 0, 1]] = A + 0.01 * rng.standard_normal((60, 3))
     rows, cols, score = match_score(correlation_matrix(A, B, "pearson"))
     assert cols.tolist() == [3, 0, 1] and score > 0.99
+    # a network reported with the other sign is the same network
+    B[:, 0] *= -1
+    rows, cols, flipped = match_score(correlation_matrix(A, B, "pearson"))
+    assert cols.tolist() == [3, 0, 1] and flipped == pytest.approx(score)
 
 
 def test_lineage_verdict_needs_chance_and_every_independent_model():

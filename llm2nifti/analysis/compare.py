@@ -6,7 +6,9 @@ tokenizers, widths and depths are laid on one axis (:mod:`llm2nifti.acquisition.
 Fingerprint (Liu et al., "Functional Network Fingerprint for Large Language Models",
 arXiv 2601.22692): the networks x networks correlation of two models' network time courses
 (Spearman, as the authors; Pearson too), the networks matched one to one (Hungarian), the
-*score* the mean matched correlation, and the authors' count of matched pairs above 0.5.
+*score* the mean matched correlation, and the authors' count of matched pairs above 0.5. A
+component's sign is arbitrary, so matching, score and count use the correlation's absolute
+value (:func:`match_score`).
 
 Two questions are kept apart, because two models reading one text share a stimulus-driven
 response whatever their lineage (as two brains do):
@@ -62,12 +64,18 @@ def correlation_matrix(A, B, method="spearman"):
 
 
 def match_score(C):
-    """Hungarian one-to-one matching maximising the summed correlation.
+    """Hungarian one-to-one matching maximising the summed absolute correlation.
 
-    Returns ``(rows, cols, score)``: matched indices and the mean matched correlation.
+    An ICA map has no sign: a network and its negation are one network, and which of the two
+    a decomposition reports (the peak made positive) can flip when a map's largest positive
+    and negative values are close, with its time course. Matching and score therefore use
+    ``|r|``; the sign of each matched pair stays in ``C``.
+
+    Returns ``(rows, cols, score)``: matched indices and the mean matched ``|r|``.
     """
-    rows, cols = linear_sum_assignment(np.asarray(C), maximize=True)
-    return rows, cols, float(np.mean(np.asarray(C)[rows, cols]))
+    A = np.abs(np.asarray(C))
+    rows, cols = linear_sum_assignment(A, maximize=True)
+    return rows, cols, float(np.mean(A[rows, cols]))
 
 
 class Alignment:

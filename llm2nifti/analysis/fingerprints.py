@@ -187,7 +187,7 @@ class FingerprintResult:
     reference : str
     summary : pandas.DataFrame
         One row per compared participant: ``role`` (candidate, independent), ``score``,
-        ``score_pearson``, ``n_above`` (matched pairs with r > 0.5), ``null_mean``,
+        ``score_pearson``, ``n_above`` (matched pairs with |r| > 0.5), ``null_mean``,
         ``null_95``, ``p``, ``null``, ``n_words``, ``n_documents``, ``verdict``, ``reason``.
     matrices : dict
         Participant -> ``{"spearman": DataFrame, "pearson": DataFrame}`` (reference networks
@@ -275,7 +275,7 @@ def _compare_pair(ref, other, n_permutations, random_state):
         "reference_depth": ref.depth[r].round(4), "depth": other.depth[c].round(4)})
     row = {"participant": other.participant, "score": round(score, 6),
            "score_pearson": round(match_score(mats["pearson"])[2], 6),
-           "n_above": int((mats["spearman"][r, c] > ABOVE).sum()),
+           "n_above": int((np.abs(mats["spearman"][r, c]) > ABOVE).sum()),
            "n_matched": len(r), "null_mean": round(float(null.mean()), 6),
            "null_95": round(float(np.percentile(null, 95)), 6),
            "p": round(p_value(score, null), 6), "null": kind,
@@ -295,13 +295,16 @@ def _isc(ref, others, frames, random_state):
     for k, net in enumerate(others, 1):
         keys = keys.merge(net.words[["document_id", "word_index"]].assign(
             **{f"_{k}": np.arange(len(net.words))}), on=["document_id", "word_index"])
-    matched = {}
+    matched, signs = {}, {}
     for net in others:
-        r, c, _ = match_score(frames[net.participant]["spearman"].to_numpy())
+        C = frames[net.participant]["spearman"].to_numpy()
+        r, c, _ = match_score(C)
         matched[net.participant] = dict(zip(r, c))
+        # a network matched with its negation is oriented as the reference's
+        signs[net.participant] = {i: (-1.0 if C[i, j] < 0 else 1.0) for i, j in zip(r, c)}
     rows = [i for i in range(len(ref.names)) if all(i in m for m in matched.values())]
     series = np.stack([np.stack([ref.values[keys["_0"], i]] + [
-        net.values[keys[f"_{k}"], matched[net.participant][i]]
+        signs[net.participant][i] * net.values[keys[f"_{k}"], matched[net.participant][i]]
         for k, net in enumerate(others, 1)], axis=1) for i in rows])
     res = intermodel_correlation(series, keys["document_id"].to_numpy(), random_state=random_state)
     table = pd.DataFrame({"network": [ref.names[i] for i in rows],
