@@ -194,6 +194,12 @@ def test_max_t_fwe_planted_effect_and_null():
     # the same seed gives the same null, and memory-bounded batches do not change it
     again = max_t_fwe(D, n_permutations=500, random_state=1)
     assert np.array_equal(again.null_max, res.null_max)
+    # the null's shortcut (t from the largest total^2 / sumsq) equals the plain t of each flip
+    from llm2nifti.analysis.permutation import sign_flips
+
+    plain = np.concatenate([np.abs([one_sample_t(row[:, None] * D) for row in s]).max(axis=1)
+                            for s in sign_flips(20, 500, 1)])
+    assert np.allclose(res.null_max, plain, rtol=1e-9)
 
 
 def test_max_t_fwe_controls_fwe_under_the_null():

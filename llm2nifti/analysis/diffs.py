@@ -330,16 +330,21 @@ def _doc_blocks(pairs, min_tokens, progress):
 def _dual_regressions(pairs, maps, scale, min_tokens, progress):
     """Per document: stage-2 map differences ``(docs, k, units)`` (float32), the time courses'
     log standard-deviation ratios ``(docs, k)``, the documents used and those left out."""
-    from .dualreg import dual_regression
+    from .dualreg import _pinv_rows, dual_regression
 
     mu, sd = scale
+    pinv = _pinv_rows(maps)
     shape, amp, used, left = [], [], [], []
     for doc, Xa, Xb in _doc_blocks(pairs, min_tokens, progress):
         if len(Xa) < min_tokens:
             left.append(doc)
             continue
-        Aa, Ba = dual_regression((Xa - mu) / sd, maps)
-        Ab, Bb = dual_regression((Xb - mu) / sd, maps)
+        Xa -= mu
+        Xa /= sd
+        Xb -= mu
+        Xb /= sd
+        Aa, Ba = dual_regression(Xa, maps, pinv)
+        Ab, Bb = dual_regression(Xb, maps, pinv)
         shape.append((Bb - Ba).astype(np.float32))
         amp.append(np.log(np.maximum(Ab.std(0), _TINY)) - np.log(np.maximum(Aa.std(0), _TINY)))
         used.append(doc)

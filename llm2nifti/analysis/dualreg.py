@@ -20,33 +20,41 @@ import numpy as np
 __all__ = ["stage1", "stage2", "dual_regression"]
 
 
-def stage1(Y, maps):
-    """Time courses ``(T, k)`` of ``maps (k, units)`` in ``Y (T, units)`` (spatial regression)."""
+def _pinv_rows(maps):
+    """``P (units, k)`` with ``Y @ P`` the stage-1 regression of any ``Y (T, units)``.
+
+    With the maps demeaned over units, ``1 @ P = 0``: demeaning ``Y`` over units changes
+    nothing, so it is not done.
+    """
     S = np.asarray(maps, dtype=np.float64)
     S = S - S.mean(axis=1, keepdims=True)
-    Y = np.asarray(Y, dtype=np.float64)
-    Y = Y - Y.mean(axis=1, keepdims=True)
-    coef, *_ = np.linalg.lstsq(S.T, Y.T, rcond=None)
-    return coef.T
+    return S.T @ np.linalg.pinv(S @ S.T)
+
+
+def stage1(Y, maps, pinv=None):
+    """Time courses ``(T, k)`` of ``maps (k, units)`` in ``Y (T, units)`` (spatial regression);
+    ``pinv``: :func:`_pinv_rows` of the maps, when it is reused."""
+    P = _pinv_rows(maps) if pinv is None else pinv
+    return np.asarray(Y, dtype=np.float64) @ P
 
 
 def stage2(Y, A):
     """Maps ``(k, units)`` of the time courses ``A (T, k)`` in ``Y (T, units)``.
 
-    The time courses are demeaned and scaled to unit standard deviation first; the data are
-    demeaned over tokens. A time course without variance gives a map of zeros.
+    The time courses are demeaned and scaled to unit standard deviation first (their
+    columns then sum to 0, so demeaning ``Y`` over tokens changes nothing and is not done).
+    A time course without variance gives a map of zeros.
     """
     A = np.asarray(A, dtype=np.float64)
     A = A - A.mean(axis=0)
     sd = A.std(axis=0)
     A = A / np.where(sd > 0, sd, np.inf)
-    Y = np.asarray(Y, dtype=np.float64)
-    Y = Y - Y.mean(axis=0)
-    coef, *_ = np.linalg.lstsq(A, Y, rcond=None)
-    return coef
+    G = A.T @ A
+    return np.linalg.pinv(G) @ (A.T @ np.asarray(Y, dtype=np.float64))
 
 
-def dual_regression(Y, maps):
+def dual_regression(Y, maps, pinv=None):
     """``(A, B)``: stage-1 time courses ``(T, k)`` and stage-2 maps ``(k, units)`` of ``Y``."""
-    A = stage1(Y, maps)
+    Y = np.asarray(Y, dtype=np.float64)
+    A = stage1(Y, maps, pinv)
     return A, stage2(Y, A)

@@ -375,10 +375,14 @@ def _beside_lines(run, sites, beside):
     other_sites = _site_results(argparse.Namespace(**other["settings"]), beside / "evaluation",
                                 None, figures=False)
     this, that = _label(run["settings"]), _label(other["settings"])
+    differ = [f"`--{k.replace('_', '-')} {other['settings'][k]!r}`" for k in other["settings"]
+              if k != "n_runs" and run["settings"].get(k) != other["settings"][k]]
+    shared = {r["site"] for r in other_sites}
     return ["## Verdicts beside another run's", "",
-            f"The same steps and settings with {that} (`--beside {beside.name}`, "
-            f"{other['seconds'] / 60:.1f} min): does any verdict change when the networks are "
-            "the ones that recur?", "", beside_grid(sites, other_sites, this, that), "",
+            f"The same steps with {that} (`--beside {beside.name}`, {other['seconds'] / 60:.1f} min"
+            + (f"; it differs in {', '.join(differ)}" if differ else "") + "): does any verdict "
+            "change when the networks are the ones that recur?", "",
+            beside_grid([r for r in sites if r["site"] in shared], other_sites, this, that), "",
             *[f"- `{r['site']}`, {that}: {_stability_line(r)}" for r in other_sites], ""]
 
 
