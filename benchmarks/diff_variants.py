@@ -81,15 +81,14 @@ def markdown(rows, tokens, log):
              "of whole documents, FWE 0.05, group CanICA of 20 stable networks), `patch` with its "
              "defaults (20 documents of 64 tokens, 5 random sets).", "",
              "| variant | units changed: mean / amplitude | first changed layer | planted units found "
-             "| units before the planted layer | networks: amplitude / shape changed | diff (s) |",
-             "|---|---|---|---|---|---|---|"]
+             "| units before the planted layer | networks: amplitude / shape changed |",
+             "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['variant']} | {r['mean_units']:,} / {r['amplitude_units']:,} | "
             f"{_fmt(r['mean_first_layer'])} / {_fmt(r['amplitude_first_layer'])} | "
             f"{_fmt(r.get('planted_recall'))} | {_fmt(r.get('before_planted_layer'))} | "
-            f"{r['networks_amplitude_changed']} / {r['networks_shape_changed']} of 20 | "
-            f"{r['diff_s']} |")
+            f"{r['networks_amplitude_changed']} / {r['networks_shape_changed']} of 20 |")
     lines += ["", "Patching (the variant with its changed units set to the base's values):", ""]
     for r in rows:
         for part in r["patching"].split(" | "):
