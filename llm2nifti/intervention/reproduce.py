@@ -369,17 +369,56 @@ def _label(settings):
     return "one decomposition" if n == 1 else f"stable ({n} decompositions)"
 
 
+def _finished_run(work):
+    """A working folder's ``run.json``, or, for a run cut short, what its finished sites say
+    (settings: the sites with an evaluation; seconds unknown)."""
+    if (work / "run.json").is_file():
+        return json.loads((work / "run.json").read_text())
+    done = sorted(p.parent.name for p in (work / "evaluation").glob("*/summary.tsv"))
+    if not done:
+        raise SystemExit(f"{work} holds no finished evaluation: run reproduce there first")
+    from ..analysis import read_stability
+
+    zmaps = _zmaps(work / "scan", done[0])
+    table = read_stability(zmaps[0]) if zmaps else None
+    n_runs = 1 if table is None else int(table["runs"].max())
+    return {"settings": {"sites": ",".join(done), "n_runs": n_runs}, "seconds": None,
+            "partial": True}
+
+
+def _insert_beside(page, work, beside):
+    """Put the verdicts of ``work`` beside those of ``beside`` into an existing ``page``."""
+    from bids_llm.io import write_text
+
+    run = _finished_run(work)
+    sites = _site_results(argparse.Namespace(**run["settings"]), work / "evaluation", None,
+                          figures=False)
+    section = "\n".join(_beside_lines(run, sites, beside))
+    text = page.read_text()
+    head = "## Verdicts beside another run's"
+    if head in text:  # replace the earlier section, up to the next heading of its level
+        start = text.index(head)
+        end = text.find("\n## ", start + len(head))
+        text = text[:start] + text[end + 1:] if end >= 0 else text[:start]
+    at = text.index("\n## Site ")
+    write_text(page, text[:at] + "\n" + section + text[at:])
+    print(f"Wrote {page}")
+
+
 def _beside_lines(run, sites, beside):
     """The section putting this run's verdicts beside another finished run's."""
-    other = json.loads((beside / "run.json").read_text())
+    other = _finished_run(beside)
     other_sites = _site_results(argparse.Namespace(**other["settings"]), beside / "evaluation",
                                 None, figures=False)
     this, that = _label(run["settings"]), _label(other["settings"])
-    differ = [f"`--{k.replace('_', '-')} {other['settings'][k]!r}`" for k in other["settings"]
-              if k != "n_runs" and run["settings"].get(k) != other["settings"][k]]
+    differ = [] if run.get("partial") or other.get("partial") else [
+        f"`--{k.replace('_', '-')} {other['settings'][k]!r}`" for k in other["settings"]
+        if k != "n_runs" and run["settings"].get(k) != other["settings"][k]]
+    when = ("cut short after its finished sites" if other.get("partial") else
+            f"{other['seconds'] / 60:.1f} min")
     shared = {r["site"] for r in other_sites}
     return ["## Verdicts beside another run's", "",
-            f"The same steps with {that} (`--beside {beside.name}`, {other['seconds'] / 60:.1f} min"
+            f"The same steps with {that} (`--beside {beside.name}`, {when}"
             + (f"; it differs in {', '.join(differ)}" if differ else "") + "): does any verdict "
             "change when the networks are the ones that recur?", "",
             beside_grid([r for r in sites if r["site"] in shared], other_sites, this, that), "",
@@ -400,6 +439,9 @@ def main(argv=None):
     p.add_argument("--beside", default=None,
                    help="Another finished run's working folder (e.g. with --n-runs 1): put its "
                         "verdicts beside this run's.")
+    p.add_argument("--into", default=None,
+                   help="With --beside: only put the two runs' verdicts side by side into this "
+                        "existing results page (replacing an earlier such section).")
     p.add_argument("--full", action="store_true",
                    help="The paper's sweep: " + ", ".join(f"--{k.replace('_', '-')} {v}"
                                                           for k, v in FULL.items()) + ".")
@@ -414,8 +456,10 @@ def main(argv=None):
     from ..models import cache_dir
 
     work = Path(a.work) if a.work else cache_dir() / "reproduce"
-    if a.beside and not (Path(a.beside) / "run.json").is_file():
-        raise SystemExit(f"--beside {a.beside} holds no finished run: run reproduce there first")
+    if a.beside:
+        _finished_run(Path(a.beside))  # refuse a folder without a finished evaluation first
+    if a.into:
+        return _insert_beside(Path(a.into), work, Path(a.beside or "."))
     docs = Path(a.docs)
     if a.fresh and not a.render_only and work.exists():
         shutil.rmtree(work)
