@@ -8,7 +8,7 @@ independent, documents are):
 * **unit level** (FSL ``randomise``, nilearn's ``non_parametric_inference``): per unit and
   document the difference of the mean activation (``mean``) and the log ratio of the standard
   deviations (``amplitude``), a one-sample t over documents, and family-wise error control
-  by the maximum |t| over all units under sign flips of whole documents
+  by the maximum ``|t|`` over all units under sign flips of whole documents
   (:mod:`llm2nifti.analysis.permutation`);
 * **network level** (dual regression, :mod:`llm2nifti.analysis.dual_regression`): group CanICA
   over both participants' runs (stable components with ``n_runs`` > 1), then per participant
@@ -53,7 +53,7 @@ class DiffResult:
         Per test (``mean``, ``amplitude``): t, FWE p and effect per unit (layer-major).
     networks : pandas.DataFrame
         Per group network: stability, amplitude ratio (candidate / reference) with its 95%
-        interval, t and FWE p; shape: units past FWE and the largest |t|.
+        interval, t and FWE p; shape: units past FWE and the largest ``|t|``.
     shape : dict of str -> PermutationResult
         Per network, its map's paired difference.
     layers : pandas.DataFrame

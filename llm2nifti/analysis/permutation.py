@@ -95,7 +95,7 @@ class PermutationResult:
         self.t, self.p_fwe, self.null_max, self.effect = t, p_fwe, null_max, effect
 
     def threshold(self, alpha=0.05):
-        """The |t| a test must exceed to pass at FWE ``alpha``."""
+        """The ``|t|`` a test must exceed to pass at FWE ``alpha``."""
         return float(np.quantile(self.null_max, 1 - alpha, method="higher"))
 
 
