@@ -57,7 +57,7 @@ class DiffResult:
     shape : dict of str -> PermutationResult
         Per network, its map's paired difference.
     layers : pandas.DataFrame
-        Per layer and test: units past FWE, their share, the mean |effect|.
+        Per layer and test: units past FWE, their share, the mean ``|effect|``.
     correspondence : ndarray of shape (n_layers,)
         Per layer, the median over units of the correlation of a unit with the same unit of
         the other participant over tokens.
