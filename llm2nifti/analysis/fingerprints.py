@@ -187,7 +187,7 @@ class FingerprintResult:
     reference : str
     summary : pandas.DataFrame
         One row per compared participant: ``role`` (candidate, independent), ``score``,
-        ``score_pearson``, ``n_above`` (matched pairs with |r| > 0.5), ``null_mean``,
+        ``score_pearson``, ``n_above`` (matched pairs with ``|r|`` > 0.5), ``null_mean``,
         ``null_95``, ``p``, ``null``, ``n_words``, ``n_documents``, ``verdict``, ``reason``.
     matrices : dict
         Participant -> ``{"spearman": DataFrame, "pearson": DataFrame}`` (reference networks
