@@ -344,7 +344,7 @@ def _site_results(a, evaluation, docs, figures=True):
     from .experiment import verdicts
 
     out = []
-    figdir = docs / "figures"
+    figdir = docs / "figures" if figures else None
     for site in _sites(a):
         folder = evaluation / site
         summary = pd.read_csv(folder / "summary.tsv", sep="\t")
@@ -390,7 +390,7 @@ def _insert_beside(page, work, beside):
     """Put the verdicts of ``work`` beside those of ``beside`` into an existing ``page``."""
     from bids_llm.io import write_text
 
-    run = _finished_run(work)
+    run = dict(_finished_run(work), name=work.name)
     sites = _site_results(argparse.Namespace(**run["settings"]), work / "evaluation", None,
                           figures=False)
     section = "\n".join(_beside_lines(run, sites, beside))
@@ -417,12 +417,18 @@ def _beside_lines(run, sites, beside):
     when = ("cut short after its finished sites" if other.get("partial") else
             f"{other['seconds'] / 60:.1f} min")
     shared = {r["site"] for r in other_sites}
+    source = (f"The verdicts of another run with {this} (`{run['name']}`, the same settings, "
+              "cut short after its finished sites) beside those of a run" if run.get("name")
+              else "The same steps")
     return ["## Verdicts beside another run's", "",
-            f"The same steps with {that} (`--beside {beside.name}`, {when}"
+            f"{source} with {that} (`--beside {beside.name}`, {when}"
             + (f"; it differs in {', '.join(differ)}" if differ else "") + "): does any verdict "
             "change when the networks are the ones that recur?", "",
             beside_grid([r for r in sites if r["site"] in shared], other_sites, this, that), "",
-            *[f"- `{r['site']}`, {that}: {_stability_line(r)}" for r in other_sites], ""]
+            *[f"- `{r['site']}`, {label}: key set {r['evaluation']['n_key_neurons']:,} units in "
+              f"{r['evaluation']['n_networks']} networks. {_stability_line(r)}"
+              for label, rows in ((this, [r for r in sites if r["site"] in shared]),
+                                  (that, other_sites)) for r in rows], ""]
 
 
 def main(argv=None):
