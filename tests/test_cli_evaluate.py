@@ -80,6 +80,22 @@ def test_evaluate_writes_results_and_figures(tiny_scan, tiny_model_dir, networks
     row = [r for r in text.splitlines() if "than inhibiting random" in r and "perplexity" in r][0]
     assert "**yes / no (the other way round)**" in row
     assert "(0 of " in beside_grid(site(high), site(high), "a", "b")
+    # reproduce --into: two working folders cut short after one site, one page, one section
+    import shutil
+
+    from llm2nifti.intervention.reproduce import main as reproduce
+
+    for name, summ in (("a", high), ("b", low)):
+        (tmp_path / name / "evaluation" / "mlp").mkdir(parents=True)
+        summ.to_csv(tmp_path / name / "evaluation" / "mlp" / "summary.tsv", sep="\t", index=False)
+        shutil.copyfile(out / "evaluation.json", tmp_path / name / "evaluation" / "mlp" / "evaluation.json")
+    page = tmp_path / "results.md"
+    page.write_text("# Results\n\n## Site `mlp`\n\ntext\n")
+    for _ in range(2):  # a second call replaces the section
+        reproduce(["--work", str(tmp_path / "a"), "--beside", str(tmp_path / "b"), "--into", str(page)])
+    text = page.read_text()
+    assert text.count("## Verdicts beside another run's") == 1 and text.endswith("text\n")
+    assert "**yes / no (the other way round)**" in text and "`--beside b`" in text
 
     table = results_markdown(summary).splitlines()
     assert table[0].startswith("| condition | sets |") and len(table) == 2 + summary.condition.nunique()
