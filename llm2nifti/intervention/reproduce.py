@@ -4,7 +4,7 @@ Runs the command line as a user would, each step in its own process::
 
     for each unit site (mlp, mlp-out):
         llm2nifti convert    WORK/scan --site SITE  (the Lee news corpus, the default model)
-        llm2nifti decompose  WORK/scan --site SITE     (CanICA)
+        llm2nifti decompose  WORK/scan --site SITE     (CanICA; --n-runs 10: stable networks)
         llm2nifti networks   <z-maps>                  (|z| > 3.6)
         llm2nifti evaluate   <networks.tsv> --ablation zero,mean [--k ... on the first site]
     llm2nifti prune      <networks.tsv of the first site> --remove
@@ -16,7 +16,10 @@ into the page.
 
 Usage: ``python -m llm2nifti.intervention.reproduce [--work DIR] [--docs docs] [--fresh]``; the
 working folder defaults to ``<cache>/reproduce`` (see :func:`llm2nifti.models.cache_dir`),
-finished scan and decomposition steps there are reused unless ``--fresh``.
+finished scan and decomposition steps there are reused unless ``--fresh``. ``--n-runs 1``
+decomposes once (``--n-init`` starts) instead of clustering 10 decompositions; ``--beside DIR``
+puts another run's verdicts beside this one's (bold where they differ), and with ``--into
+PAGE`` only that section is written into an existing results page.
 """
 
 from __future__ import annotations
