@@ -63,7 +63,7 @@ bench: $(STAMP) demo
 
 # convert -> decompose -> networks -> evaluate -> prune on the default model; writes
 # docs/results.md at two unit sites with both ablation kinds, networks stable over 10 decompositions
-# (37.5 min measured with one decomposition; the 10 clustered nilearn ones add about 8 min per site;
+# (37.5 min measured with one decomposition, more with the 10 clustered nilearn decompositions;
 # ~1 GB in the cache folder; `python -m llm2nifti.intervention.reproduce --n-runs 1`: one decomposition).
 reproduce: $(STAMP)
 	$(PY) -m llm2nifti.intervention.reproduce --fresh
