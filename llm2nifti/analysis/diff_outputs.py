@@ -62,6 +62,12 @@ def _volume(layout, values):
     return index_img(layout.to_img(np.asarray(values, dtype=np.float32)[None]), 0)
 
 
+def _finite(values):
+    """``+-inf`` (a difference without spread) as the largest float32, so that viewers read it."""
+    values = np.asarray(values)
+    return np.where(np.isfinite(values), values, np.sign(values) * np.finfo(np.float32).max)
+
+
 def _write_units(result, statmap, common):
     from bids_llm.io import save_img, write_json
 
@@ -69,8 +75,7 @@ def _write_units(result, statmap, common):
     for test, res in result.units.items():
         for stat, values in (("t", res.t), ("pfwe", res.p_fwe), ("effect", res.effect)):
             path = statmap(test, stat)
-            finite = np.where(np.isfinite(values), values, np.sign(values) * np.finfo(np.float32).max)
-            save_img(_volume(result.layout, finite), path)
+            save_img(_volume(result.layout, _finite(values)), path)
             write_json(path.with_suffix(".json"), dict(common, Test=test, Statistic=stat,
                                                        NullMaxTThreshold=res.threshold(result.alpha)))
             out[f"{test}_{stat}"] = path
@@ -83,8 +88,8 @@ def _write_shape(result, statmap, common):
     out = {}
     names = list(result.shape)
     for stat in ("t", "pfwe"):
-        values = np.stack([getattr(result.shape[n], "t" if stat == "t" else "p_fwe") for n in names])
-        values = np.where(np.isfinite(values), values, np.sign(values) * np.finfo(np.float32).max)
+        values = _finite(np.stack([getattr(result.shape[n], "t" if stat == "t" else "p_fwe")
+                                   for n in names]))
         path = statmap("shape", stat)
         save_img(result.layout.to_img(values.astype(np.float32)), path)
         write_json(path.with_suffix(".json"), dict(common, Test="shape (dual regression stage 2)",

@@ -152,13 +152,16 @@ def _documents_of(run_a, run_b):
 
 
 # ------------------------------------------------------------------ pass 1: moments per document
+BLOCK = 8192  # units per block of the float64 passes: memory stays at tokens x BLOCK
+
+
 class _Moments:
     """Per (document, unit) count, mean and sum of squared deviations, merged across runs
     (Chan et al.'s pairwise update: exact to rounding, no catastrophic cancellation)."""
 
-    def __init__(self, n_units):
-        self.n_units = n_units
+    def __init__(self):
         self.order, self.count, self.mean, self.m2 = [], {}, {}, {}
+        self.documents = []  # each run's token documents, in the order of the runs added
 
     def add(self, doc, X):
         n = len(X)
@@ -202,8 +205,6 @@ def _segments(docs):
     return [(docs[a], int(a), int(b)) for a, b in zip(starts, stops)]
 
 
-BLOCK = 8192  # units per block of the float64 passes: memory stays at tokens x BLOCK
-
 
 def _same_unit_correlation(Xa, Xb):
     """Per unit, the correlation of the two participants' values over a run's tokens."""
@@ -221,15 +222,17 @@ def _same_unit_correlation(Xa, Xb):
 
 def unit_moments(pairs, layout, progress=False):
     """Pass over the paired runs: per-document moments of both participants and, per unit,
-    the token-weighted same-index correlation. Returns ``(moments_a, moments_b, corr)``."""
+    the token-weighted same-index correlation. Returns ``(moments_a, moments_b, corr)``;
+    ``moments_a.documents`` holds each run pair's token documents, for the second pass."""
     from tqdm.auto import tqdm
 
     from bids_llm.dataset import check_finite, load_run
 
-    ma, mb = _Moments(layout.n_neurons), _Moments(layout.n_neurons)
+    ma, mb = _Moments(), _Moments()
     rsum, wsum = np.zeros(layout.n_neurons), np.zeros(layout.n_neurons)
     for ra, rb in tqdm(pairs, desc="diff: read runs", unit="run", disable=not progress):
         docs = _documents_of(ra, rb)
+        ma.documents.append(docs)
         Xa, neurons = load_run(ra)
         check_finite(Xa, ra.path, neurons)
         Xb, _ = load_run(rb)
@@ -272,7 +275,7 @@ def _unit_tests(ma, mb, n_permutations, random_state):
 
     docs = [d for d in ma.order if ma.count[d] >= 2]
     left_out = [d for d in ma.order if ma.count[d] < 2]
-    n, mean_a, sd_a = ma.arrays(docs)
+    _, mean_a, sd_a = ma.arrays(docs)
     _, mean_b, sd_b = mb.arrays(docs)
     D = {"mean": mean_b - mean_a,
          "amplitude": np.log(np.maximum(sd_b, _TINY)) - np.log(np.maximum(sd_a, _TINY))}
@@ -304,16 +307,16 @@ def _group_maps(pairs, layout, n_components, n_runs, random_state, backend, prog
     return est.fit(runs, layout)
 
 
-def _doc_blocks(pairs, min_tokens, progress):
-    """Yield ``(document, Xa, Xb)`` whole documents (joined across runs) of ``min_tokens`` or
-    more tokens; the shorter ones are collected in the generator's ``left`` list."""
+def _doc_blocks(pairs, run_documents, progress):
+    """Yield ``(document, Xa, Xb)``: whole documents (joined across runs), in float64;
+    ``run_documents``: each run pair's token documents (from the first pass)."""
     from tqdm.auto import tqdm
 
     from bids_llm.dataset import load_run
 
     current, parts_a, parts_b = None, [], []
-    for ra, rb in tqdm(pairs, desc="diff: dual regression", unit="run", disable=not progress):
-        docs = _documents_of(ra, rb)
+    for (ra, rb), docs in tqdm(list(zip(pairs, run_documents)), desc="diff: dual regression",
+                               unit="run", disable=not progress):
         Xa, _ = load_run(ra)
         Xb, _ = load_run(rb)
         for doc, a, b in _segments(docs):
@@ -327,7 +330,7 @@ def _doc_blocks(pairs, min_tokens, progress):
         yield current, np.concatenate(parts_a), np.concatenate(parts_b)
 
 
-def _dual_regressions(pairs, maps, scale, min_tokens, progress):
+def _dual_regressions(pairs, run_documents, maps, scale, min_tokens, progress):
     """Per document: stage-2 map differences ``(docs, k, units)`` (float32), the time courses'
     log standard-deviation ratios ``(docs, k)``, the documents used and those left out."""
     from .dualreg import _pinv_rows, dual_regression
@@ -335,7 +338,7 @@ def _dual_regressions(pairs, maps, scale, min_tokens, progress):
     mu, sd = scale
     pinv = _pinv_rows(maps)
     shape, amp, used, left = [], [], [], []
-    for doc, Xa, Xb in _doc_blocks(pairs, min_tokens, progress):
+    for doc, Xa, Xb in _doc_blocks(pairs, run_documents, progress):
         if len(Xa) < min_tokens:
             left.append(doc)
             continue
@@ -465,7 +468,7 @@ def diff(dataset, reference, candidate, *, task=None, site=None, n_components=20
     clock("group_decomposition")
     mu, sd = ma.pooled()
     shape_d, amp, _, left_networks = _dual_regressions(
-        pairs, group.components_, (mu, np.where(sd > 0, sd, 1.0)), min_tokens, progress)
+        pairs, ma.documents, group.components_, (mu, np.where(sd > 0, sd, 1.0)), min_tokens, progress)
     clock("dual_regression")
     from .selection import network_names
 

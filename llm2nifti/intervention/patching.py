@@ -163,10 +163,6 @@ class PatchResult:
     paths: dict = field(default_factory=dict)
 
 
-def _log_ppl(scores):
-    return float(scores.nll.sum() / scores.n_tokens.sum())
-
-
 def _closed(base, var, patched):
     """Share of the log-perplexity gap closed, from per-document sums (arrays)."""
     b, v, p = (x[0].sum(axis=-1) / x[1].sum(axis=-1) for x in (base, var, patched))
@@ -174,16 +170,20 @@ def _closed(base, var, patched):
         return (v - p) / (v - b)
 
 
-def _bootstrap_closed(base, var, patched, n_boot=2000, random_state=0):
+def _bootstrap(rb, rv, rp, n_boot=2000, random_state=0):
+    """95% bootstrap intervals over documents (one set of resamples): the variant's
+    log-perplexity gap to the base, and the share of it that patching closes."""
     rng = np.random.default_rng(random_state)
-    idx = rng.integers(0, len(base[0]), size=(n_boot, len(base[0])))
-    take = [tuple(a[idx] for a in x) for x in (base, var, patched)]
-    values = _closed(*take)
-    values = values[np.isfinite(values)]
-    return tuple(np.quantile(values, [0.025, 0.975])) if values.size else (np.nan, np.nan)
+    idx = rng.integers(0, len(rb[0]), size=(n_boot, len(rb[0])))
+    b, v, p = (r[0][idx].sum(1) / r[1][idx].sum(1) for r in (rb, rv, rp))
+    gap = tuple(np.quantile(v - b, [0.025, 0.975]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        closed = (v - p) / (v - b)
+    closed = closed[np.isfinite(closed)]
+    return gap, tuple(np.quantile(closed, [0.025, 0.975])) if closed.size else (np.nan, np.nan)
 
 
-def _score_text(base, variant, tokenizer, docs, units, site, seeds, max_doc_tokens):
+def _score_text(base, variant, tokenizer, docs, units, site, widths, seeds, max_doc_tokens):
     from .controls import random_like
     from .evaluation import Evaluator
 
@@ -201,25 +201,14 @@ def _score_text(base, variant, tokenizer, docs, units, site, seeds, max_doc_toke
 
     rb, rv = evaluate(base), evaluate(variant)
     rp = evaluate(variant, units)
-    found = Patch(variant, base, units, site).site_
-    widths = dict(zip(found.layers, found.widths))
     rand = [evaluate(variant, random_like(units, widths, seed=s)) for s in seeds]
     return rb, rv, rp, rand
 
 
-def _gap_ci(rb, rv, n_boot=2000, random_state=0):
-    """95% bootstrap interval (over documents) of the variant's log-perplexity gap."""
-    rng = np.random.default_rng(random_state)
-    idx = rng.integers(0, len(rb[0]), size=(n_boot, len(rb[0])))
-    gap = rv[0][idx].sum(1) / rv[1][idx].sum(1) - rb[0][idx].sum(1) / rb[1][idx].sum(1)
-    return tuple(np.quantile(gap, [0.025, 0.975]))
-
-
 def _rows(text, rb, rv, rp, rand, n_units):
     ppl = lambda r: float(np.exp(r[0].sum() / r[1].sum()))  # noqa: E731
-    glo, ghi = _gap_ci(rb, rv)
+    (glo, ghi), (lo, hi) = _bootstrap(rb, rv, rp)
     closed_r = np.array([_closed(rb, rv, r) for r in rand])
-    lo, hi = _bootstrap_closed(rb, rv, rp)
     rows = [{"text": text, "condition": "base", "perplexity": ppl(rb), "closed": 1.0},
             {"text": text, "condition": "variant", "perplexity": ppl(rv), "closed": 0.0,
              "gap_ci_low": glo, "gap_ci_high": ghi},
@@ -331,11 +320,13 @@ def patch_gap(units, dataset, reference, candidate, *, test=None, texts=None, n_
     base, tok_b = load_model(ref_path, dtype="float32")
     variant, tok_v = load_model(cand_path, dtype="float32")
     _same_tokenizer(tok_b, tok_v)
-    key = nset.union().check_site(Patch(variant, base, {}, nset.site).site_).per_layer()
+    found = Patch(variant, base, {}, nset.site).site_  # refuses models whose units differ
+    key = nset.union().check_site(found).per_layer()
+    widths = dict(zip(found.layers, found.widths))
     rows, verdicts = [], []
     for text in _texts(texts, cand_path):
         docs = load_documents(text)[:n_docs]
-        scored = _score_text(base, variant, tok_v, docs, key, nset.site, range(seeds),
+        scored = _score_text(base, variant, tok_v, docs, key, nset.site, widths, range(seeds),
                              max_doc_tokens)
         rows += (new := _rows(str(text), *scored, len(nset)))
         verdicts.append(_verdict(str(text), new))
