@@ -6,7 +6,7 @@ near 1 whatever the seed. With one decomposition per model the score moves with 
 decompositions' optima; with stable components (ICASSO over ``--n-runs``) it should not.
 
     python benchmarks/bench_stable_fingerprint.py WORKDIR [--tokens 4096,8192] [--seeds 0,1,2]
-        [--n-runs 1,10] [--site mlp] [--min-stability none,0.9]
+        [--n-runs 10,50] [--site mlp] [--min-stability all,0.9]
 
 Prints one row per (tokens, n-runs, seed) and, per (tokens, n-runs), the spread of the scores.
 Each fingerprint decomposes both models afresh (earlier decompositions are removed first).
@@ -39,12 +39,12 @@ def main():
     ap.add_argument("work", type=Path)
     ap.add_argument("--tokens", default="4096,8192")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--n-runs", default="1,10")
+    ap.add_argument("--n-runs", default="10,50")
     ap.add_argument("--site", default="mlp")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--min-stability", default="none",
-                    help="Comma-separated reference thresholds scored on the same decompositions "
-                         "(none: every network).")
+    ap.add_argument("--min-stability", default="all,0.9",
+                    help="Comma-separated values of fingerprint's --min-stability (a number, auto "
+                         "or all), scored on the same decompositions.")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     permuted = a.work / "permuted"
@@ -61,10 +61,9 @@ def main():
                 shutil.rmtree(ds / "derivatives" / "llm2nifti-canica", ignore_errors=True)
                 for least in a.min_stability.split(","):  # the decompositions are made once
                     shutil.rmtree(ds / "derivatives" / "llm2nifti-fingerprint", ignore_errors=True)
-                    extra = [] if least == "none" else ["--min-stability", least]
                     _, seconds = run("fingerprint", ds, "-r", "ref", "-c", "perm", "--random-state",
                                      seed, "--n-runs", n_runs, "--n-permutations", 200, "--no-rsa",
-                                     "--threads", a.threads, "-q", *extra)
+                                     "--threads", a.threads, "-q", "--min-stability", least)
                     table = next((ds / "derivatives" / "llm2nifti-fingerprint").rglob("*_fingerprint.tsv"))
                     found = pd.read_csv(table, sep="\t").set_index("participant").loc["perm"]
                     rows.append({"tokens": tokens, "n_runs": n_runs, "min_stability": least,

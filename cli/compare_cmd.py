@@ -58,12 +58,15 @@ def words(dataset, participant, site, task, pool, output, quiet):
               help="CanICA components of a participant that has no decomposition yet.")
 @click.option("--threshold", "-t", type=float, default=3.6, show_default=True,
               help="|z| threshold of the networks.")
-@click.option("--n-runs", type=int, default=10, show_default=True,
+@click.option("--n-runs", type=int, default=50, show_default=True,
               help="Decompositions clustered into the stable components of a participant that "
-                   "has no decomposition yet (1: a single decomposition).")
-@click.option("--min-stability", type=float, default=None,
+                   "has no decomposition yet (1: a single decomposition; 50 make a "
+                   "unit-permuted copy score alike whatever the seed, 10 did not).")
+@click.option("--min-stability", default="auto", show_default=True, metavar="NUMBER|auto|all",
               help="Compare only the reference's networks whose stability (decompose --n-runs) "
-                   "is at least this; the other models keep all theirs.")
+                   "is at least this; the other models keep all theirs. auto: 0.9 where the "
+                   "reference's maps have stabilities, all where they rest on one "
+                   "decomposition; all: every network.")
 @click.option("--no-rsa", is_flag=True, help="Skip the layer x layer RSA and CKA.")
 @click.option("--random-state", type=int, default=0, show_default=True, help="Seed.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")
@@ -87,20 +90,31 @@ def fingerprint(dataset, reference, candidates, independent, random_copies, site
             raise click.BadParameter(f"{item!r}: give PARTICIPANT=path/to/networks.tsv",
                                      param_hint="--networks")
         tables[who] = Path(path)
+    if min_stability not in ("auto", "all"):
+        try:
+            min_stability = float(min_stability)
+        except ValueError:
+            raise click.BadParameter(f"{min_stability!r}: give a number, auto or all",
+                                     param_hint="--min-stability") from None
     res = run(dataset, reference, candidates, independent=independent, n_random=random_copies,
               task=task, site=site, pool=pool, n_permutations=n_permutations,
               threshold=threshold, n_components=n_components, random_state=random_state,
               rsa=not no_rsa, networks=tables, output=output, threads=threads,
-              progress=not quiet, n_runs=n_runs, min_stability=min_stability)
+              progress=not quiet, n_runs=n_runs,
+              min_stability=None if min_stability == "all" else min_stability)
     for r in res.summary.itertuples():
         click.echo(f"sub-{r.participant} ({r.role}): score {r.score:.3f} (null mean "
                    f"{r.null_mean:.3f}, 95th {r.null_95:.3f}; p = {r.p:.3g}; {r.n_above}/"
                    f"{r.n_matched} pairs > 0.5) -> {r.verdict}")
+    if res.min_stability is not None:
+        kept = len(next(iter(res.matrices.values()))["spearman"])
+        click.echo(f"  compared the {kept} networks of sub-{reference} with a stability of "
+                   f"{res.min_stability:g} or more; --min-stability all compares every one")
     single = [p for p, n in [(reference, res.reference_decompositions),
                              *zip(res.summary["participant"], res.summary["decompositions"])] if n == 1]
     if single:
         click.echo(f"  networks of {', '.join(f'sub-{p}' for p in single)} rest on one decomposition "
-                   "(an earlier decompose): they move with its seed; decompose --n-runs 10 first")
+                   "(an earlier decompose): they move with its seed; decompose --n-runs 50 first")
     click.echo(f"Wrote {res.paths['summary']}")
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 
 import numpy as np
@@ -170,6 +171,7 @@ def test_fingerprint_cli_writes_its_outputs(readers):
     (["-r", "a", "-c", "b", "--n-permutations", "0"], "at least 1"),
     (["-r", "a", "-c", "b", "--networks", "q=x.tsv"], "not compared"),
     (["-r", "a", "-c", "lonely"], "no common documents"),
+    (["-r", "a", "-c", "b", "--min-stability", "high"], "give a number, auto or all"),
 ])
 def test_bad_comparisons_get_one_line_and_write_nothing(readers, tmp_path, args, message):
     import shutil
@@ -186,3 +188,60 @@ def test_bad_comparisons_get_one_line_and_write_nothing(readers, tmp_path, args,
     assert message in out.output and len(out.output.strip().splitlines()) == 1
     assert not (copy / "derivatives" / "llm2nifti-fingerprint").exists()
     assert not (copy / "derivatives" / "llm2nifti-canica").exists()
+
+
+def test_fingerprint_cli_decomposes_as_many_times_as_the_function():
+    from llm2nifti.analysis.fingerprints import N_RUNS, participant_networks
+
+    option = next(p for p in main.commands["fingerprint"].params if p.name == "n_runs")
+    assert option.default == N_RUNS > 1
+    assert inspect.signature(fingerprint).parameters["n_runs"].default == N_RUNS
+    assert inspect.signature(participant_networks).parameters["n_runs"].default == N_RUNS
+
+
+def test_fingerprint_compares_the_reference_networks_that_recur_by_default(readers, tmp_path):
+    """By default the comparison keeps the reference's networks of stability 0.9 or more (the
+    stabilities planted in its table), `all` keeps every one, and a reference decomposed once
+    is compared whole and said to be."""
+    import shutil
+
+    from llm2nifti.analysis.stability import stability_paths
+
+    root, _, _ = readers
+    copy = tmp_path / "ds"
+    shutil.copytree(root, copy, ignore=shutil.ignore_patterns("llm2nifti-fingerprint"))
+    out_dir = copy / "derivatives" / "llm2nifti-fingerprint" / "sub-a"
+    common = [str(copy), "-r", "a", "-c", "b", "-k", "8", "-t", "2", "--n-permutations", "50",
+              "--no-rsa", "-q"]
+
+    def compared(*extra):
+        out = CliRunner().invoke(main, ["fingerprint", *common, *extra])
+        assert out.exit_code == 0, out.output
+        record = json.loads((out_dir / "sub-a_task-planted_fingerprint.json").read_text())
+        matrix = pd.read_csv(out_dir / "sub-a_task-planted_desc-b_spearman.tsv", sep="\t",
+                             index_col=0)
+        return out.output, record["ReferenceMinStability"], list(matrix.index)
+
+    def decompose(n_runs):
+        shutil.rmtree(copy / "derivatives" / "llm2nifti-canica", ignore_errors=True)
+        done = CliRunner().invoke(main, ["decompose", str(copy), "--participant", "a", "-k", "8",
+                                         "--backend", "fast", "--n-runs", str(n_runs), "-q"])
+        assert done.exit_code == 0, done.output
+        return next((copy / "derivatives" / "llm2nifti-canica" / "sub-a").rglob(
+            "*_desc-canica_components.nii"))
+
+    path, _ = stability_paths(decompose(5))
+    planted = [0.99, 0.95, 0.5, 0.91, 0.2, 0.89, 0.97, 0.3]
+    pd.read_csv(path, sep="\t").assign(stability=planted).to_csv(path, sep="\t", index=False)
+    output, least, rows = compared()
+    assert least == 0.9 and rows == ["FN00", "FN01", "FN03", "FN06"]
+    assert "compared the 4 networks of sub-a with a stability of 0.9" in output
+    output, least, rows = compared("--min-stability", "0.95")
+    assert least == 0.95 and rows == ["FN00", "FN01", "FN06"]
+    output, least, rows = compared("--min-stability", "all")
+    assert least is None and len(rows) == 8 and "compared the" not in output
+
+    decompose(1)
+    output, least, rows = compared()
+    assert least is None and len(rows) == 8
+    assert "sub-a rest on one decomposition" in output

@@ -67,6 +67,7 @@ def write_fingerprint(result, ds, task, site, pool, pipeline, output=None):
     write_json(paths["json"], {
         "Reference": ref, "Task": task, "Site": site, "Pool": pool,
         "ReferenceDecompositions": result.reference_decompositions,
+        "ReferenceMinStability": result.min_stability,
         "Method": "CanICA networks (|z| past the threshold), signed mean time courses pooled "
                   "to words; Spearman correlation; Hungarian matching; score = mean matched r",
         "Comparisons": [dict(r, Null=[round(float(v), 6) for v in result.nulls[r["participant"]]])

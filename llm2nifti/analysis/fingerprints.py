@@ -20,9 +20,22 @@ import numpy as np
 from ..errors import UsageError
 
 __all__ = ["fingerprint", "FingerprintResult", "ParticipantNetworks", "participant_networks",
-           "random_copies", "PIPELINE_FINGERPRINT"]
+           "random_copies", "PIPELINE_FINGERPRINT", "N_RUNS", "MIN_STABILITY"]
 
 PIPELINE_FINGERPRINT = "llm2nifti-fingerprint"
+
+# Decompositions clustered into each model's networks when fingerprint makes them. Chosen by
+# measurement (benchmarks/bench_stable_fingerprint.py, embedded model and its unit-permuted
+# copy, k = 20, seeds 0-4): at 8,192 tokens a few of the 20 components have near-equally
+# frequent alternative optima, and 10 decompositions sample them differently in the two models
+# (scores 0.910-0.945); 50 sample them alike. 50 cost about 1.6x 10 (the per-run reductions are
+# shared; only the group step and FastICA repeat).
+N_RUNS = 50
+# The reference's networks compared by default, where its maps have stabilities: those found
+# alike every time. Over the same seeds, the components below it are the ones whose alternative
+# optima the two models' clusterings settle differently (all 20: 0.932-0.981 at 8,192 tokens;
+# those at 0.9 or more: 0.973-0.993).
+MIN_STABILITY = 0.9
 
 
 @dataclass
@@ -58,7 +71,8 @@ class ParticipantNetworks:
     slices: list = field(default_factory=list)
 
 
-def _components(ds, participant, task, site, n_components, backend, random_state, n_runs=10):
+def _components(ds, participant, task, site, n_components, backend, random_state,
+                n_runs=N_RUNS):
     """A CanICA components image of the participant: the dataset's, else one made now (stable
     components of ``n_runs`` decompositions)."""
     from bids_llm.dataset import acq_for
@@ -78,7 +92,7 @@ def _components(ds, participant, task, site, n_components, backend, random_state
 
 def participant_networks(ds, participant, task, site, *, pool="mean", threshold=3.6,
                          n_components=20, backend="fast", random_state=0, networks_tsv=None,
-                         n_runs=10, min_stability=None):
+                         n_runs=N_RUNS, min_stability=None):
     """:class:`ParticipantNetworks` of one participant (see the module)."""
     from bids_llm.dataset import load_run
 
@@ -203,6 +217,8 @@ class FingerprintResult:
     reference_decompositions : int or str
         How many decompositions the reference's networks rest on (the summary's
         ``decompositions`` column says it for the others; ``"networks.tsv"``: given).
+    min_stability : float or None
+        The stability the reference's compared networks have at least (None: every network).
     paths : dict
     """
 
@@ -214,6 +230,7 @@ class FingerprintResult:
     isc: object = None
     rsa: dict | None = None
     reference_decompositions: object = 1
+    min_stability: float | None = None
     paths: dict = field(default_factory=dict)
 
 
@@ -322,7 +339,7 @@ def _isc(ref, others, frames, random_state):
 def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, task=None,
                 site=None, pool="mean", n_permutations=1000, threshold=3.6, n_components=20,
                 backend="fast", random_state=0, rsa=True, alpha=0.05, networks=None,
-                output=None, threads=None, progress=False, n_runs=10, min_stability=None):
+                output=None, threads=None, progress=False, n_runs=N_RUNS, min_stability="auto"):
     """Compare a reference model with candidates, as subjects reading one text.
 
     Parameters
@@ -347,11 +364,15 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
         Networks: ``|z|`` threshold and the CanICA made when a participant has none (stable
         components of ``n_runs`` decompositions, :class:`~llm2nifti.analysis.StableDecomposition`; one
         decomposition's networks move with its seed).
-    min_stability : float, optional
+    min_stability : float, "auto" or None
         Compare only the reference's networks whose stability (ICASSO Iq) is at least this;
         every other model keeps all its networks, so that a network the reference finds
         every time can meet its counterpart however tightly the other model's clustering
-        holds that counterpart.
+        holds that counterpart. ``"auto"``: :data:`MIN_STABILITY` (0.9) where the reference's
+        maps have stabilities, every network where they rest on one decomposition or a
+        ``networks.tsv``; None: every network. Components below it have alternative optima
+        that two decompositions of the same data settle differently (see the stable networks
+        guide).
     rsa : bool
         Also compare every layer of the reference with every layer of each model
         (:func:`~llm2nifti.analysis.rsa.layer_similarity`).
@@ -391,12 +412,19 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
     _preflight(ds, reference, candidates + independent, task, site, n_permutations)
     randoms = random_copies(ds, reference, task, site, n_random, seed=random_state,
                             threads=threads, progress=progress) if n_random else []
-    nets = {p: participant_networks(ds, p, task, site, pool=pool, threshold=threshold,
+    least = {}  # the reference's threshold, once its decomposition exists
+
+    def networks_of(p):
+        if p == reference:
+            least["value"] = _resolve_min_stability(ds, p, task, site, min_stability, networks,
+                                                    n_components, backend, random_state, n_runs)
+        return participant_networks(ds, p, task, site, pool=pool, threshold=threshold,
                                     n_components=n_components, backend=backend, n_runs=n_runs,
-                                    min_stability=min_stability if p == reference else None,
+                                    min_stability=least["value"] if p == reference else None,
                                     random_state=random_state,
                                     networks_tsv=(networks or {}).get(p))
-            for p in [reference, *candidates, *independent, *randoms]}
+
+    nets = {p: networks_of(p) for p in [reference, *candidates, *independent, *randoms]}
     ref = nets[reference]
     rows, matrices, pairs, nulls = [], {}, {}, {}
     for p in [*candidates, *independent, *randoms]:
@@ -415,9 +443,27 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
         similarity = {p: layer_similarity(ds, ref, nets[p], n_permutations=n_permutations,
                                           random_state=random_state) for p in nets if p != reference}
     result = FingerprintResult(reference, summary, matrices, pairs, nulls, isc, similarity,
-                               reference_decompositions=_n_decompositions(ref))
+                               reference_decompositions=_n_decompositions(ref),
+                               min_stability=least["value"])
     result.paths = write_fingerprint(result, ds, task, site, pool, PIPELINE_FINGERPRINT, output)
     return result
+
+
+def _resolve_min_stability(ds, reference, task, site, min_stability, networks, n_components,
+                           backend, random_state, n_runs):
+    """The reference's ``min_stability``: ``"auto"`` becomes :data:`MIN_STABILITY` where its
+    maps have stabilities (decomposing them now if missing), None where they cannot."""
+    if isinstance(min_stability, str):
+        if min_stability != "auto":
+            raise UsageError(f"--min-stability {min_stability!r}: give a number, auto or all")
+        if (networks or {}).get(reference) is not None:
+            return None
+        from .stability import read_stability
+
+        components = _components(ds, reference, task, site, n_components, backend,
+                                 random_state, n_runs)
+        return MIN_STABILITY if read_stability(components) is not None else None
+    return None if min_stability is None else float(min_stability)
 
 
 def _n_decompositions(net):
