@@ -60,8 +60,8 @@ def words(dataset, participant, site, task, pool, output, quiet):
               help="|z| threshold of the networks.")
 @click.option("--n-runs", type=int, default=50, show_default=True,
               help="Decompositions clustered into the stable components of a participant that "
-                   "has no decomposition yet (1: a single decomposition; 50 make a "
-                   "unit-permuted copy score alike whatever the seed, 10 did not).")
+                   "has no decomposition yet (1: a single decomposition; with 10, a "
+                   "unit-permuted copy's score moved with the seed).")
 @click.option("--min-stability", default="auto", show_default=True, metavar="NUMBER|auto|all",
               help="Compare only the reference's networks whose stability (decompose --n-runs) "
                    "is at least this; the other models keep all theirs. auto: 0.9 where the "

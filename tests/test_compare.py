@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from html import unescape
 
 import numpy as np
 import pandas as pd
@@ -212,7 +213,7 @@ def test_fingerprint_compares_the_reference_networks_that_recur_by_default(reade
     shutil.copytree(root, copy, ignore=shutil.ignore_patterns("llm2nifti-fingerprint"))
     out_dir = copy / "derivatives" / "llm2nifti-fingerprint" / "sub-a"
     common = [str(copy), "-r", "a", "-c", "b", "-k", "8", "-t", "2", "--n-permutations", "50",
-              "--no-rsa", "-q"]
+              "--n-runs", "5", "--no-rsa", "-q"]
 
     def compared(*extra):
         out = CliRunner().invoke(main, ["fingerprint", *common, *extra])
@@ -236,6 +237,11 @@ def test_fingerprint_compares_the_reference_networks_that_recur_by_default(reade
     output, least, rows = compared()
     assert least == 0.9 and rows == ["FN00", "FN01", "FN03", "FN06"]
     assert "compared the 4 networks of sub-a with a stability of 0.9" in output
+    page = CliRunner().invoke(main, ["report", str(copy), "--participant", "a"])
+    assert page.exit_code == 0, page.output
+    html = unescape((copy / "derivatives" / "llm2nifti-report" / "sub-a.html").read_text())
+    assert ("sub-a's networks rest on 5 clustered decompositions; those of stability 0.9 or "
+            "more compared") in html
     output, least, rows = compared("--min-stability", "0.95")
     assert least == 0.95 and rows == ["FN00", "FN01", "FN06"]
     output, least, rows = compared("--min-stability", "all")

@@ -363,6 +363,22 @@ def _connectivity_section(ds, participant):
                    "range expected by chance.", blocks)
 
 
+def _fingerprint_networks(record_path, participant):
+    """Which of the reference's networks a fingerprint compared, in words."""
+    record = json.loads(record_path.read_text()) if record_path.is_file() else {}
+    made = record.get("ReferenceDecompositions")
+    least = record.get("ReferenceMinStability")
+    if made == "networks.tsv":
+        return f"sub-{participant}'s networks: a given networks.tsv, every network compared."
+    if made is None:
+        return None
+    kept = (f"those of stability {least:g} or more compared" if least is not None
+            else "every network compared")
+    made = ("one decomposition: they move with its seed" if made == 1
+            else f"{made} clustered decompositions")
+    return f"sub-{participant}'s networks rest on {made}; {kept}."
+
+
 def _fingerprint_section(ds, participant):
     folder = ds.root / "derivatives" / "llm2nifti-fingerprint" / f"sub-{participant}"
     blocks = []
@@ -370,7 +386,8 @@ def _fingerprint_section(ds, participant):
         summary = pd.read_csv(tsv, sep="\t")
         cols = [c for c in ("participant", "role", "score", "n_above", "n_matched", "null_mean",
                             "null_95", "p", "null", "n_words", "verdict", "reason") if c in summary]
-        blocks.append({"heading": tsv.stem, "table": _table(summary[cols])})
+        blocks.append({"heading": tsv.stem, "table": _table(summary[cols]),
+                       "text": _fingerprint_networks(tsv.with_suffix(".json"), participant)})
     for png in sorted(folder.glob(f"sub-{participant}_*.png")):
         blocks.append({"heading": png.stem, "image": _file_png(png),
                        "caption": "Heat map: Spearman r of every network pair at word level "
