@@ -52,6 +52,9 @@ def main():
     ap.add_argument("--steps", type=int, default=200)
     ap.add_argument("--random-copies", type=int, default=2)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--n-runs", type=int, default=None,
+                    help="Decompositions clustered into each model's stable networks "
+                         "[default: fingerprint's].")
     ap.add_argument("--write-docs", action="store_true")
     a = ap.parse_args()
     work, log = a.work, []
@@ -63,9 +66,13 @@ def main():
         run("derive", models / "finetuned", "--kind", "finetuned", "--steps", a.steps,
             "--threads", a.threads, "-q", log=log)
     run("convert", ds, "--participant", "smollm2", *common, log=log)
-    comps = ds / "derivatives/llm2nifti-canica/sub-smollm2/func/sub-smollm2_task-lee_desc-canica_bold.nii"
-    if not comps.is_file():
-        run("decompose", ds, "--participant", "smollm2", "--backend", "fast", "-q", log=log)
+    n_runs = [] if a.n_runs is None else ["--n-runs", a.n_runs]
+    comps = ds / "derivatives/llm2nifti-canica/sub-smollm2/func/sub-smollm2_task-lee_desc-canica_components.nii"
+    if not comps.is_file():  # the reference's stable networks, as fingerprint would make them
+        from llm2nifti.analysis.fingerprints import N_RUNS
+
+        runs = n_runs or ["--n-runs", N_RUNS]
+        run("decompose", ds, "--participant", "smollm2", "--backend", "fast", *runs, "-q", log=log)
     nets = ds / "derivatives/llm2nifti-networks/sub-smollm2_task-lee_desc-canica_networks.tsv"
     if not nets.is_file():
         run("networks", comps, "-d", ds, log=log)
@@ -79,7 +86,7 @@ def main():
         run("convert", ds, "-m", gemma, "--participant", "gemma", *common, log=log)
         independent = ["-i", "gemma"]
     out = run("fingerprint", ds, "-r", "smollm2", "-c", "permuted", "-c", "pruned", "-c",
-              "finetuned", *independent, "--random-copies", a.random_copies,
+              "finetuned", *independent, "--random-copies", a.random_copies, *n_runs,
               "--threads", a.threads, "-q", log=log)
     print(out)
     folder = ds / "derivatives/llm2nifti-fingerprint/sub-smollm2"
@@ -95,6 +102,16 @@ def markdown(frame):
     rows = [" | ".join(map(str, frame.columns)), " | ".join("---" for _ in frame.columns)]
     rows += [" | ".join(cell(v) for v in r) for r in frame.itertuples(index=False)]
     return "\n".join(f"| {r} |" for r in rows)
+
+
+def compared(meta, summary):
+    """Which of the reference's networks the scores cover, in words."""
+    made = meta.get("ReferenceDecompositions")
+    least = meta.get("ReferenceMinStability")
+    kept = int(summary["n_matched"].max())
+    which = (f"its {kept} networks of stability {least:g} or more" if least is not None
+             else f"all {kept} of its networks")
+    return f"The reference's networks rest on {made} clustered decompositions; compared: {which}."
 
 
 def write_docs(folder, out, log, a):
@@ -116,9 +133,9 @@ def write_docs(folder, out, log, a):
              f"--steps {a.steps} --write-docs` (2 CPU threads). Every model read the same "
              f"{a.tokens} tokens' worth of Lee news documents (the reference's count; other "
              "tokenizers cover the same documents, compared on the words both read).", "",
-             "Reference: SmolLM2-135M-Instruct (`smollm2`). Score: mean Spearman r of the "
+             "Reference: SmolLM2-135M-Instruct (`smollm2`). Score: mean Spearman |r| of the "
              "Hungarian-matched CanICA networks at word level; null: documents paired with "
-             "other documents (1,000 derangements).", "",
+             "other documents (1,000 derangements). " + compared(meta, summary), "",
              markdown(summary[cols]), "",
              "RSA (max RDM correlation over layer pairs) and mean CKA at equal relative depth:", "",
              markdown(pd.DataFrame([{"participant": p, "items": v["NItems"],
@@ -130,7 +147,7 @@ def write_docs(folder, out, log, a):
                   f"{int(table['shared'].sum())} of {len(table)} reference networks shared by "
                   "every model.", ""]
     lines += ["Timings (seconds):", "", "| step | s |", "|---|---|"]
-    lines += [f"| `llm2nifti {cmd}` | {s} |" for cmd, s in log]
+    lines += [f"| `llm2nifti {cmd.replace(str(a.work), 'WORK')}` | {s} |" for cmd, s in log]
     lines += ["", "![RSA](figures/fingerprint_rsa.png)", "",
               "![permuted](figures/fingerprint_permuted.png)", ""]
     (ROOT / "docs" / "fingerprint.md").write_text("\n".join(lines))

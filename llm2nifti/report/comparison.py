@@ -35,7 +35,7 @@ def plot_fingerprint(matrix, pairs, null, row, path):
     fig.colorbar(im, ax=ax, label="Spearman r (word level)")
     bx.hist(null, bins=40, color="#7f8c8d", label=f"null ({row['null']}, n = {len(null)})")
     bx.axvline(row["score"], color="#c0392b", lw=2, label=f"score {row['score']:.3f}")
-    bx.set_xlabel("mean matched Spearman r")
+    bx.set_xlabel("mean matched Spearman |r|")
     bx.set_title(f"p = {row['p']:.3g}; {row['verdict']}", fontsize=10)
     bx.legend(fontsize=8)
     return _save(fig, path)
