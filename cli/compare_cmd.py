@@ -65,8 +65,8 @@ def words(dataset, participant, site, task, pool, output, quiet):
 @click.option("--min-stability", default="auto", show_default=True, metavar="NUMBER|auto|all",
               help="Compare only the reference's networks whose stability (decompose --n-runs) "
                    "is at least this; the other models keep all theirs. auto: 0.9 where the "
-                   "reference's maps have stabilities, all where they rest on one "
-                   "decomposition; all: every network.")
+                   "reference's maps have stabilities and one reaches it, all otherwise; all: "
+                   "every network.")
 @click.option("--no-rsa", is_flag=True, help="Skip the layer x layer RSA and CKA.")
 @click.option("--random-state", type=int, default=0, show_default=True, help="Seed.")
 @click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")
@@ -110,6 +110,9 @@ def fingerprint(dataset, reference, candidates, independent, random_copies, site
         kept = len(next(iter(res.matrices.values()))["spearman"])
         click.echo(f"  compared the {kept} networks of sub-{reference} with a stability of "
                    f"{res.min_stability:g} or more; --min-stability all compares every one")
+    elif min_stability == "auto" and res.reference_decompositions not in (1, "networks.tsv"):
+        click.echo(f"  no network of sub-{reference} has a stability of 0.9 or more: every one "
+                   "compared, and none recurs that well")
     single = [p for p, n in [(reference, res.reference_decompositions),
                              *zip(res.summary["participant"], res.summary["decompositions"])] if n == 1]
     if single:

@@ -246,6 +246,10 @@ def test_fingerprint_compares_the_reference_networks_that_recur_by_default(reade
     assert least == 0.95 and rows == ["FN00", "FN01", "FN06"]
     output, least, rows = compared("--min-stability", "all")
     assert least is None and len(rows) == 8 and "compared the" not in output
+    pd.read_csv(path, sep="\t").assign(stability=0.5).to_csv(path, sep="\t", index=False)
+    output, least, rows = compared()
+    assert least is None and len(rows) == 8
+    assert "no network of sub-a has a stability of 0.9 or more: every one compared" in output
 
     decompose(1)
     output, least, rows = compared()

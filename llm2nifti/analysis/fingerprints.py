@@ -369,8 +369,8 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
         every other model keeps all its networks, so that a network the reference finds
         every time can meet its counterpart however tightly the other model's clustering
         holds that counterpart. ``"auto"``: :data:`MIN_STABILITY` (0.9) where the reference's
-        maps have stabilities, every network where they rest on one decomposition or a
-        ``networks.tsv``; None: every network. Components below it have alternative optima
+        maps have stabilities and one network reaches it, every network otherwise (maps of
+        one decomposition, a ``networks.tsv``, nothing that stable); None: every network. Components below it have alternative optima
         that two decompositions of the same data settle differently (see the stable networks
         guide).
     rsa : bool
@@ -452,7 +452,8 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
 def _resolve_min_stability(ds, reference, task, site, min_stability, networks, n_components,
                            backend, random_state, n_runs):
     """The reference's ``min_stability``: ``"auto"`` becomes :data:`MIN_STABILITY` where its
-    maps have stabilities (decomposing them now if missing), None where they cannot."""
+    maps have stabilities (decomposing them now if missing) and one network reaches it, None
+    otherwise."""
     if isinstance(min_stability, str):
         if min_stability != "auto":
             raise UsageError(f"--min-stability {min_stability!r}: give a number, auto or all")
@@ -462,7 +463,10 @@ def _resolve_min_stability(ds, reference, task, site, min_stability, networks, n
 
         components = _components(ds, reference, task, site, n_components, backend,
                                  random_state, n_runs)
-        return MIN_STABILITY if read_stability(components) is not None else None
+        table = read_stability(components)
+        if table is None or not (table["stability"] >= MIN_STABILITY).any():
+            return None  # nothing recurs that well: every network, and the CLI says so
+        return MIN_STABILITY
     return None if min_stability is None else float(min_stability)
 
 
