@@ -368,7 +368,7 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
         Compare only the reference's networks whose stability (ICASSO Iq) is at least this;
         every other model keeps all its networks, so that a network the reference finds
         every time can meet its counterpart however tightly the other model's clustering
-        holds that counterpart. ``"auto"``: :data:`MIN_STABILITY` (0.9) where the reference's
+        holds that counterpart. ``"auto"``: ``MIN_STABILITY`` (0.9) where the reference's
         maps have stabilities and one network reaches it, every network otherwise (maps of
         one decomposition, a ``networks.tsv``, nothing that stable); None: every network. Components below it have alternative optima
         that two decompositions of the same data settle differently (see the stable networks
@@ -451,7 +451,7 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
 
 def _resolve_min_stability(ds, reference, task, site, min_stability, networks, n_components,
                            backend, random_state, n_runs):
-    """The reference's ``min_stability``: ``"auto"`` becomes :data:`MIN_STABILITY` where its
+    """The reference's ``min_stability``: ``"auto"`` becomes ``MIN_STABILITY`` where its
     maps have stabilities (decomposing them now if missing) and one network reaches it, None
     otherwise."""
     if isinstance(min_stability, str):
