@@ -28,7 +28,7 @@ PIPELINE_FINGERPRINT = "llm2nifti-fingerprint"
 # measurement (benchmarks/bench_stable_fingerprint.py, embedded model and its unit-permuted
 # copy, k = 20, seeds 0-4): at 8,192 tokens a few of the 20 components have near-equally
 # frequent alternative optima, and 10 decompositions sample them differently in the two models
-# (scores 0.910-0.945); 50 sample them alike. 50 cost about 1.6x 10 (the per-run reductions are
+# (scores 0.910-0.968); 50 sample them more alike. 50 cost about 1.6x 10 (the per-run reductions are
 # shared; only the group step and FastICA repeat).
 N_RUNS = 50
 # The reference's networks compared by default, where its maps have stabilities: those found
@@ -370,9 +370,9 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
         every time can meet its counterpart however tightly the other model's clustering
         holds that counterpart. ``"auto"``: ``MIN_STABILITY`` (0.9) where the reference's
         maps have stabilities and one network reaches it, every network otherwise (maps of
-        one decomposition, a ``networks.tsv``, nothing that stable); None: every network. Components below it have alternative optima
-        that two decompositions of the same data settle differently (see the stable networks
-        guide).
+        one decomposition, a ``networks.tsv``, nothing that stable); None: every network.
+        Components below 0.9 have alternative optima that two decompositions of the same data
+        settle differently (see the stable networks guide).
     rsa : bool
         Also compare every layer of the reference with every layer of each model
         (:func:`~llm2nifti.analysis.rsa.layer_similarity`).
@@ -412,19 +412,14 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
     _preflight(ds, reference, candidates + independent, task, site, n_permutations)
     randoms = random_copies(ds, reference, task, site, n_random, seed=random_state,
                             threads=threads, progress=progress) if n_random else []
-    least = {}  # the reference's threshold, once its decomposition exists
-
-    def networks_of(p):
-        if p == reference:
-            least["value"] = _resolve_min_stability(ds, p, task, site, min_stability, networks,
-                                                    n_components, backend, random_state, n_runs)
-        return participant_networks(ds, p, task, site, pool=pool, threshold=threshold,
+    least = _resolve_min_stability(ds, reference, task, site, min_stability, networks,
+                                   n_components, backend, random_state, n_runs)
+    nets = {p: participant_networks(ds, p, task, site, pool=pool, threshold=threshold,
                                     n_components=n_components, backend=backend, n_runs=n_runs,
-                                    min_stability=least["value"] if p == reference else None,
+                                    min_stability=least if p == reference else None,
                                     random_state=random_state,
                                     networks_tsv=(networks or {}).get(p))
-
-    nets = {p: networks_of(p) for p in [reference, *candidates, *independent, *randoms]}
+            for p in [reference, *candidates, *independent, *randoms]}
     ref = nets[reference]
     rows, matrices, pairs, nulls = [], {}, {}, {}
     for p in [*candidates, *independent, *randoms]:
@@ -444,7 +439,7 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
                                           random_state=random_state) for p in nets if p != reference}
     result = FingerprintResult(reference, summary, matrices, pairs, nulls, isc, similarity,
                                reference_decompositions=_n_decompositions(ref),
-                               min_stability=least["value"])
+                               min_stability=least)
     result.paths = write_fingerprint(result, ds, task, site, pool, PIPELINE_FINGERPRINT, output)
     return result
 
