@@ -41,8 +41,8 @@ print(found.summary[["verdict", "reason"]].to_string())
 # %%
 # Correlation of each reference network (rows) with each of the candidate's networks, the
 # columns in the order of the one-to-one matching: the diagonal holds the matched pairs, whose
-# mean |r| is the score. A pair near -1 is one network that the two decompositions reported
-# with opposite signs (a component's sign is a convention); a pair with a low |r| is one they
+# mean ``|r|`` is the score. A pair near -1 is one network that the two decompositions reported
+# with opposite signs (a component's sign is a convention); a pair with a low ``|r|`` is one they
 # did not both find. Each model's networks are stable components of 50 decompositions, and only
 # the reference's networks of stability 0.9 or more are compared (``min_stability``).
 pairs = found.pairs["permuted"]
