@@ -104,18 +104,10 @@ def markdown(frame):
     return "\n".join(f"| {r} |" for r in rows)
 
 
-def compared(meta, summary):
-    """Which of the reference's networks the scores cover, in words."""
-    made = meta.get("ReferenceDecompositions")
-    least = meta.get("ReferenceMinStability")
-    kept = int(summary["n_matched"].max())
-    which = (f"its {kept} networks of stability {least:g} or more" if least is not None
-             else f"all {kept} of its networks")
-    return f"The reference's networks rest on {made} clustered decompositions; compared: {which}."
-
-
 def write_docs(folder, out, log, a):
     import pandas as pd
+
+    from llm2nifti.report.html import fingerprint_networks
 
     summary = pd.read_csv(folder / "sub-smollm2_task-lee_fingerprint.tsv", sep="\t")
     meta = json.loads((folder / "sub-smollm2_task-lee_fingerprint.json").read_text())
@@ -135,7 +127,9 @@ def write_docs(folder, out, log, a):
              "tokenizers cover the same documents, compared on the words both read).", "",
              "Reference: SmolLM2-135M-Instruct (`smollm2`). Score: mean Spearman |r| of the "
              "Hungarian-matched CanICA networks at word level; null: documents paired with "
-             "other documents (1,000 derangements). " + compared(meta, summary), "",
+             "other documents (1,000 derangements). "
+             + fingerprint_networks(folder / "sub-smollm2_task-lee_fingerprint.json", "smollm2"),
+             "",
              markdown(summary[cols]), "",
              "RSA (max RDM correlation over layer pairs) and mean CKA at equal relative depth:", "",
              markdown(pd.DataFrame([{"participant": p, "items": v["NItems"],

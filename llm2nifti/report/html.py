@@ -363,7 +363,7 @@ def _connectivity_section(ds, participant):
                    "range expected by chance.", blocks)
 
 
-def _fingerprint_networks(record_path, participant):
+def fingerprint_networks(record_path, participant):
     """Which of the reference's networks a fingerprint compared, in words."""
     record = json.loads(record_path.read_text()) if record_path.is_file() else {}
     made = record.get("ReferenceDecompositions")
@@ -387,7 +387,7 @@ def _fingerprint_section(ds, participant):
         cols = [c for c in ("participant", "role", "score", "n_above", "n_matched", "null_mean",
                             "null_95", "p", "null", "n_words", "verdict", "reason") if c in summary]
         blocks.append({"heading": tsv.stem, "table": _table(summary[cols]),
-                       "text": _fingerprint_networks(tsv.with_suffix(".json"), participant)})
+                       "text": fingerprint_networks(tsv.with_suffix(".json"), participant)})
     for png in sorted(folder.glob(f"sub-{participant}_*.png")):
         blocks.append({"heading": png.stem, "image": _file_png(png),
                        "caption": "Heat map: Spearman r of every network pair at word level "
