@@ -12,7 +12,7 @@ DEMO_TOKENS ?= 4096
 
 DOCS_STAMP := $(VENV)/.llm2nifti-docs-installed
 
-.PHONY: install demo test browser bench reproduce docs clean
+.PHONY: install demo test browser rreader bench reproduce docs clean
 
 install: $(STAMP)
 
@@ -34,7 +34,7 @@ demo: $(STAMP)
 
 # TESTS: a subset of the suite (files or node ids); empty runs it all.
 TESTS ?=
-test: $(STAMP) browser
+test: $(STAMP) browser rreader
 	$(PY) -m pytest -q $(TESTS)
 
 # The report's test opens the page in headless Chromium: install it from the system's
@@ -43,6 +43,15 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null 2>&1 \
 		&& apt-get install -y -q chromium >/dev/null 2>&1; } \
 		|| echo "Chromium not installed: the report's browser test will be skipped"
+
+# tests/test_tsv.py also reads every table back with R's read.delim: install R from the system's
+# packages where this is possible; elsewhere the tables are read back by pandas and csv only.
+rreader:
+	@command -v Rscript >/dev/null 2>&1 || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null 2>&1 \
+		&& { apt-get install -y -q --no-install-recommends r-base-core >/dev/null 2>&1 \
+		|| { apt-get update -q >/dev/null 2>&1 \
+		&& apt-get install -y -q --no-install-recommends r-base-core >/dev/null 2>&1; }; }; } \
+		|| echo "R not installed: tables are read back by pandas and csv only"
 
 # The documentation site, offline, into docs/_build/html; the gallery's examples are run (they
 # share one scan of the embedded model in docs/_build/gallery-data). Any warning fails the build.

@@ -19,8 +19,6 @@ sidecar (``NeuronLayout``) and in the dseg sidecar, and read back with
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import os
 import shutil
@@ -42,6 +40,7 @@ from .events import documents_tsv, read_documents, read_events
 from .io import (CHECKSUMS, TMP_PREFIX, checksum_file, save_img, save_img_checksum, write_json,
                  write_text)
 from .naming import bids_name, existing, inside, legacy_name, parse_name
+from .tsv import NA, TEXT_CELLS, read_rows, table_text, unescape
 
 __all__ = ["DatasetWriter", "Dataset", "Run", "load_run", "check_finite", "BIDS_VERSION", "DEFAULT_SITE", "PIPELINE"]
 
@@ -65,9 +64,9 @@ _PARTICIPANTS_JSON = {
 EVENTS_JSON = {
     "onset": {"Description": "Token index times the TR", "Units": "s"},
     "duration": {"Description": "One TR per token", "Units": "s"},
-    "token": {"Description": "Decoded text of the token (backslash escapes for tab, newline, CR)"},
+    "token": {"Description": f"Decoded text of the token. {TEXT_CELLS}"},
     "token_id": {"Description": "Token id in the model's vocabulary"},
-    "document_id": {"Description": "Identifier of the document the token belongs to"},
+    "document_id": {"Description": "Identifier of the document the token belongs to (written as token)"},
     "position": {"Description": "Position of the token in its document (0: the BOS token)"},
     "char_start": {"Description": "First character of the document's text the token covers "
                                   "(the tokenizer's offset mapping; n/a: the BOS token)"},
@@ -110,16 +109,13 @@ def acq_for(site_kind):
 
 
 def _read_tsv(path):
-    with open(path, encoding="utf-8", newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
+    """Rows of a table as dicts of text (``n/a`` kept as it is)."""
+    header, rows = read_rows(path)
+    return [{c: v if v == NA else unescape(v) for c, v in zip(header, r)} for r in rows]
 
 
 def _tsv(rows, columns):
-    buf = io.StringIO()
-    buf.write("\t".join(columns) + "\n")
-    for r in rows:
-        buf.write("\t".join(str(r.get(c, "n/a")) for c in columns) + "\n")
-    return buf.getvalue()
+    return table_text(columns, rows)
 
 
 def _matches_checksum(path, row):

@@ -95,8 +95,10 @@ class NeuronSet:
         path = Path(path)
         if not path.is_file():
             raise UsageError(f"neuron table {path} not found: pass the networks.tsv `llm2nifti networks` wrote")
+        from bids_llm.tsv import read_frame
+
         try:
-            table = pd.read_csv(path, sep="\t", dtype={"network": str})
+            table = read_frame(path, dtype={"network": str})
         except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as exc:
             raise UsageError(f"cannot read neuron table {path} as TSV ({exc}): pass the "
                              "networks.tsv `llm2nifti networks` wrote") from None
@@ -105,11 +107,11 @@ class NeuronSet:
 
     def to_tsv(self, path):
         """Write atomically as TSV (network, site, layer, neuron[, z])."""
-        from bids_llm.io import write_text
+        from bids_llm.tsv import write_frame
 
         cols = ["network", "site", "layer", "neuron"] + [c for c in self.table.columns
                                                           if c not in ("network", "site", "layer", "neuron")]
-        write_text(path, self.table[cols].to_csv(sep="\t", index=False))
+        write_frame(path, self.table[cols], index=False)
 
     # ------------------------------------------------------------- querying
     @property

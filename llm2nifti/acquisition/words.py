@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bids_llm.tsv import TEXT_CELLS
+
 __all__ = ["WORD_RULE", "POOLS", "word_spans", "token_spans", "token_words", "WordIndex",
            "word_index", "participant_words", "only_choice", "words_dataset", "PIPELINE_WORDS"]
 
@@ -190,8 +192,8 @@ PIPELINE_WORDS = "llm2nifti-words"
 _WORD_EVENTS_JSON = {
     "onset": {"Description": "Word index in the run times the TR", "Units": "s"},
     "duration": {"Description": "One TR per word", "Units": "s"},
-    "word": {"Description": "The word (a maximal run of non-whitespace characters)"},
-    "document_id": {"Description": "Identifier of the document the word belongs to"},
+    "word": {"Description": "The word (a maximal run of non-whitespace characters). " + TEXT_CELLS},
+    "document_id": {"Description": "Identifier of the document the word belongs to (written as word)"},
     "word_index": {"Description": "Index of the word in its document (0-based)"},
     "n_tokens": {"Description": "Number of the model's tokens that make the word"},
 }

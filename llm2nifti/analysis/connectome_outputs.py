@@ -56,7 +56,8 @@ def _folder(dataset, out, pipeline):
 
 def write_connectivity(res, components, dataset, out, kinds, signals, estimator, pipeline):
     """Write the group matrices, figures, time series and a JSON record; fill ``res.paths``."""
-    from bids_llm.io import write_json, write_text
+    from bids_llm.io import write_json
+    from bids_llm.tsv import write_frame
 
     from ..report import plot_connectome_matrix
 
@@ -69,7 +70,7 @@ def write_connectivity(res, components, dataset, out, kinds, signals, estimator,
         tsv = folder / f"{stem}_meas-{meas_label(kind)}_connectome.tsv"
         frame = pd.DataFrame(np.round(m, 6), columns=[res.names[i] for i in order])
         frame.insert(0, "network", [res.names[i] for i in order])
-        write_text(tsv, frame.to_csv(sep="\t", index=False))
+        write_frame(tsv, frame, index=False)
         png = plot_connectome_matrix(m, labels, tsv.with_suffix(".png"),
                                      title=f"{kind} between networks, ordered by depth\n{stem}")
         res.paths[kind] = {"tsv": tsv, "png": png}
@@ -78,7 +79,7 @@ def write_connectivity(res, components, dataset, out, kinds, signals, estimator,
     ts = pd.concat(rows, ignore_index=True)
     ts = ts[["run", "token", *res.names]]
     res.paths["timeseries"] = folder / f"{stem}_timeseries.tsv"
-    write_text(res.paths["timeseries"], ts.to_csv(sep="\t", index=False))
+    write_frame(res.paths["timeseries"], ts, index=False)
     res.paths["json"] = folder / f"{stem}_connectivity.json"
     write_json(res.paths["json"], {
         "Components": str(Path(components).resolve()), "Signals": signals,
@@ -94,7 +95,8 @@ def write_connectivity(res, components, dataset, out, kinds, signals, estimator,
 
 def write_comparison(res, other, components, compare, dataset, out, pipeline):
     """Write the matched pairs, the similarity per kind, and side-by-side figures."""
-    from bids_llm.io import write_json, write_text
+    from bids_llm.io import write_json
+    from bids_llm.tsv import write_frame
 
     from ..report import plot_connectome_pair
 
@@ -103,7 +105,7 @@ def write_comparison(res, other, components, compare, dataset, out, pipeline):
     cmp = res.comparison
     pairs = cmp["pairs"]
     res.paths["matches"] = folder / f"{stem}_matches.tsv"
-    write_text(res.paths["matches"], pairs.to_csv(sep="\t", index=False))
+    write_frame(res.paths["matches"], pairs, index=False)
     ia = np.array([res.names.index(n) for n in pairs["network_a"]])
     ib = np.array([other.names.index(n) for n in pairs["network_b"]])
     order = np.argsort(res.depth[ia], kind="stable")

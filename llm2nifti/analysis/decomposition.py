@@ -661,7 +661,7 @@ def _stability_record(est, comp_path):
 
 def _write_stability(est, comp_path):
     """Write the stability tables beside the maps (``n_runs > 1``); remove stale ones (``n_runs = 1``)."""
-    from bids_llm.io import write_text
+    from bids_llm.tsv import write_frame
 
     from .stability import stability_paths
 
@@ -670,8 +670,8 @@ def _write_stability(est, comp_path):
         table.unlink(missing_ok=True)
         members.unlink(missing_ok=True)
         return
-    write_text(table, est.stability_.to_csv(sep="\t", index=False))
-    write_text(members, est.members_.to_csv(sep="\t", index=False))
+    write_frame(table, est.stability_, index=False)
+    write_frame(members, est.members_, index=False)
 
 
 def _versions(backend):

@@ -102,7 +102,8 @@ def write_diff(result, ds, pairs, pipeline, output=None):
     """Write what :func:`~llm2nifti.analysis.diffs.diff` found; fills ``result.paths``."""
     from bids_llm.dataset import acq_for
     from bids_llm.derivatives import derivative_dir
-    from bids_llm.io import save_img, write_json, write_text
+    from bids_llm.io import save_img, write_json
+    from bids_llm.tsv import write_frame
     from bids_llm.naming import inside
 
     from .. import _version
@@ -123,7 +124,7 @@ def write_diff(result, ds, pairs, pipeline, output=None):
     result.selected.to_tsv(paths["units"])
     for key in ("networks", "layers"):
         paths[key] = table(key, ".tsv")
-        write_text(paths[key], getattr(result, key).to_csv(sep="\t", index=False))
+        write_frame(paths[key], getattr(result, key), index=False)
     group = result.group
     for z in (False, True):
         save_img(group.components_img(z=z), components(z))
@@ -132,8 +133,8 @@ def write_diff(result, ds, pairs, pipeline, output=None):
         from .stability import stability_paths
 
         stab, est = stability_paths(components())
-        write_text(stab, group.stability_.to_csv(sep="\t", index=False))
-        write_text(est, group.members_.to_csv(sep="\t", index=False))
+        write_frame(stab, group.stability_, index=False)
+        write_frame(est, group.members_, index=False)
     paths["figure"] = plot_diff_layers(result.layers, result.alpha, table("layers", ".png"),
                                        title=f"sub-{result.candidate} vs sub-{result.reference} "
                                              f"({result.site})")

@@ -16,9 +16,9 @@ IGNORE = ("**/*_fingerprint.tsv", "**/*_fingerprint.json", "**/*_spearman.tsv",
 
 
 def _tsv(path, frame, index=False):
-    from bids_llm.io import write_text
+    from bids_llm.tsv import write_frame
 
-    write_text(path, frame.to_csv(sep="\t", index=index))
+    write_frame(path, frame, index=index)
     return path
 
 

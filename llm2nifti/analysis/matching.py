@@ -245,15 +245,16 @@ def _write_recurrence(ds, runs, layout, table, summary, sizes, t_set, t_names, o
                       iou_threshold, templates, method, backend, n_components, n_init,
                       random_state, n_seeds, select, left_out):
     """The recurrence derivative: tables, templates, figures and the JSON record."""
-    from bids_llm.io import write_json, write_text
+    from bids_llm.io import write_json
+    from bids_llm.tsv import write_frame
     from bids_llm.naming import inside
 
     from .. import _version
 
     out = Path(output) if output is not None else inside(ds.root, "derivatives", "llm2nifti-recurrence")
     paths = _output_paths(out, runs, method)
-    write_text(paths["table"], table.to_csv(sep="\t", index=False))
-    write_text(paths["summary"], summary.to_csv(sep="\t", index=False))
+    write_frame(paths["table"], table, index=False)
+    write_frame(paths["summary"], summary, index=False)
     t_set.to_tsv(paths["networks"])
     if figures:
         plot_recurrence(table, t_names, paths["heatmap"], iou_threshold=iou_threshold)

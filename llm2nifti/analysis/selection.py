@@ -315,7 +315,8 @@ def networks(components, dataset, *, participant=None, site=None, threshold=3.6,
     decomposition.
     """
     from bids_llm.dataset import Dataset
-    from bids_llm.io import write_json, write_text
+    from bids_llm.io import write_json
+    from bids_llm.tsv import write_frame
     from bids_llm.naming import inside
 
     from .. import _version
@@ -345,8 +346,8 @@ def networks(components, dataset, *, participant=None, site=None, threshold=3.6,
     paths = [inside(out, f"{stem}_{s}") for s in
              ("networks.tsv", "summary.tsv", "keyneurons.tsv", "networks.json")]
     nset.to_tsv(paths[0])
-    write_text(paths[1], summary.to_csv(sep="\t", index=False))
-    write_text(paths[2], key.to_csv(sep="\t", index=False))
+    write_frame(paths[1], summary, index=False)
+    write_frame(paths[2], key, index=False)
     write_json(paths[3], {
         "Components": str(Path(components).resolve()),
         "Dataset": str(ds.root.resolve()), "Participant": participant, "Site": layout.site.kind,

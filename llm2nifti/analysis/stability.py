@@ -177,4 +177,6 @@ def read_stability(components):
     table, _ = stability_paths(components)
     if not table.is_file():
         return None
-    return pd.read_csv(table, sep="\t")
+    from bids_llm.tsv import read_frame
+
+    return read_frame(table)

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 
 from bids_llm.dataset import Dataset
-from bids_llm.io import write_json, write_text
+from bids_llm.io import write_json
+from bids_llm.tsv import write_frame
 
 from ..acquisition import load_documents
 from ..errors import UsageError
@@ -651,8 +652,8 @@ def _write_tables(output, results, summary):
     from ..report import plot_curve, plot_fnk, plot_interventions
 
     output.mkdir(parents=True, exist_ok=True)
-    write_text(output / "results.tsv", results.to_csv(sep="\t", index=False, float_format="%.8g"))
-    write_text(output / "summary.tsv", summary.to_csv(sep="\t", index=False, float_format="%.8g"))
+    write_frame(output / "results.tsv", results, index=False, float_format="%.8g")
+    write_frame(output / "summary.tsv", summary, index=False, float_format="%.8g")
     figures = [plot_interventions(summary, output / "interventions.png")]
     if (summary["group"] == "curve").any():
         figures.append(plot_curve(summary, output / "curve.png"))

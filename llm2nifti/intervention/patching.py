@@ -301,7 +301,8 @@ def patch_gap(units, dataset, reference, candidate, *, test=None, texts=None, n_
     from pathlib import Path
 
     from bids_llm.dataset import Dataset
-    from bids_llm.io import write_json, write_text
+    from bids_llm.io import write_json
+    from bids_llm.tsv import write_frame
 
     from ..acquisition import load_documents
     from ..models import load_model, set_threads
@@ -335,7 +336,7 @@ def patch_gap(units, dataset, reference, candidate, *, test=None, texts=None, n_
     stem = units.name.removesuffix(".tsv").removesuffix("_units")
     folder = Path(output) if output else units.parent
     result.paths = {"table": folder / f"{stem}_patching.tsv", "sidecar": folder / f"{stem}_patching.json"}
-    write_text(result.paths["table"], result.table.to_csv(sep="\t", index=False))
+    write_frame(result.paths["table"], result.table, index=False)
     write_json(result.paths["sidecar"], {
         "Units": str(units), "Test": test or "all", "Reference": f"sub-{reference}",
         "Candidate": f"sub-{candidate}", "Direction": "variant with the units set to the base's "

@@ -36,6 +36,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+
+from bids_llm.tsv import read_frame
 __all__ = ["main", "results_markdown", "answers", "answer_grid", "choice_grid"]
 
 DEFAULTS = {
@@ -350,7 +352,7 @@ def _site_results(a, evaluation, docs, figures=True):
     figdir = docs / "figures" if figures else None
     for site in _sites(a):
         folder = evaluation / site
-        summary = pd.read_csv(folder / "summary.tsv", sep="\t")
+        summary = read_frame(folder / "summary.tsv")
         copied = []
         for name in ("interventions.png", "curve.png", "fnk.png") if figures else ():
             if (folder / name).is_file():

@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bids_llm.tsv import read_frame
+
 from .. import _version
 from ..errors import UsageError
 from .maps import flat_values
@@ -186,7 +188,7 @@ def _stability_blocks(path, maps):
     if table is None or len(table) != len(maps):
         return [{"text": "These maps rest on one decomposition: whether each recurs is not known "
                          "(llm2nifti decompose --n-runs 10 clusters ten and scores each component)."}]
-    members = pd.read_csv(stability_paths(path)[1], sep="\t")
+    members = read_frame(stability_paths(path)[1])
     n = int(members["run"].nunique())
     iq = table["stability"]
     return [{"text": f"Stability over {n} decompositions (ICASSO): median {iq.median():.2f}, "
@@ -251,7 +253,7 @@ def _networks_section(ds, participant):
         layout = ds.layout(participant, nset.site)
         stem = path.name[: -len("_networks.tsv")]
         summary_path = path.with_name(f"{stem}_summary.tsv")
-        names = (pd.read_csv(summary_path, sep="\t")["network"].astype(str).tolist()
+        names = (read_frame(summary_path)["network"].astype(str).tolist()
                  if summary_path.is_file() else nset.names)
         key = len(nset.union())
         blocks.append({"heading": stem, "text": f"{len(names)} networks at the {nset.site} site; "
@@ -261,7 +263,7 @@ def _networks_section(ds, participant):
                                   "of the network (wide layers are pooled: a pixel is dark when any "
                                   "unit under it is)."})
         if summary_path.is_file():
-            summary = pd.read_csv(summary_path, sep="\t", dtype={"network": str})
+            summary = read_frame(summary_path, dtype={"network": str})
             blocks.append({"image": _png(_sizes_figure(summary, layout)),
                            "caption": "Network sizes per layer (from the summary table)."})
             columns = ["network", "stability"] if "stability" in summary else ["network"]
@@ -383,7 +385,7 @@ def _fingerprint_section(ds, participant):
     folder = ds.root / "derivatives" / "llm2nifti-fingerprint" / f"sub-{participant}"
     blocks = []
     for tsv in sorted(folder.glob(f"sub-{participant}_*_fingerprint.tsv")):
-        summary = pd.read_csv(tsv, sep="\t")
+        summary = read_frame(tsv)
         cols = [c for c in ("participant", "role", "score", "n_above", "n_matched", "null_mean",
                             "null_95", "p", "null", "n_words", "verdict", "reason") if c in summary]
         blocks.append({"heading": tsv.stem, "table": _table(summary[cols]),
@@ -395,7 +397,7 @@ def _fingerprint_section(ds, participant):
                                   "matched pair's relative depth in both models. RSA: RDM "
                                   "correlation of every layer pair (dots: corrected p <= .05)."})
     for tsv in sorted(folder.glob(f"sub-{participant}_*_isc.tsv")):
-        blocks.append({"heading": "Inter-model correlation", "table": _table(pd.read_csv(tsv, sep="\t"))})
+        blocks.append({"heading": "Inter-model correlation", "table": _table(read_frame(tsv))})
     if not blocks:
         return None
     return Section("fingerprint", "Fingerprints", "llm2nifti fingerprint",
@@ -413,7 +415,7 @@ def _diff_section(ds, participant):
     for js in sorted(folder.glob(f"sub-{participant}_*_diff.json")):
         record = json.loads(js.read_text())
         stem = js.name.removesuffix("_diff.json")
-        layers = pd.read_csv(folder / f"{stem}_layers.tsv", sep="\t")
+        layers = read_frame(folder / f"{stem}_layers.tsv")
         totals = layers.groupby("test", sort=False)["n_changed"].sum()
         blocks.append({"heading": f"against {record['Reference']} ({record['Site']})",
                        "text": f"{len(record['Documents'])} documents, {record['NPermutations']} "
@@ -426,7 +428,7 @@ def _diff_section(ds, participant):
         nets = folder / f"{stem}_networks.tsv"
         if nets.is_file():
             blocks.append({"heading": "Group networks (dual regression)",
-                           "table": _table(pd.read_csv(nets, sep="\t").round(4))})
+                           "table": _table(read_frame(nets).round(4))})
         patching = folder / f"{stem}_patching.json"
         if patching.is_file():
             blocks.append({"heading": "Patching", "bullets": json.loads(patching.read_text())["Verdicts"]})
