@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from bids_llm.dataset import DatasetWriter, is_dataset
 from bids_llm.events import events_tsv
 from bids_llm.io import write_json
+from bids_llm.space import space_view
 
 from .. import _version
 from ..errors import UsageError
@@ -252,8 +253,10 @@ def scan(output, model=None, text=None, *, loaded=None, **options):
         result = ScanResult(settings.output, settings.participant, settings.task, plan.layout,
                             n_tokens=len(plan.stream))
         record_runs(plan, result)
-    ext = settings.extension
-    result.runs = [plan.writer.bold_path(r, ext) for r in range(1, len(plan.runs) + 1)]
+        ext = settings.extension
+        result.runs = [plan.writer.bold_path(r, ext) for r in range(1, len(plan.runs) + 1)]
+        # The runs under a space label, so that nilearn's first_level_from_bids finds them.
+        space_view(settings.output, result.runs, plan.writer.anat_path("mask", ".nii"))
     return result
 
 
