@@ -125,6 +125,11 @@ from battery import K, SHAPES  # noqa: E402
 
 COMMANDS = ["decompose-fast", "decompose-nilearn", "recurrence", "networks", "words",
             "fingerprint", "localize", "connectivity", "evaluate-k", "report"]
+# A map z-scored over its units (ddof 0) has a mean square of 1, so at least one unit reaches
+# |z| >= 1: a threshold of 0.9 never leaves a network empty, by construction and with a margin of
+# 0.1, far above float rounding. A threshold near the maps' largest |z| (2 to 2.9 for the tiny
+# models' 256 units) is decided by the CPU's kernels.
+NEVER_EMPTY = 0.9
 NOT_FINITE = r"sub-a_task-text_run-02_bold.nii holds \d+ values that are not finite .* first at token \d+, layer 1 neuron \d+"
 TOO_FEW_UNITS = "n_components=20 exceeds the 16 units of the selected runs"
 BATTERY_REFUSED = {
@@ -184,7 +189,7 @@ def _cell_args(shape, command, ds, models, out):
         "networks": ["networks", components, "-d", ds, "--top-k", "5", "-o", out],
         "words": ["words", ds, *common, "--task", "text", "-q", "-o", out],
         "fingerprint": ["fingerprint", ds, "--task", "text", "-r", "a", "-c", "b",
-                        "--n-permutations", "50", "--no-rsa", "-t", "2.5", "--threads", "1", "-q",
+                        "--n-permutations", "50", "--no-rsa", "-t", str(NEVER_EMPTY), "--threads", "1", "-q",
                         "-o", out],
         "localize": ["localize", ds, *common, "--model", model, "--threads", "1", "--top", "5", "-q",
                      *(["--dtype", "float16"] if kind == "overflow" else [])],
@@ -193,7 +198,7 @@ def _cell_args(shape, command, ds, models, out):
         "evaluate-k": ["evaluate", _networks_tsv(ds, components), "-d", ds, *common, "-o", out,
                        "--model", model, "--heldout", _heldout(ds), "--task", "none", "--seeds", "2",
                        "--amplify", "none", "--k", "2,3", "--k-n-init", "2", "--bootstrap", "50",
-                       "--k-threshold", "2",
+                       "--k-threshold", str(NEVER_EMPTY),
                        "--max-doc-tokens", "32", "--threads", "1", "-q"],
         "report": ["report", ds, *common, "-o", out],
     }[command]

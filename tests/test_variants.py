@@ -84,8 +84,10 @@ def test_fingerprint_of_scans_with_a_random_copy(tiny_model_dir, tmp_path):
     for label, model in (("orig", tiny_model_dir), ("perm", permuted)):
         scan(ds, str(model), text, label=label, task="docs", run_tokens=200, progress=False,
              threads=1)
+    # threshold 0.9: a z-scored map always has a unit at |z| >= 1, so no model's networks are
+    # empty whatever the CPU (at 2.5, the tiny models' largest |z| sit within rounding of it)
     res = fingerprint(ds, "orig", ["perm"], n_random=1, n_components=4, n_permutations=200,
-                      threshold=2.5, random_state=5,
+                      threshold=0.9, random_state=5,
                       rsa=False)
     s = res.summary.set_index("participant")
     assert s.loc["origrand5", "role"] == "random-init"
@@ -98,5 +100,5 @@ def test_fingerprint_of_scans_with_a_random_copy(tiny_model_dir, tmp_path):
     # so which verdict is not asserted here; the planted tests assert it).
     assert s.loc["perm", "verdict"] in ("derived", "not shown")
     again = fingerprint(ds, "orig", ["perm"], n_random=1, n_components=4, n_permutations=200,
-                        threshold=2.5, random_state=5, rsa=False)  # the copy is kept, not redone
+                        threshold=0.9, random_state=5, rsa=False)  # the copy is kept, not redone
     assert again.summary.equals(res.summary)
