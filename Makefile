@@ -12,7 +12,7 @@ DEMO_TOKENS ?= 4096
 
 DOCS_STAMP := $(VENV)/.llm2nifti-docs-installed
 
-.PHONY: install demo test browser rreader bench reproduce docs clean
+.PHONY: install demo test numerical-tests browser rreader bench reproduce docs clean
 
 install: $(STAMP)
 
@@ -36,6 +36,19 @@ demo: $(STAMP)
 TESTS ?=
 test: $(STAMP) browser rreader
 	$(PY) -m pytest -q $(TESTS)
+
+# The tests whose outcome rests on floating-point arithmetic (decompositions, thresholds, nulls,
+# fits): CI runs them a second time under other CPU kernels (ATEN_CPU_CAPABILITY).
+NUMERICAL_TESTS = tests/test_decomposition.py tests/test_networks.py tests/test_recurrence.py \
+	tests/test_stability.py tests/test_fnk.py tests/test_evaluation.py tests/test_compare.py \
+	tests/test_variants.py tests/test_diff.py tests/test_glm.py tests/test_connectomes.py \
+	tests/test_edges.py tests/test_bench_scale.py tests/test_intervention.py tests/test_prune.py \
+	tests/test_unit_sites.py tests/test_words.py tests/test_layout.py tests/test_tasks.py \
+	tests/test_cli_analysis.py tests/test_cli_networks.py tests/test_cli_evaluate.py \
+	tests/test_architectures.py tests/test_sites.py tests/test_unitstats.py
+
+numerical-tests:
+	@echo $(NUMERICAL_TESTS)
 
 # The report's test opens the page in headless Chromium: install it from the system's
 # packages where this is possible (root and apt-get); elsewhere that one test is skipped.
