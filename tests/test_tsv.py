@@ -202,6 +202,11 @@ def test_the_words_table_of_the_hard_cases_reads_right(hard_scan, tmp_path):
     assert {"NA", "null", '"The', 'say', '"hi"', '""""'} <= set(read)
     sidecar = json.loads(next(out.rglob("*_events.json")).read_text())
     assert "quoted" in sidecar["word"]["Description"]
+    # the word-level derivative is valid BIDS, its tables included
+    from test_bids import validation_errors
+
+    errors, _ = validation_errors(out)
+    assert errors["/"] == [] and not any(errors.values()), errors
 
 
 def test_networks_named_like_missing_values_keep_their_names(tmp_path):

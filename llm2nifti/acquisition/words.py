@@ -305,7 +305,8 @@ def words_dataset(dataset, *, participant=None, task=None, site=None, pool="mean
         X = _pool_rows(S[rows], runs, slices, cache) / counts[rows, None]
         meta = runs[r].metadata()
         meta.pop("TokenRange", None)
-        sidecar = dict(meta, WordRange=[int(rows[0]), int(rows[-1]) + 1], WordLevel={
+        # a derivative's bold sidecar needs SkullStripped: nothing was removed from the grid
+        sidecar = dict(meta, SkullStripped=False, WordRange=[int(rows[0]), int(rows[-1]) + 1], WordLevel={
             "Pool": pool, "WordRule": WORD_RULE, "Source": f"../../{runs[r].path.relative_to(ds.root)}"})
         img = layout.buffer_to_img(_as_buffer(layout, X), tr=meta.get("RepetitionTime", 1.0))
         written.append(writer.write_run(runs[r].run, img, sidecar, words_tsv(index.table.iloc[rows])))
