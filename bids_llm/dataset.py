@@ -39,7 +39,7 @@ from .derivatives import derivative_dir
 from .events import documents_tsv, read_documents, read_events
 from .io import (CHECKSUMS, TMP_PREFIX, checksum_file, save_img, save_img_checksum, write_json,
                  write_text)
-from .naming import bids_name, existing, inside, legacy_name, parse_name
+from .naming import bids_name, existing, inside, legacy_name, parse_name, participant_label
 from .tsv import NA, TEXT_CELLS, read_rows, table_text, unescape
 
 __all__ = ["DatasetWriter", "Dataset", "Run", "load_run", "check_finite", "BIDS_VERSION", "DEFAULT_SITE", "PIPELINE"]
@@ -518,7 +518,13 @@ class Dataset:
         return _read_tsv(path) if path.is_file() else []
 
     def runs(self, participant=None, task=None, run=None, site=None):
-        """Runs matching the BIDS entity filters (each a value, a list, or None for all)."""
+        """Runs matching the BIDS entity filters (each a value, a list, or None for all).
+
+        A participant is named with or without its ``sub-`` prefix, as BIDS apps take it.
+        """
+        if participant is not None:
+            participant = ([participant_label(p) for p in participant]
+                           if isinstance(participant, (list, tuple, set)) else participant_label(participant))
         def ok(value, wanted):
             if wanted is None:
                 return True

@@ -23,6 +23,12 @@ def label(value, what="label"):
     return value
 
 
+def participant_label(value):
+    """A participant label as BIDS apps take it: ``01`` or ``sub-01`` (the prefix dropped)."""
+    value = str(value)
+    return value[len("sub-"):] if value.startswith("sub-") else value
+
+
 def bids_name(suffix, ext="", **entities):
     """``sub-X_task-Y_run-01_bold.nii``: entities in BIDS order, run zero-padded."""
     parts = []

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .group import main
+from .group import PARTICIPANT, main
 
 
 def _who(f):
@@ -21,7 +21,7 @@ def _who(f):
 
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--participant", default=None, help="BIDS participant label [default: the only one].")
+@click.option("--participant", type=PARTICIPANT, default=None, help="BIDS participant label [default: the only one].")
 @_who
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the word-level dataset [default: DATASET/derivatives/llm2nifti-words].")
@@ -41,10 +41,10 @@ def words(dataset, participant, site, task, pool, output, quiet):
 
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--reference", "-r", required=True, help="Participant label of the reference model.")
-@click.option("--candidate", "-c", "candidates", multiple=True, required=True,
+@click.option("--reference", "-r", type=PARTICIPANT, required=True, help="Participant label of the reference model.")
+@click.option("--candidate", "-c", "candidates", type=PARTICIPANT, multiple=True, required=True,
               help="Participant whose lineage is asked about (repeatable).")
-@click.option("--independent", "-i", "independent", multiple=True,
+@click.option("--independent", "-i", "independent", type=PARTICIPANT, multiple=True,
               help="Participant known to be unrelated to the reference (repeatable).")
 @click.option("--random-copies", type=int, default=0, show_default=True,
               help="Scan this many randomly initialised copies of the reference's architecture "

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .group import former_name, main, model_options
+from .group import PARTICIPANT, former_name, main, model_options
 
 _NEURONS = click.Choice(["mlp", "mlp-out", "attn", "residual", "experts", "mixer"])
 
@@ -42,7 +42,7 @@ def _model_options(f):
                    "window [default: 1024, or the context window if shorter].")
 @click.option("--max-tokens", type=int, default=None, help="Cap on the total number of tokens.")
 @click.option("--task", default=None, help="BIDS task label [default: from the text's name].")
-@click.option("--participant", default=None,
+@click.option("--participant", type=PARTICIPANT, default=None,
               help="BIDS participant label [default: from the model's name].")
 @click.option("--encoding", default=None, help="Encoding of text files [default: utf-8].")
 @click.option("--id-column", default="id", show_default=True, help="Document id column of a .jsonl/.tsv.")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .group import main
+from .group import PARTICIPANT, main
 
 
 def _runs(value):
@@ -24,7 +24,7 @@ def _selection_options(f):
     f = click.option("--runs", "run", default=None, help="Run numbers, e.g. 1,2 [default: all].")(f)
     f = click.option("--task", default=None,
                      help="BIDS task label [default: the only one]; 'all': every task together.")(f)
-    f = click.option("--participant", default=None,
+    f = click.option("--participant", type=PARTICIPANT, default=None,
                      help="BIDS participant label [default: the only one].")(f)
     return f
 
@@ -118,7 +118,7 @@ def decompose(dataset, participant, task, run, site, method, backend, n_componen
 @click.argument("components", type=click.Path(path_type=Path))
 @click.option("--dataset", "-d", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The dataset the components were made from (gives the neuron layout).")
-@click.option("--participant", default=None, help="Participant label [default: from the image's name].")
+@click.option("--participant", type=PARTICIPANT, default=None, help="Participant label [default: from the image's name].")
 @click.option("--site", default=None,
               help="Neuron site [default: the image's acq entity, else the only one].")
 @_selection_of_neurons

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import click
 
-from .group import main
+from .group import PARTICIPANT, main
 
 
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--reference", "-r", required=True, help="Participant label of the base model.")
-@click.option("--candidate", "-c", required=True, help="Participant label of the variant.")
+@click.option("--reference", "-r", type=PARTICIPANT, required=True, help="Participant label of the base model.")
+@click.option("--candidate", "-c", type=PARTICIPANT, required=True, help="Participant label of the variant.")
 @click.option("--site", default=None, help="Neuron site (acq entity) [default: the only one].")
 @click.option("--task", default=None, help="BIDS task label [default: the only one].")
 @click.option("--n-components", "-k", type=int, default=20, show_default=True,
@@ -74,8 +74,8 @@ def diff(dataset, reference, candidate, site, task, n_components, n_runs, n_perm
 @click.option("--dataset", "-d", required=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="The dataset both participants were converted into.")
-@click.option("--reference", "-r", required=True, help="Participant label of the base model.")
-@click.option("--candidate", "-c", required=True, help="Participant label of the variant.")
+@click.option("--reference", "-r", type=PARTICIPANT, required=True, help="Participant label of the base model.")
+@click.option("--candidate", "-c", type=PARTICIPANT, required=True, help="Participant label of the variant.")
 @click.option("--test", type=click.Choice(["mean", "amplitude"]), default=None,
               help="Only the units of this test [default: all units of the table].")
 @click.option("--text", "texts", multiple=True,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .group import main, model_options
+from .group import PARTICIPANT, main, model_options
 
 
 def _floats(value):
@@ -33,7 +33,7 @@ def _names(value):
 @click.option("--output", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Folder for results.tsv, summary.tsv, evaluation.json and the figures.")
 @model_options("The scanned model")
-@click.option("--participant", default=None, help="Participant of DATASET [default: its only one].")
+@click.option("--participant", type=PARTICIPANT, default=None, help="Participant of DATASET [default: its only one].")
 @click.option("--networks", "network_names", default=None, help="Networks to use, e.g. 0,3 [default: all].")
 @click.option("--heldout", default="lee-test", show_default=True,
               help="Held-out text for perplexity (a built-in corpus, file or folder); 'none' to skip.")

@@ -19,6 +19,21 @@ _DISK_ERRORS = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space"
                 errno.EPERM: "check the permissions"}
 
 
+class _Participant(click.ParamType):
+    """A participant label, typed as BIDS apps take it: ``01`` or ``sub-01``."""
+
+    name = "LABEL"
+
+    def convert(self, value, param, ctx):
+        from bids_llm.naming import participant_label
+
+        return None if value is None else participant_label(value)
+
+
+#: The type of every option that names a participant.
+PARTICIPANT = _Participant()
+
+
 class _Group(click.Group):
     """Bad input: a one-line error and exit status 2. Ctrl-C or SIGTERM: 130 or 143.
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .convert import _model_options
-from .group import former_name, main, model_options
+from .group import PARTICIPANT, former_name, main, model_options
 
 
 @main.command()
@@ -24,7 +24,7 @@ from .group import former_name, main, model_options
 @click.option("--z-threshold", type=float, default=None,
               help="Instead, keep units with z above this (e.g. 3.1).")
 @click.option("--task", default=None, help="BIDS task label [default: localizer, or the table's name].")
-@click.option("--participant", default=None,
+@click.option("--participant", type=PARTICIPANT, default=None,
               help="BIDS participant label [default: from the model's name, or the only one].")
 @click.option("--site", type=click.Choice(["mlp", "mlp-out", "attn", "residual"]), default=None,
               help="Unit site [default: the only one of the task's runs; mlp when recording].")
@@ -82,7 +82,7 @@ def _kinds(value):
               show_default=True, help="Covariance estimator (nilearn's default is Ledoit-Wolf).")
 @click.option("--threshold", "-t", type=float, default=3.6, show_default=True,
               help="|z| threshold of the networks' units (mean signals, IoU matching).")
-@click.option("--participant", default=None, help="Participant [default: from the image's name, or the only one].")
+@click.option("--participant", type=PARTICIPANT, default=None, help="Participant [default: from the image's name, or the only one].")
 @click.option("--task", default=None, help="Task of the runs [default: all].")
 @click.option("--site", default=None,
               help="Unit site [default: the image's acq entity, else the only one].")

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import click
 
-from .group import main
+from .group import PARTICIPANT, main
 
 
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--participant", default=None, help="One participant [default: every one].")
+@click.option("--participant", type=PARTICIPANT, default=None, help="One participant [default: every one].")
 @click.option("--evaluation", "evaluations", multiple=True,
               type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="An output folder of `llm2nifti evaluate` to include (repeatable).")

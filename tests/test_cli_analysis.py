@@ -54,3 +54,26 @@ def test_localize_connectivity_report(tmp_path, tiny_model_dir):
     page = page_path.read_text()
     for section in ("dataset", "networks", "localizer", "connectivity"):
         assert f'<section id="{section}"' in page
+
+
+def test_participants_are_named_with_or_without_their_prefix(tmp_path, tiny_model_dir, text_file):
+    """`--participant sub-01` and `--participant 01` name the same participant, as in BIDS apps."""
+    from bids_llm.dataset import Dataset
+
+    ds = tmp_path / "ds"
+    run = CliRunner().invoke
+    r = run(main, ["convert", str(ds), "--model", str(tiny_model_dir), "--text", str(text_file),
+                   "--participant", "sub-01", "--run-tokens", "128", "--threads", "1", "-q"])
+    assert r.exit_code == 0, r.output
+    assert [p.name for p in ds.glob("sub-*") if p.is_dir()] == ["sub-01"]
+    runs = Dataset(ds).runs(participant="sub-01")
+    assert runs and runs == Dataset(ds).runs(participant="01")
+    for label in ("sub-01", "01"):
+        r = run(main, ["decompose", str(ds), "--participant", label, "--backend", "fast", "-k", "3",
+                       "--n-init", "2", "--threads", "1", "-q"])
+        assert r.exit_code == 0, r.output
+    found = sorted(p.relative_to(ds).parts[2] for p in (ds / "derivatives").rglob("*_components.nii"))
+    assert set(found) == {"sub-01"}
+    r = run(main, ["report", str(ds), "--participant", "sub-01"])
+    assert r.exit_code == 0, r.output
+    assert (ds / "derivatives" / "llm2nifti-report" / "sub-01.html").is_file()
