@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-__all__ = ["label", "bids_name", "inside", "parse_name", "ENTITY_ORDER", "components_name",
+__all__ = ["label", "participant_label", "bids_name", "inside", "parse_name", "ENTITY_ORDER", "components_name",
            "legacy_name", "existing"]
 
 ENTITY_ORDER = ("sub", "ses", "task", "acq", "run", "desc", "stat")

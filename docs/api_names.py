@@ -28,6 +28,7 @@ MODULES = [
     ("bids_llm.dataset", "bids_llm: the dataset"),
     ("bids_llm.naming", "bids_llm: BIDS names"),
     ("bids_llm.events", "bids_llm: events and documents"),
+    ("bids_llm.tsv", "bids_llm: tables every reader reads whole"),
     ("bids_llm.io", "bids_llm: atomic writes"),
     ("bids_llm.derivatives", "bids_llm: derivative folders"),
     ("bids_llm.space", "bids_llm: the space-neurons view"),
