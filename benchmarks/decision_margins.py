@@ -7,9 +7,11 @@ units past a z threshold or its top share, a recurrence match past an IoU, a lin
 against alpha) and records, for each test, the smallest distance between a value and its line:
 
 - ``units``: the unit nearest the threshold (a unit's membership turns on rounding below ~1e-6);
-- ``empty``: the largest ``|z|`` minus the threshold, over the maps with the least (negative: a
-  map with no unit; near zero: a network whose existence turns on rounding);
-- ``rank``: the gap between the last unit kept by a top-k and the first left out.
+- ``empty``: how far each map's largest ``|z|`` is from the threshold, for the map nearest it
+  (near zero: a network whose existence turns on rounding);
+- ``rank``: the gap between the last unit kept by a top-k and the first left out;
+- ``assert``: with ``-o enable_assertion_pass_hook=true``, the distance between the two numbers of
+  each passing ``assert a < b`` (its values as pytest explains them).
 
 Use it through ``benchmarks/kernel_outcomes.py --margins`` or directly::
 
@@ -25,6 +27,7 @@ import importlib
 import json
 import os
 import pkgutil
+import re
 import sys
 
 import numpy as np
@@ -46,7 +49,7 @@ def _z_margins(Z, threshold, two_sided, top_k, where):
     if threshold is not None:
         _record("units", float(np.min(np.abs(S - float(threshold)))), where=where,
                 threshold=float(threshold))
-        _record("empty", float(np.min(S.max(axis=1) - float(threshold))), where=where,
+        _record("empty", float(np.min(np.abs(S.max(axis=1) - float(threshold)))), where=where,
                 threshold=float(threshold))
     if top_k is not None and S.shape[1] > int(top_k):
         ordered = -np.sort(-S, axis=1)
@@ -140,6 +143,26 @@ def pytest_configure(config):
     if path:
         _out = open(path, "a", encoding="utf-8")
         _install()
+
+
+def pytest_assertion_pass(item, lineno, orig, expl):
+    """A passing assert that compares numbers: how far its two sides are (with
+    ``-o enable_assertion_pass_hook=true``; clear ``tests/__pycache__`` first)."""
+    if _out is None:
+        return
+    first = expl.splitlines()[0] if expl else ""
+    for left, op, right in _COMPARISON.findall(first):
+        try:
+            a, b = float(left), float(right)
+        except ValueError:
+            continue
+        if np.isfinite(a) and np.isfinite(b):
+            _out.write(json.dumps({"test": item.nodeid, "kind": "assert", "where": f"line {lineno}",
+                                   "margin": abs(a - b), "assert": orig, "values": first}) + "\n")
+
+
+_NUMBER = r"(-?\d+(?:\.\d+)?(?:e[-+]?\d+)?)"
+_COMPARISON = re.compile(_NUMBER + r"\s*(<=|>=|<|>)\s*" + _NUMBER)
 
 
 def pytest_runtest_setup(item):

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -92,7 +93,9 @@ def run(name, env_changes, tests, folder, margins=None):
     if margins is not None:
         env["LLM2NIFTI_MARGINS"] = str(margins)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "benchmarks"), env.get("PYTHONPATH")]))
-        plugin = ["-p", "decision_margins"]
+        plugin = ["-p", "decision_margins", "-o", "enable_assertion_pass_hook=true"]
+        for cache in (ROOT / "tests").glob("__pycache__"):  # asserts rewritten again, with the hook
+            shutil.rmtree(cache, ignore_errors=True)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *plugin,
                     f"--junitxml={xml}", *tests], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
