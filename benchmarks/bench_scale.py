@@ -93,7 +93,7 @@ def decompose_worker(args):
     t0 = time.perf_counter()
     est = Decomposition(backend="fast", n_components=args.k, n_init=args.n_init,
                         scheduler=args.scheduler, workers=args.workers, device=args.device,
-                        verbose=1).fit(runs, layout)
+                        verbose=1).fit(runs, layout=layout)
     seconds = time.perf_counter() - t0
     io1 = _io()
     found = maps_to_neurons(est.components_, layout, threshold=3.6)

@@ -47,7 +47,7 @@ def fit(runs, layout, k, n_runs, seed, backend, n_init, reductions=None):
 
     t0 = time.perf_counter()
     est = StableDecomposition(n_runs=n_runs, n_components=k, n_init=n_init, random_state=seed,
-                              backend=backend).fit(runs, layout, reduced=reductions)
+                              backend=backend).fit(runs, layout=layout, reduced=reductions)
     return est, time.perf_counter() - t0
 
 

@@ -162,10 +162,10 @@ def check_fast_backend(out, size, device):
     runs, layout = select_runs(Dataset(res.root))
     times, maps = {}, {}
     for dev in dict.fromkeys([device, "cpu"]):
-        Decomposition(backend="fast", n_components=size["k"], device=dev).fit(runs, layout)  # warm
+        Decomposition(backend="fast", n_components=size["k"], device=dev).fit(runs, layout=layout)  # warm
         _sync(dev)
         t = time.perf_counter()
-        est = Decomposition(backend="fast", n_components=size["k"], device=dev).fit(runs, layout)
+        est = Decomposition(backend="fast", n_components=size["k"], device=dev).fit(runs, layout=layout)
         _sync(dev)
         times[dev], maps[dev] = time.perf_counter() - t, est.components_
     r = _matched(maps[device], maps["cpu"])
@@ -214,7 +214,7 @@ def check_scale(out, size, device):
     _sync(device)
     t = time.perf_counter()
     est = Decomposition(backend="fast", n_components=20 if size is FULL else 8, n_init=5,
-                        device=device).fit(runs, layout)
+                        device=device).fit(runs, layout=layout)
     _sync(device)
     seconds = time.perf_counter() - t
     found = maps_to_neurons(est.components_, layout, threshold=3.6)

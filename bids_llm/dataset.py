@@ -42,7 +42,7 @@ from .io import (CHECKSUMS, TMP_PREFIX, checksum_file, save_img, save_img_checks
 from .naming import bids_name, existing, inside, legacy_name, parse_name, participant_label
 from .tsv import NA, TEXT_CELLS, read_rows, table_text, unescape
 
-__all__ = ["DatasetWriter", "Dataset", "Run", "load_run", "check_finite", "BIDS_VERSION", "DEFAULT_SITE", "PIPELINE"]
+__all__ = ["DatasetWriter", "Dataset", "Run", "load_run", "run_layout", "check_finite", "BIDS_VERSION", "DEFAULT_SITE", "PIPELINE"]
 
 BIDS_VERSION = "1.10.0"
 DEFAULT_SITE = "mlp"
@@ -648,6 +648,36 @@ def check_finite(X, path, neurons):
             "and --overwrite")
 
 
+def _as_run(run):
+    if isinstance(run, Run):
+        return run
+    p = Path(run)
+    ents, _ = parse_name(p.name)
+    return Run(p, ents.get("sub"), ents.get("task"), ents.get("run"), ents.get("acq"))
+
+
+def run_layout(run):
+    """The :class:`NeuronLayout` a run was recorded with (from its sidecar).
+
+    Parameters
+    ----------
+    run : Run or path
+        A :class:`Run` or the path of a ``_bold.nii[.gz]`` with its sidecar.
+
+    Raises
+    ------
+    UsageError
+        When the run has no sidecar or its sidecar no ``NeuronLayout``.
+    """
+    run = _as_run(run)
+    try:
+        layout = run.metadata()["NeuronLayout"]
+    except (OSError, ValueError, KeyError):
+        raise UsageError(f"{run.path.name} has no sidecar with a NeuronLayout: pass runs that "
+                         "`llm2nifti convert` wrote, or give the layout") from None
+    return NeuronLayout.from_dict(layout)
+
+
 def load_run(run, mmap=True):
     """Load a run back as a ``(tokens, neurons)`` float32 array.
 
@@ -667,11 +697,8 @@ def load_run(run, mmap=True):
     """
     import pandas as pd
 
-    if not isinstance(run, Run):
-        p = Path(run)
-        ents, _ = parse_name(p.name)
-        run = Run(p, ents.get("sub"), ents.get("task"), ents.get("run"), ents.get("acq"))
-    layout = NeuronLayout.from_dict(run.metadata()["NeuronLayout"])
+    run = _as_run(run)
+    layout = run_layout(run)
     img = nib.load(str(run.path), mmap=mmap)
     X = np.ascontiguousarray(layout.unfold(img), dtype=np.float32)
     layer, neuron = layout.neurons()

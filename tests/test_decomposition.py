@@ -44,8 +44,8 @@ def test_fast_backend_matches_nilearn(planted):
     from bids_llm.dataset import Dataset
 
     runs = Dataset(root).runs()
-    a = Decomposition(n_components=4, n_init=3, backend="nilearn").fit(runs, layout).components_
-    b = Decomposition(n_components=4, n_init=3, backend="fast").fit(runs, layout).components_
+    a = Decomposition(n_components=4, n_init=3, backend="nilearn").fit(runs, layout=layout).components_
+    b = Decomposition(n_components=4, n_init=3, backend="fast").fit(runs, layout=layout).components_
     r = np.abs(np.corrcoef(a, b)[:4, 4:])
     i, j = linear_sum_assignment(-r)
     assert r[i, j].min() > 0.999
@@ -420,8 +420,8 @@ def test_run_reductions_read_each_run_once_for_a_sweep(planted, monkeypatch):
         assert [len(r) for r in out] == [k] * len(runs)
     assert sorted(calls) == sorted(str(r.path) for r in runs)  # once each, for every k and seed
     a = Decomposition(n_components=4, n_init=2, backend="fast", gram_dtype="float32").fit(
-        runs, layout, reduced=cache)
-    b = Decomposition(n_components=4, n_init=2, backend="fast", gram_dtype="float32").fit(runs, layout)
+        runs, layout=layout, reduced=cache)
+    b = Decomposition(n_components=4, n_init=2, backend="fast", gram_dtype="float32").fit(runs, layout=layout)
     np.testing.assert_array_equal(a.components_, b.components_)
     assert b.info_["reduction"] == ["exact"]
 
@@ -441,3 +441,82 @@ def test_the_task_is_inferred_when_one_is_left(tiny_scan, tokenizer, text_file):
     both = decompose(res.root, task="all", backend="fast", n_components=2, n_init=1, desc="both")
     assert "_task-otherstories_" in both.components.name
     assert len(json.loads(both.sidecar.read_text())["Sources"]) == 2 * len(res.runs)
+
+
+# ---------------------------------------------------------------------------------------------
+# The estimator contract: fitted on run images or paths as nilearn's CanICA is, cloned,
+# held in a scikit-learn Pipeline, with transform, inverse_transform, score, components_img_.
+
+@pytest.mark.parametrize("cls", ["Decomposition", "StableDecomposition"])
+def test_decompositions_follow_the_estimator_contract(planted, cls):
+    from sklearn.base import clone
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    import llm2nifti
+    from bids_llm.dataset import Dataset
+
+    root, layout, sets = planted
+    paths = [str(r.path) for r in Dataset(root).runs()]
+    params = dict(n_components=4, n_init=2, backend="fast", random_state=3)
+    if cls == "StableDecomposition":
+        params["n_runs"] = 3
+    est = getattr(llm2nifti, cls)(**params)
+    copy = clone(est)
+    assert copy.get_params() == est.get_params() and not hasattr(copy, "components_")
+    assert copy.set_params(n_components=3).n_components == 3 and est.n_components == 4
+    assert est.fit(paths) is est  # the layout comes from the runs' sidecars
+    img = est.components_img_
+    assert img.shape[-1] == 4 and layout.check_img(img) is None
+    np.testing.assert_array_equal(layout.unfold(img), est.components_)
+    with_layout = clone(est).fit(paths, layout=layout)  # the same computation, given the layout
+    np.testing.assert_array_equal(with_layout.components_, est.components_)
+    # each planted network is one map: its time course is the planted source's
+    courses = est.transform(paths)
+    assert [c.shape for c in courses] == [(nib.load(p).shape[-1], 4) for p in paths]
+    # transform then inverse_transform rebuilds the z-scored runs with the R^2 that score gives
+    rebuilt = est.inverse_transform(courses)
+    residual = total = 0.0
+    for p, back in zip(paths, rebuilt):
+        Z = next(est._runs_data([p]))
+        R = Z - layout.unfold(back)
+        residual, total = residual + (R ** 2).sum(), total + (Z ** 2).sum()
+    np.testing.assert_allclose(1 - residual / total, est.score(paths), rtol=1e-4)
+    assert est.score(paths, per_component=True).shape == (4,)
+    # in a Pipeline: the time courses of every run, stacked
+    pipe = make_pipeline(clone(est), FunctionTransformer(np.concatenate))
+    stacked = pipe.fit_transform(paths)
+    assert stacked.shape == (sum(c.shape[0] for c in courses), 4)
+
+
+def test_a_decomposition_refuses_what_it_cannot_read(planted, tmp_path):
+    from sklearn.exceptions import NotFittedError
+
+    from bids_llm.dataset import Dataset
+
+    root, layout, _ = planted
+    paths = [str(r.path) for r in Dataset(root).runs()]
+    with pytest.raises(NotFittedError):
+        Decomposition(n_components=4).transform(paths)
+    lone = tmp_path / "sub-x_task-t_run-01_bold.nii"  # an image without its sidecar
+    shutil.copy(paths[0], lone)
+    with pytest.raises(UsageError, match="has no sidecar with a NeuronLayout"):
+        Decomposition(n_components=4, backend="fast").fit([lone])
+
+
+@pytest.mark.parametrize("check", ["check_no_attributes_set_in_init",
+                                   "check_parameters_default_constructible",
+                                   "check_get_params_invariance", "check_set_params",
+                                   "check_estimator_cloneable", "check_estimator_repr",
+                                   "check_do_not_raise_errors_in_init_or_set_params",
+                                   "check_mixin_order"])
+@pytest.mark.parametrize("cls", ["Decomposition", "StableDecomposition"])
+def test_scikit_learn_estimator_checks(cls, check):
+    """The checks of scikit-learn that do not fit on numeric arrays (these estimators fit on
+    run images, as nilearn's decompositions do: the others feed arrays and do not apply)."""
+    import sklearn.utils.estimator_checks as checks
+
+    import llm2nifti
+
+    est = getattr(llm2nifti, cls)()
+    getattr(checks, check)(cls, est)

@@ -44,7 +44,7 @@ def planted(tmp_path_factory):
 
 def _fit(runs, layout, scheduler=None, seed=0):
     return Decomposition(backend="fast", n_components=4, n_init=3, random_state=seed,
-                         scheduler=scheduler).fit(runs, layout)
+                         scheduler=scheduler).fit(runs, layout=layout)
 
 
 def test_same_maps_on_a_cluster_as_in_process(planted, client):
@@ -111,7 +111,7 @@ def test_unreachable_scheduler_and_bad_names(monkeypatch):
 def test_scheduler_needs_the_fast_backend(planted):
     _, runs, layout, _ = planted
     with pytest.raises(UsageError, match="--backend fast"):
-        Decomposition(backend="nilearn", scheduler="processes").fit(runs, layout)
+        Decomposition(backend="nilearn", scheduler="processes").fit(runs, layout=layout)
 
 
 @pytest.mark.parametrize("verbose", [False, True])

@@ -36,7 +36,7 @@ def _planted(root, n_strong=3, strong=4.0, weak=0.05, noise=0.1, n_runs=3, seed=
 def _fit(root, paths, **params):
     layout = Dataset(root).layout("m")
     params = {"n_runs": 10, "n_components": 6, "n_init": 2, "backend": "fast", **params}
-    return StableDecomposition(**params).fit(paths, layout)
+    return StableDecomposition(**params).fit(paths, layout=layout)
 
 
 def test_strong_sources_are_stable_and_their_centrotypes_are_the_sources(tmp_path):
@@ -72,9 +72,9 @@ def test_the_same_seed_gives_the_same_clusters_bit_for_bit(tmp_path):
 def test_one_run_is_the_single_decomposition_exactly(tmp_path, backend):
     paths, _ = _planted(tmp_path, n_runs=2)
     layout = Dataset(tmp_path).layout("m")
-    single = Decomposition(n_components=5, n_init=2, random_state=7, backend=backend).fit(paths, layout)
+    single = Decomposition(n_components=5, n_init=2, random_state=7, backend=backend).fit(paths, layout=layout)
     stable = StableDecomposition(n_runs=1, n_components=5, n_init=2, random_state=7,
-                                 backend=backend).fit(paths, layout)
+                                 backend=backend).fit(paths, layout=layout)
     assert np.array_equal(single.components_, stable.components_) and stable.stability_ is None
 
 

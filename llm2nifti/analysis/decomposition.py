@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from sklearn.base import BaseEstimator
+from sklearn.base import BaseEstimator, TransformerMixin
+from sklearn.utils.validation import check_is_fitted
 
 from ..errors import UsageError
 
@@ -115,7 +116,92 @@ def explained_variance(runs, components, device="cpu"):
     return proj / total, fitted / total
 
 
-class Decomposition(BaseEstimator):
+def _layout_of(runs, layout):
+    """``layout``, or the one neuron layout of the runs' sidecars."""
+    if layout is not None:
+        return layout
+    from bids_llm.dataset import run_layout
+
+    found = {run_layout(r) for r in runs}
+    if len(found) > 1:
+        raise UsageError("imgs have different neuron layouts: decompose the runs of one "
+                         "participant and site together")
+    return found.pop()
+
+
+class _MapsMixin(TransformerMixin):
+    """What a fitted decomposition offers, as nilearn's decompositions do.
+
+    ``components_img_`` (the maps as a 4D image), ``transform`` (each run's component time
+    courses), ``inverse_transform`` (back to runs) and ``score`` (explained variance). Runs are
+    z-scored over their tokens (ddof 1, as the fit reads them) and regressed on the maps by
+    least squares, as nilearn's ``NiftiMapsMasker`` does.
+    """
+
+    def _runs_data(self, imgs):
+        from bids_llm.dataset import load_run, run_layout
+
+        for img in imgs:
+            if run_layout(img) != self.layout_:
+                raise UsageError(f"{Path(str(getattr(img, 'path', img))).name} was recorded with "
+                                 "another neuron layout than the maps: pass runs of the "
+                                 "participant and site the decomposition was fitted on")
+            X = np.array(load_run(img, mmap=True)[0], dtype=np.float64)
+            std = X.std(axis=0, ddof=1, keepdims=True) if len(X) > 1 else np.zeros((1, X.shape[1]))
+            X -= X.mean(axis=0, keepdims=True)
+            yield np.divide(X, std, out=np.zeros_like(X), where=std > 0)
+
+    def transform(self, imgs):
+        """Each run's component time courses.
+
+        Parameters
+        ----------
+        imgs : list of Run or path
+            4D runs of the layout the maps were fitted on.
+
+        Returns
+        -------
+        list of ndarray of shape (n_tokens, n_components)
+        """
+        check_is_fitted(self, "components_")
+        pinv = np.linalg.pinv(np.asarray(self.components_, dtype=np.float64))
+        return [Z @ pinv for Z in self._runs_data(_as_list(imgs))]
+
+    def inverse_transform(self, loadings):
+        """Runs rebuilt from component time courses (as :meth:`transform` returns them).
+
+        Returns
+        -------
+        list of nibabel.Nifti1Image
+            One 4D image per run, one volume per token, on the dataset's grid.
+        """
+        check_is_fitted(self, "components_")
+        C = np.asarray(self.components_, dtype=np.float64)
+        return [self.layout_.to_img(np.atleast_2d(L) @ C) for L in loadings]
+
+    def score(self, imgs, y=None, per_component=False):
+        """Share of the z-scored runs' variance the maps explain (R^2 of the regression).
+
+        ``per_component``: each map's share alone (see :func:`explained_variance`).
+        """
+        check_is_fitted(self, "components_")
+        per, total = explained_variance(_as_list(imgs), self.components_)
+        return per if per_component else total
+
+    def components_img(self, z=False):
+        """The maps (or z-maps) as a 4D image, one volume per component."""
+        return self.layout_.to_img(self.zmaps_ if z else self.components_)
+
+    def _set_fitted_maps(self):
+        self.zmaps_ = zscore_maps(self.components_)
+        self.components_img_ = self.layout_.to_img(self.components_)
+
+
+def _as_list(imgs):
+    return [imgs] if isinstance(imgs, (str, Path)) or hasattr(imgs, "path") else list(imgs)
+
+
+class Decomposition(_MapsMixin, BaseEstimator):
     """Spatial decomposition of runs into maps over neurons.
 
     Parameters
@@ -153,6 +239,9 @@ class Decomposition(BaseEstimator):
     ----------
     components_ : ndarray of shape (n_components, n_neurons)
         Maps in layer-major neuron order (float32).
+    components_img_ : nibabel.Nifti1Image
+        The maps as a 4D image on the dataset's grid, one volume per component (nilearn's
+        name).
     zmaps_ : ndarray of shape (n_components, n_neurons)
         Each map z-scored over neurons.
     singular_values_ : ndarray or None
@@ -197,14 +286,17 @@ class Decomposition(BaseEstimator):
             raise UsageError("--scheduler distributes the fast backend's per-run work: add "
                              "--backend fast (nilearn's backend parallelises with --n-jobs)")
 
-    def fit(self, runs, layout, reduced=None):
-        """Decompose ``runs``.
+    def fit(self, imgs, y=None, *, layout=None, reduced=None):
+        """Decompose the runs ``imgs``, as nilearn's CanICA fits on images.
 
         Parameters
         ----------
-        runs : list of Run or path
+        imgs : list of Run or path
             4D bold images of one neuron layout.
-        layout : NeuronLayout
+        y : None
+            Ignored (scikit-learn's signature, so that a Pipeline can hold the estimator).
+        layout : NeuronLayout, optional
+            The runs' layout (default: read from their sidecars).
         reduced : list of ndarray or RunReductions, optional
             Fast backend: each run's reduction already made (at least ``n_components`` rows,
             as ``llm2nifti.analysis.reduction.reduce_run`` makes them), or a
@@ -216,8 +308,9 @@ class Decomposition(BaseEstimator):
         """
         import nibabel as nib
 
-        runs = list(runs)
+        runs = _as_list(imgs)
         self._check(runs)
+        layout = _layout_of(runs, layout)
         self.layout_ = layout
         paths = [str(getattr(r, "path", r)) for r in runs]
         shapes = []
@@ -290,7 +383,7 @@ class Decomposition(BaseEstimator):
             self.singular_values_ = None if var is None else np.asarray(var)
             self.info_ = {}
         self.fit_seconds_ = time.perf_counter() - t0
-        self.zmaps_ = zscore_maps(self.components_)
+        self._set_fitted_maps()
         return self
 
     def _check_memory(self, paths, tokens, layout):
@@ -298,12 +391,8 @@ class Decomposition(BaseEstimator):
         check_decomposition_fits(tokens, layout.n_neurons, self.n_components, self.backend,
                                  self.method, self.n_init)
 
-    def components_img(self, z=False):
-        """The maps (or z-maps) as a 4D image, one volume per component."""
-        return self.layout_.to_img(self.zmaps_ if z else self.components_)
 
-
-class StableDecomposition(BaseEstimator):
+class StableDecomposition(_MapsMixin, BaseEstimator):
     """``n_runs`` decompositions of the same runs, clustered into stable components (ICASSO).
 
     Parameters
@@ -325,6 +414,8 @@ class StableDecomposition(BaseEstimator):
     ----------
     components_, zmaps_ : ndarray of shape (n_components, n_neurons)
         Centrotypes (clusters in decreasing stability) and their z-maps.
+    components_img_ : nibabel.Nifti1Image
+        The centrotypes as a 4D image, one volume per component.
     stability_ : pandas.DataFrame
         One row per component (see :func:`~llm2nifti.analysis.stability.icasso`); None when
         ``n_runs == 1``.
@@ -366,13 +457,16 @@ class StableDecomposition(BaseEstimator):
         return Decomposition(**dict(params, random_state=seed,
                                     n_init=resolve_n_init(self.n_init, self.n_runs)))
 
-    def fit(self, runs, layout, reduced=None):
-        """Decompose ``runs`` ``n_runs`` times and cluster the maps.
+    def fit(self, imgs, y=None, *, layout=None, reduced=None):
+        """Decompose the runs ``imgs`` ``n_runs`` times and cluster the maps.
 
         Parameters
         ----------
-        runs : list of Run or path
-        layout : NeuronLayout
+        imgs : list of Run or path
+        y : None
+            Ignored (scikit-learn's signature).
+        layout : NeuronLayout, optional
+            The runs' layout (default: read from their sidecars).
         reduced : RunReductions, optional
             Fast backend: per-run reductions shared by every decomposition (made here when
             not given).
@@ -383,7 +477,8 @@ class StableDecomposition(BaseEstimator):
         """
         from .stability import check_stable, run_seeds
 
-        runs = list(runs)
+        runs = _as_list(imgs)
+        layout = _layout_of(runs, layout)
         check_stable(self.n_runs, self.bootstrap, len(runs), self.n_components, layout.n_neurons)
         self.seeds_ = run_seeds(self.random_state, self.n_runs)
         if self.backend == "fast" and reduced is None and self.n_runs > 1:
@@ -404,7 +499,8 @@ class StableDecomposition(BaseEstimator):
             chosen = runs
             if self.bootstrap and i > 0:
                 chosen = [runs[j] for j in np.sort(rng.integers(0, len(runs), len(runs)))]
-            self.estimators_.append(self._decomposition(seed).fit(chosen, layout, reduced=reduced))
+            self.estimators_.append(self._decomposition(seed).fit(chosen, layout=layout,
+                                                                  reduced=reduced))
         first = self.estimators_[0]
         for name in ("layout_", "n_runs_", "n_tokens_", "singular_values_"):
             setattr(self, name, getattr(first, name))
@@ -421,13 +517,9 @@ class StableDecomposition(BaseEstimator):
                 "n_runs": int(self.n_runs), "bootstrap": bool(self.bootstrap), "seeds": self.seeds_,
                 "linkage": "average", "similarity": "|r| between maps",
                 "mean_stability": round(float(self.stability_["stability"].mean()), 6)}
-        self.zmaps_ = zscore_maps(self.components_)
+        self._set_fitted_maps()
         self.fit_seconds_ = time.perf_counter() - t0
         return self
-
-    def components_img(self, z=False):
-        """The centrotypes (or their z-maps) as a 4D image, one volume per component."""
-        return self.layout_.to_img(self.zmaps_ if z else self.components_)
 
 
 
@@ -589,7 +681,7 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
                               random_state=random_state, backend=backend, n_jobs=n_jobs,
                               device=device, alpha=alpha, scheduler=scheduler,
                               workers=workers, progress=progress, gram_dtype=gram_dtype,
-                              precision=precision).fit(runs, layout, reduced=reductions)
+                              precision=precision).fit(runs, layout=layout, reduced=reductions)
     t0 = time.perf_counter()
     ev, ev_total = explained_variance(runs, est.components_, device=device if backend == "fast" else "cpu")
     ev_seconds = time.perf_counter() - t0

@@ -304,7 +304,7 @@ def _group_maps(pairs, layout, n_components, n_runs, random_state, backend, prog
     runs = [r for pair in pairs for r in pair]
     est = StableDecomposition(n_runs=n_runs, n_components=n_components, backend=backend,
                               random_state=random_state, progress=progress)
-    return est.fit(runs, layout)
+    return est.fit(runs, layout=layout)
 
 
 def _doc_blocks(pairs, run_documents, progress):

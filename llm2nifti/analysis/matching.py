@@ -184,7 +184,8 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
             est = StableDecomposition(n_runs=n_runs if stable else 1, method=method, n_components=k,
                                       n_init=n_init, random_state=seed, backend=backend,
                                       n_jobs=n_jobs, device=device)
-            return est.fit(selected, layout, reduced=reductions if backend == "fast" else None)
+            return est.fit(selected, layout=layout,
+                           reduced=reductions if backend == "fast" else None)
 
         table, t_set, t_names, left_out, stability = _recurrence_rows(fit, runs, layout, templates, n_components,
                                                  random_state, n_seeds, threshold, two_sided,
