@@ -43,11 +43,13 @@ def describe(values):
 
 
 def fit(runs, layout, k, n_runs, seed, backend, n_init, reductions=None):
-    from llm2nifti.analysis.decomposition import StableDecomposition
+    from llm2nifti.analysis.decomposition import Decomposition, StableDecomposition
+    from llm2nifti.analysis.stability import resolve_n_init
 
     t0 = time.perf_counter()
-    est = StableDecomposition(n_runs=n_runs, n_components=k, n_init=n_init, random_state=seed,
-                              backend=backend).fit(runs, layout=layout, reduced=reductions)
+    one = Decomposition(n_components=k, n_init=resolve_n_init(n_init, n_runs), random_state=seed,
+                        backend=backend)
+    est = StableDecomposition(one, n_repeats=n_runs).fit(runs, layout=layout, reduced=reductions)
     return est, time.perf_counter() - t0
 
 

@@ -458,13 +458,13 @@ def test_decompositions_follow_the_estimator_contract(planted, cls):
 
     root, layout, sets = planted
     paths = [str(r.path) for r in Dataset(root).runs()]
-    params = dict(n_components=4, n_init=2, backend="fast", random_state=3)
-    if cls == "StableDecomposition":
-        params["n_runs"] = 3
-    est = getattr(llm2nifti, cls)(**params)
+    est = llm2nifti.Decomposition(n_components=4, n_init=2, backend="fast", random_state=3)
+    name = "n_components"
+    if cls == "StableDecomposition":  # a meta-estimator: the decomposition's parameters nested
+        est, name = llm2nifti.StableDecomposition(est, n_repeats=3), "estimator__n_components"
     copy = clone(est)
-    assert copy.get_params() == est.get_params() and not hasattr(copy, "components_")
-    assert copy.set_params(n_components=3).n_components == 3 and est.n_components == 4
+    assert copy.get_params()[name] == 4 and not hasattr(copy, "components_")
+    assert copy.set_params(**{name: 3}).get_params()[name] == 3 and est.get_params()[name] == 4
     assert est.fit(paths) is est  # the layout comes from the runs' sidecars
     img = est.components_img_
     assert img.shape[-1] == 4 and layout.check_img(img) is None

@@ -33,10 +33,10 @@ def _planted(root, n_strong=3, strong=4.0, weak=0.05, noise=0.1, n_runs=3, seed=
     return _write_runs(root, runs), S
 
 
-def _fit(root, paths, **params):
+def _fit(root, paths, bootstrap=False, **params):
     layout = Dataset(root).layout("m")
-    params = {"n_runs": 10, "n_components": 6, "n_init": 2, "backend": "fast", **params}
-    return StableDecomposition(**params).fit(paths, layout=layout)
+    one = Decomposition(**{"n_components": 6, "n_init": 2, "backend": "fast", **params})
+    return StableDecomposition(one, n_repeats=10, bootstrap=bootstrap).fit(paths, layout=layout)
 
 
 def test_strong_sources_are_stable_and_their_centrotypes_are_the_sources(tmp_path):
@@ -73,8 +73,8 @@ def test_one_run_is_the_single_decomposition_exactly(tmp_path, backend):
     paths, _ = _planted(tmp_path, n_runs=2)
     layout = Dataset(tmp_path).layout("m")
     single = Decomposition(n_components=5, n_init=2, random_state=7, backend=backend).fit(paths, layout=layout)
-    stable = StableDecomposition(n_runs=1, n_components=5, n_init=2, random_state=7,
-                                 backend=backend).fit(paths, layout=layout)
+    stable = StableDecomposition(Decomposition(n_components=5, n_init=2, random_state=7,
+                                               backend=backend), n_repeats=1).fit(paths, layout=layout)
     assert np.array_equal(single.components_, stable.components_) and stable.stability_ is None
 
 

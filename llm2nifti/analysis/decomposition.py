@@ -393,22 +393,24 @@ class Decomposition(_MapsMixin, BaseEstimator):
 
 
 class StableDecomposition(_MapsMixin, BaseEstimator):
-    """``n_runs`` decompositions of the same runs, clustered into stable components (ICASSO).
+    """A decomposition repeated ``n_repeats`` times, its maps clustered into stable components
+    (ICASSO).
+
+    A meta-estimator, as scikit-learn's are: it wraps the decomposition it repeats
+    (``StableDecomposition(Decomposition(n_components=64, n_init=1), n_repeats=10)``) and reaches
+    its parameters as ``estimator__n_components`` through ``get_params``/``set_params``.
 
     Parameters
     ----------
-    n_runs : int
-        Decompositions; seeds from ``stability.run_seeds`` (``n_runs=1`` is the single
-        decomposition, bit for bit).
+    estimator : Decomposition, optional
+        The decomposition repeated, each time with another seed (from ``stability.run_seeds``
+        and the estimator's ``random_state``); default ``Decomposition()``. One FastICA start
+        each (``n_init=1``) is usual: the repeats take the place of the restarts.
+    n_repeats : int
+        Decompositions (``n_repeats=1`` is the single decomposition, bit for bit).
     bootstrap : bool
         Each decomposition after the first reads a resample of the runs (drawn with
         replacement), so that stability covers the choice of text as well as the start.
-    n_init : int, optional
-        FastICA starts of each decomposition (default:
-        :func:`~llm2nifti.analysis.stability.resolve_n_init`).
-    **params
-        :class:`Decomposition`'s other parameters
-        (``method``, ``n_components``, ``random_state``, ``backend``, ...).
 
     Attributes
     ----------
@@ -418,47 +420,33 @@ class StableDecomposition(_MapsMixin, BaseEstimator):
         The centrotypes as a 4D image, one volume per component.
     stability_ : pandas.DataFrame
         One row per component (see :func:`~llm2nifti.analysis.stability.icasso`); None when
-        ``n_runs == 1``.
+        ``n_repeats == 1``.
     members_ : pandas.DataFrame
         Every estimate's cluster and 2-D position (see
-        :func:`~llm2nifti.analysis.stability.icasso`); None when ``n_runs == 1``.
+        :func:`~llm2nifti.analysis.stability.icasso`); None when ``n_repeats == 1``.
     estimators_ : list of Decomposition
-        The ``n_runs`` decompositions (their maps are kept in ``members_`` order).
+        The ``n_repeats`` decompositions (their maps are kept in ``members_`` order).
     seeds_ : list of int
     layout_, n_runs_, n_tokens_, singular_values_, info_, fit_seconds_ :
         As :class:`Decomposition`'s, for the first
-        decomposition (``info_`` adds the ICASSO settings).
+        decomposition (``info_`` adds the ICASSO settings; ``n_runs_`` counts BOLD runs).
     """
 
-    def __init__(self, n_runs=10, bootstrap=False, method="canica", n_components=20, n_init=None,
-                 random_state=0, backend="fast", n_jobs=1, device="cpu", alpha=10.0, verbose=0,
-                 scheduler=None, workers=2, progress=False, gram_dtype="auto", precision="mixed"):
-        self.n_runs = n_runs
+    def __init__(self, estimator=None, n_repeats=10, bootstrap=False):
+        self.estimator = estimator
+        self.n_repeats = n_repeats
         self.bootstrap = bootstrap
-        self.method = method
-        self.n_components = n_components
-        self.n_init = n_init
-        self.random_state = random_state
-        self.backend = backend
-        self.n_jobs = n_jobs
-        self.device = device
-        self.alpha = alpha
-        self.verbose = verbose
-        self.scheduler = scheduler
-        self.workers = workers
-        self.progress = progress
-        self.gram_dtype = gram_dtype
-        self.precision = precision
+
+    def _base(self):
+        return Decomposition() if self.estimator is None else self.estimator
 
     def _decomposition(self, seed):
-        from .stability import resolve_n_init
+        from sklearn.base import clone
 
-        params = {k: v for k, v in self.get_params().items() if k not in ("n_runs", "bootstrap")}
-        return Decomposition(**dict(params, random_state=seed,
-                                    n_init=resolve_n_init(self.n_init, self.n_runs)))
+        return clone(self._base()).set_params(random_state=seed)
 
     def fit(self, imgs, y=None, *, layout=None, reduced=None):
-        """Decompose the runs ``imgs`` ``n_runs`` times and cluster the maps.
+        """Decompose the runs ``imgs`` ``n_repeats`` times and cluster the maps.
 
         Parameters
         ----------
@@ -479,15 +467,16 @@ class StableDecomposition(_MapsMixin, BaseEstimator):
 
         runs = _as_list(imgs)
         layout = _layout_of(runs, layout)
-        check_stable(self.n_runs, self.bootstrap, len(runs), self.n_components, layout.n_neurons)
-        self.seeds_ = run_seeds(self.random_state, self.n_runs)
-        if self.backend == "fast" and reduced is None and self.n_runs > 1:
+        base = self._base()
+        check_stable(self.n_repeats, self.bootstrap, len(runs), base.n_components, layout.n_neurons)
+        self.seeds_ = run_seeds(base.random_state, self.n_repeats)
+        if base.backend == "fast" and reduced is None and self.n_repeats > 1:
             from .reduction import RunReductions
             from .scheduling import dask_client
 
-            with dask_client(self.scheduler, self.workers) as client:
-                cache = RunReductions(client, self.device, self.progress, self.gram_dtype,
-                                      n_components=self.n_components)
+            with dask_client(base.scheduler, base.workers) as client:
+                cache = RunReductions(client, base.device, base.progress, base.gram_dtype,
+                                      n_components=base.n_components)
                 return self._fit(runs, layout, cache)
         return self._fit(runs, layout, reduced)
 
@@ -505,16 +494,16 @@ class StableDecomposition(_MapsMixin, BaseEstimator):
         for name in ("layout_", "n_runs_", "n_tokens_", "singular_values_"):
             setattr(self, name, getattr(first, name))
         self.info_ = dict(first.info_)
-        if self.n_runs == 1:
+        if self.n_repeats == 1:
             self.components_, self.stability_, self.members_ = first.components_, None, None
         else:
             from .stability import icasso
 
             maps, self.stability_, self.members_ = icasso([e.components_ for e in self.estimators_],
-                                                          self.n_components)
+                                                          self._base().n_components)
             self.components_ = maps.astype(np.float32)
             self.info_["icasso"] = {
-                "n_runs": int(self.n_runs), "bootstrap": bool(self.bootstrap), "seeds": self.seeds_,
+                "n_runs": int(self.n_repeats), "bootstrap": bool(self.bootstrap), "seeds": self.seeds_,
                 "linkage": "average", "similarity": "|r| between maps",
                 "mean_stability": round(float(self.stability_["stability"].mean()), 6)}
         self._set_fitted_maps()
@@ -676,12 +665,12 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
 
     n_init = resolve_n_init(n_init, n_runs)
 
-    est = StableDecomposition(n_runs=n_runs, bootstrap=bootstrap, method=method,
-                              n_components=n_components, n_init=n_init,
-                              random_state=random_state, backend=backend, n_jobs=n_jobs,
-                              device=device, alpha=alpha, scheduler=scheduler,
-                              workers=workers, progress=progress, gram_dtype=gram_dtype,
-                              precision=precision).fit(runs, layout=layout, reduced=reductions)
+    one = Decomposition(method=method, n_components=n_components, n_init=n_init,
+                        random_state=random_state, backend=backend, n_jobs=n_jobs, device=device,
+                        alpha=alpha, scheduler=scheduler, workers=workers, progress=progress,
+                        gram_dtype=gram_dtype, precision=precision)
+    est = StableDecomposition(one, n_repeats=n_runs, bootstrap=bootstrap).fit(
+        runs, layout=layout, reduced=reductions)
     t0 = time.perf_counter()
     ev, ev_total = explained_variance(runs, est.components_, device=device if backend == "fast" else "cpu")
     ev_seconds = time.perf_counter() - t0
@@ -740,11 +729,11 @@ def _stability_record(est, comp_path):
     table of each component's stability is."""
     from .stability import stability_paths
 
-    if est.n_runs == 1:
+    if est.n_repeats == 1:
         return {"NDecompositions": 1, "Note": "one ICA optimum: whether each map recurs is not "
                                               "known (decompose --n-runs 10)"}
     table, members = stability_paths(comp_path)
-    return {"NDecompositions": int(est.n_runs), "Bootstrap": bool(est.bootstrap),
+    return {"NDecompositions": int(est.n_repeats), "Bootstrap": bool(est.bootstrap),
             "Seeds": est.seeds_, "Method": "ICASSO: average-linkage clusters of |r| between maps; "
             "centrotypes; Iq = mean |r| within - mean |r| to the others",
             "MeanStability": round(float(est.stability_["stability"].mean()), 6),
@@ -758,7 +747,7 @@ def _write_stability(est, comp_path):
     from .stability import stability_paths
 
     table, members = stability_paths(comp_path)
-    if est.n_runs == 1:
+    if est.n_repeats == 1:
         table.unlink(missing_ok=True)
         members.unlink(missing_ok=True)
         return

@@ -139,11 +139,12 @@ def write_diff(result, ds, pairs, pipeline, output=None):
                                        title=f"sub-{result.candidate} vs sub-{result.reference} "
                                              f"({result.site})")
     paths["sidecar"] = table("diff", ".json")
+    one = getattr(group, "estimator", None) or group  # the decomposition a stable one repeats
     write_json(paths["sidecar"], dict(
         common, Alpha=result.alpha, Documents=result.documents, LeftOut=result.left_out,
         NComponents=int(group.components_.shape[0]),
-        GroupDecomposition={"n_runs": int(getattr(group, "n_runs", 1)),
-                            "backend": group.backend, "random_state": group.random_state},
+        GroupDecomposition={"n_runs": int(getattr(group, "n_repeats", 1)),
+                            "backend": one.backend, "random_state": one.random_state},
         Correspondence={str(l): round(float(c), 6) for l, c in
                         zip(result.layout.site.layers, result.correspondence)},
         Seconds=round(result.seconds, 1), Timings=result.timings))

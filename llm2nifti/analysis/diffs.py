@@ -299,12 +299,13 @@ def _layer_table(units, layout, alpha):
 
 # ------------------------------------------------------------------ network level
 def _group_maps(pairs, layout, n_components, n_runs, random_state, backend, progress):
-    from .decomposition import StableDecomposition
+    from .decomposition import Decomposition, StableDecomposition
+    from .stability import resolve_n_init
 
     runs = [r for pair in pairs for r in pair]
-    est = StableDecomposition(n_runs=n_runs, n_components=n_components, backend=backend,
-                              random_state=random_state, progress=progress)
-    return est.fit(runs, layout=layout)
+    one = Decomposition(n_components=n_components, n_init=resolve_n_init(None, n_runs),
+                        backend=backend, random_state=random_state, progress=progress)
+    return StableDecomposition(one, n_repeats=n_runs).fit(runs, layout=layout)
 
 
 def _doc_blocks(pairs, run_documents, progress):

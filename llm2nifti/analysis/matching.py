@@ -159,7 +159,8 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
     """
     from bids_llm.dataset import Dataset
 
-    from .decomposition import StableDecomposition, select_runs
+    from .decomposition import Decomposition, StableDecomposition, select_runs
+    from .stability import resolve_n_init
     from .selection import summarize
 
     if threads is not None:
@@ -181,11 +182,12 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
         reductions = RunReductions(client, device, progress)
 
         def fit(selected, k, seed, stable=False):
-            est = StableDecomposition(n_runs=n_runs if stable else 1, method=method, n_components=k,
-                                      n_init=n_init, random_state=seed, backend=backend,
-                                      n_jobs=n_jobs, device=device)
-            return est.fit(selected, layout=layout,
-                           reduced=reductions if backend == "fast" else None)
+            repeats = n_runs if stable else 1
+            one = Decomposition(method=method, n_components=k,
+                                n_init=resolve_n_init(n_init, repeats), random_state=seed,
+                                backend=backend, n_jobs=n_jobs, device=device)
+            return StableDecomposition(one, n_repeats=repeats).fit(
+                selected, layout=layout, reduced=reductions if backend == "fast" else None)
 
         table, t_set, t_names, left_out, stability = _recurrence_rows(fit, runs, layout, templates, n_components,
                                                  random_state, n_seeds, threshold, two_sided,
