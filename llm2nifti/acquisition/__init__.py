@@ -17,7 +17,7 @@ _EXPORTS = {
     "localizer_documents": ".localizer", "CONDITIONS": ".localizer",
     **{name: ".words" for name in (
         "WORD_RULE", "POOLS", "word_spans", "token_spans", "token_words", "WordIndex",
-        "word_index", "participant_words", "only_choice", "words_dataset", "PIPELINE_WORDS")},
+        "word_index", "participant_words", "words_dataset", "PIPELINE_WORDS")},
 }
 
 __all__ = list(_EXPORTS)

@@ -35,8 +35,10 @@ import numpy as np
 
 from bids_llm.tsv import TEXT_CELLS
 
+from ..errors import only_choice
+
 __all__ = ["WORD_RULE", "POOLS", "word_spans", "token_spans", "token_words", "WordIndex",
-           "word_index", "participant_words", "only_choice", "words_dataset", "PIPELINE_WORDS"]
+           "word_index", "participant_words", "words_dataset", "PIPELINE_WORDS"]
 
 WORD_RULE = "maximal runs of non-whitespace characters of the document (str.split)"
 POOLS = ("mean", "last")
@@ -197,18 +199,6 @@ _WORD_EVENTS_JSON = {
     "word_index": {"Description": "Index of the word in its document (0-based)"},
     "n_tokens": {"Description": "Number of the model's tokens that make the word"},
 }
-
-
-def only_choice(values, what, option):
-    """The one value of ``values``; else a :class:`UsageError` listing the choices."""
-    from ..errors import UsageError
-
-    values = sorted(set(v for v in values if v is not None))
-    if len(values) == 1:
-        return values[0]
-    if not values:
-        raise UsageError(f"no {what} to choose from")
-    raise UsageError(f"several {what}s ({', '.join(map(str, values))}): choose one with {option}")
 
 
 def participant_words(dataset, participant=None, task=None, site=None):

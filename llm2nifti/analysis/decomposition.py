@@ -556,7 +556,7 @@ def select_runs(dataset, participant=None, task=None, run=None, site=None, verif
     (several: an error lists them); ``task="all"``: every task's runs together.
     With ``verify``, damaged runs are refused (see :meth:`bids_llm.dataset.Dataset.check_runs`).
     """
-    from ..acquisition import only_choice
+    from ..errors import only_choice
 
     if task is None:
         found = dataset.runs(participant=participant, run=run, site=site)

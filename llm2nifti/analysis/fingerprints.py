@@ -236,7 +236,7 @@ class FingerprintResult:
 
 def _check_participants(ds, reference, candidates, independent, task, site):
     """Task and site of the comparison; refuse unknown, repeated or self comparisons."""
-    from ..acquisition import only_choice
+    from ..errors import only_choice
 
     known = sorted({r.participant for r in ds.runs()})
     others = list(candidates) + list(independent)

@@ -196,7 +196,8 @@ def localize(dataset, *, model=None, stimuli="localizer", task=None, participant
     """
     from bids_llm.dataset import DEFAULT_SITE, Dataset, is_dataset
 
-    from ..acquisition import LOCALIZER, load_documents, only_choice, scan, task_label
+    from ..acquisition import LOCALIZER, load_documents, scan, task_label
+    from ..errors import only_choice
 
     if z_threshold is None:
         _check_top(top_percent)  # before anything is recorded

@@ -244,7 +244,7 @@ def site_of_image(components, ds, participant=None):
     """
     from bids_llm.dataset import DEFAULT_SITE, site_of_label
 
-    from ..acquisition import only_choice
+    from ..errors import only_choice
 
     name = Path(components).name
     acq = re.search(r"(?:^|_)acq-([A-Za-z0-9]+)_", name)
