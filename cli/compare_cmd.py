@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .group import PARTICIPANT, main
+from .group import PARTICIPANT, main, quiet_option, threads_option
 
 
 def _who(f):
@@ -25,7 +25,7 @@ def _who(f):
 @_who
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder of the word-level dataset [default: DATASET/derivatives/llm2nifti-words].")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 def words(dataset, participant, site, task, pool, output, quiet):
     """Write word-level runs: each volume is one word (its tokens pooled), so that models with
     different tokenizers share one time axis. The output is a dataset nilearn and
@@ -69,10 +69,10 @@ def words(dataset, participant, site, task, pool, output, quiet):
                    "every network.")
 @click.option("--no-rsa", is_flag=True, help="Skip the layer x layer RSA and CKA.")
 @click.option("--random-state", type=int, default=0, show_default=True, help="Seed.")
-@click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")
+@threads_option
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder [default: DATASET/derivatives/llm2nifti-fingerprint].")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 def fingerprint(dataset, reference, candidates, independent, random_copies, site, task, pool,
                 networks, n_permutations, n_components, threshold, n_runs, min_stability, no_rsa,
                 random_state,
@@ -147,9 +147,9 @@ def fingerprint(dataset, reference, candidates, independent, random_copies, site
               help="pruned: share of each linear layer's weights set to 0 (smallest first).")
 @click.option("--bits", type=click.IntRange(2, 8), default=4, show_default=True,
               help="quantized: bits per weight.")
-@click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")
+@threads_option
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 def derive(output, kind, model, gguf_file, seed, text, steps, lr, layer, n_neurons, factor,
            fraction, bits, threads, overwrite, quiet):
     """Save a variant of a model whose lineage is known (for `fingerprint` and `diff`): a

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .group import PARTICIPANT, former_name, main, model_options
+from .group import PARTICIPANT, former_name, main, model_options, quiet_option, threads_option
 
 _NEURONS = click.Choice(["mlp", "mlp-out", "attn", "residual", "experts", "mixer"])
 
@@ -51,10 +51,10 @@ def _model_options(f):
 @click.option("--compress", is_flag=True, help="Write .nii.gz (slower, not memory-mappable) instead of .nii.")
 @click.option("--resume", is_flag=True, help="Keep finished runs of an interrupted convert; do the rest.")
 @click.option("--overwrite", is_flag=True, help="Redo this model's runs of this task in OUTPUT.")
-@click.option("--threads", type=int, default=None, help="torch CPU threads [default: available cores].")
+@threads_option
 @click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Cache of converted GGUF models [default: $LLM2NIFTI_CACHE or $XDG_CACHE_HOME/llm2nifti].")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 @_model_options
 @former_name("--neurons", "site", _NEURONS)
 @former_name("--label", "participant")

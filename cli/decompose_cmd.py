@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .group import PARTICIPANT, main
+from .group import PARTICIPANT, main, quiet_option, threads_option
 
 
 def _runs(value):
@@ -30,14 +30,14 @@ def _selection_options(f):
 
 
 def _decomposition_options(f):
-    f = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(f)
+    f = quiet_option(f)
     f = click.option("--workers", type=int, default=2, show_default=True,
                      help="Worker processes of --scheduler processes.")(f)
     f = click.option("--scheduler", default="threads", show_default=True,
                      help="Where the fast backend's per-run work runs: threads (this process), "
                           "processes (a local Dask cluster of --workers), or the address of a "
                           "running Dask scheduler (tcp://host:8786).")(f)
-    f = click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")(f)
+    f = threads_option(f)
     f = click.option("--device", default="cpu", show_default=True,
                      help="torch device of the fast backend (cpu, cuda).")(f)
     f = click.option("--n-jobs", type=int, default=1, show_default=True, help="nilearn parallel jobs.")(f)

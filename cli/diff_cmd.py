@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from .group import PARTICIPANT, main
+from .group import PARTICIPANT, main, quiet_option, threads_option
 
 
 @main.command()
@@ -25,10 +25,10 @@ from .group import PARTICIPANT, main
 @click.option("--alpha", type=float, default=0.05, show_default=True,
               help="FWE level of the units written to units.tsv.")
 @click.option("--random-state", type=int, default=0, show_default=True, help="Seed.")
-@click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")
+@threads_option
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder [default: DATASET/derivatives/llm2nifti-diff].")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 def diff(dataset, reference, candidate, site, task, n_components, n_runs, n_permutations, alpha,
          random_state, threads, output, quiet):
     """Compare two checkpoints of one model that read the same text: per unit, a paired test
@@ -85,7 +85,7 @@ def diff(dataset, reference, candidate, site, task, n_components, n_runs, n_perm
 @click.option("--max-doc-tokens", type=int, default=64, show_default=True)
 @click.option("--seeds", type=int, default=5, show_default=True,
               help="Random unit sets (same count per layer) as controls.")
-@click.option("--threads", type=int, default=None, help="torch CPU threads [default: all cores].")
+@threads_option
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder [default: beside UNITS].")
 def patch(units, dataset, reference, candidate, test, texts, n_docs, max_doc_tokens, seeds,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .group import PARTICIPANT, main, model_options
+from .group import PARTICIPANT, main, model_options, quiet_option, threads_option
 
 
 def _floats(value):
@@ -88,11 +88,11 @@ def _names(value):
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--bootstrap", "n_resamples", type=int, default=2000, show_default=True,
               help="Bootstrap resamples per confidence interval.")
-@click.option("--threads", type=int, default=None, help="torch CPU threads [default: available cores].")
+@threads_option
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
               show_default=True)
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 def evaluate(networks, dataset, output, model, gguf_file, participant, network_names, heldout, task,
              template, label_words, max_new_tokens, bigbench,
              n_docs, n_items, max_doc_tokens, seeds, amplify, no_amplify_controls, ablation, curve,
@@ -148,7 +148,7 @@ def evaluate(networks, dataset, output, model, gguf_file, participant, network_n
 @click.option("--n-docs", type=int, default=20, show_default=True)
 @click.option("--max-doc-tokens", type=int, default=128, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
-@click.option("--threads", type=int, default=None, help="torch CPU threads [default: available cores].")
+@threads_option
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]), default="auto",
               show_default=True)

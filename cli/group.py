@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import sys
 
 import click
 
@@ -32,6 +31,17 @@ class _Participant(click.ParamType):
 
 #: The type of every option that names a participant.
 PARTICIPANT = _Participant()
+
+
+def threads_option(f):
+    """``--threads``: one declaration and one help text for every command that runs torch."""
+    return click.option("--threads", type=int, default=None,
+                        help="torch CPU threads [default: the cores this process may use].")(f)
+
+
+def quiet_option(f):
+    """``--quiet``/``-q``: one declaration for every command that shows progress."""
+    return click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(f)
 
 
 class _Group(click.Group):

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from .convert import _model_options
-from .group import PARTICIPANT, former_name, main, model_options
+from .group import PARTICIPANT, former_name, main, model_options, quiet_option, threads_option
 
 
 @main.command()
@@ -31,8 +31,8 @@ from .group import PARTICIPANT, former_name, main, model_options
 @click.option("--run-tokens", type=int, default=None,
               help="Tokens per run when recording [default: 1024 or the context window]; runs end "
                    "between items.")
-@click.option("--threads", type=int, default=None, help="torch CPU threads [default: available cores].")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@threads_option
+@quiet_option
 @_model_options
 @former_name("--neurons", "site", click.Choice(["mlp", "mlp-out", "attn", "residual"]))
 @former_name("--label", "participant")
@@ -95,7 +95,7 @@ def _kinds(value):
               help="Matched pairs below this IoU are left out of the comparison.")
 @click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Folder [default: DATASET/derivatives/llm2nifti-connectivity].")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 def connectivity(components, dataset, kinds, signals, estimator, threshold, participant, task,
                  site, compare, compare_dataset, compare_task, min_iou, output, quiet):
     """Connectomes between the networks of COMPONENTS over DATASET's runs (nilearn).
