@@ -1,7 +1,7 @@
 """Tab-separated tables that every reader reads back whole: one rule for every cell of text.
 
 The readers users have — ``pandas.read_csv(path, sep="\\t")`` with its defaults (nilearn's
-``first_level_from_bids`` and pybids read that way), Python's :mod:`csv` and R's
+``first_level_from_bids`` and pybids read that way), Python's ``csv`` and R's
 ``read.delim`` — agree on two things a token's text can trip:
 
 - a cell that holds a double quote is read as a quoted field, which swallows the rows up to the
@@ -153,8 +153,8 @@ def frame_text(frame, index=False, **to_csv):
     """A pandas DataFrame as TSV text by the module's rule; missing values as ``n/a``.
 
     Text columns go through :func:`escape` (the text ``n/a`` too: only NaN and None are
-    missing); pandas quotes the cells that hold a quote (step 3). Numbers are written by :meth:`pandas.DataFrame.to_csv` (``float_format`` and other
-    keywords pass through).
+    missing); pandas quotes the cells that hold a quote (step 3). Numbers are written by
+    pandas' ``DataFrame.to_csv`` (``float_format`` and other keywords pass through).
     """
     import pandas as pd
 
