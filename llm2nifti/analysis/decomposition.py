@@ -204,6 +204,12 @@ def _as_list(imgs):
 class Decomposition(_MapsMixin, BaseEstimator):
     """Spatial decomposition of runs into maps over neurons.
 
+    A scikit-learn estimator fitted on runs as nilearn's CanICA is (``fit(run_paths)``, the
+    neuron layout read from the runs' sidecars). Once fitted it has ``components_img_``,
+    ``transform(imgs)`` (each run's component time courses: least squares of the z-scored run
+    on the maps), ``inverse_transform(loadings)`` (runs rebuilt as images) and ``score(imgs)``
+    (the share of the runs' variance the maps explain); ``clone`` and a ``Pipeline`` work.
+
     Parameters
     ----------
     method : {"canica", "dictlearning"}
@@ -398,7 +404,9 @@ class StableDecomposition(_MapsMixin, BaseEstimator):
 
     A meta-estimator, as scikit-learn's are: it wraps the decomposition it repeats
     (``StableDecomposition(Decomposition(n_components=64, n_init=1), n_repeats=10)``) and reaches
-    its parameters as ``estimator__n_components`` through ``get_params``/``set_params``.
+    its parameters as ``estimator__n_components`` through ``get_params``/``set_params``. Fitted,
+    it has what a fitted :class:`Decomposition` has (``components_img_``, ``transform``,
+    ``inverse_transform``, ``score``), for the centrotypes.
 
     Parameters
     ----------
