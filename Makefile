@@ -12,7 +12,7 @@ DEMO_TOKENS ?= 4096
 
 DOCS_STAMP := $(VENV)/.llm2nifti-docs-installed
 
-.PHONY: install demo test numerical-tests browser rreader bench reproduce docs clean
+.PHONY: install demo test numerical-tests kernel-outcomes browser rreader bench reproduce docs clean
 
 install: $(STAMP)
 
@@ -49,6 +49,12 @@ NUMERICAL_TESTS = tests/test_decomposition.py tests/test_networks.py tests/test_
 
 numerical-tests:
 	@echo $(NUMERICAL_TESTS)
+
+# The suite under every CPU kernel this machine offers (torch capabilities, numpy's baseline
+# SIMD, MKL's reproducible mode): the tests whose outcome changes, and the decisions near their
+# line (about 5 runs of the suite; TESTS narrows it).
+kernel-outcomes: $(STAMP)
+	$(PY) benchmarks/kernel_outcomes.py --margins $(TESTS)
 
 # The report's test opens the page in headless Chromium: install it from the system's
 # packages where this is possible (root and apt-get); elsewhere that one test is skipped.
