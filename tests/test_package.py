@@ -18,9 +18,11 @@ STAGES = ("acquisition", "analysis", "intervention", "report")
 CORE = ("errors", "layout", "models", "neuronset", "sites", "_version", "_lazy")
 PUBLIC = ["NeuronLayout", "Site", "resolve_site", "load_model", "UsageError", "NeuronSet", "scan",
           "ScanResult", "Recorder", "record", "load_documents", "decompose", "Decomposition",
-          "maps_to_neurons", "iou_matrix", "intervene", "Intervention", "Evaluator",
-          "pang_lee_task", "neuron_stats", "evaluate", "prune", "prune_model", "Dataset",
-          "load_run"]
+          "maps_to_neurons", "intervene", "Intervention", "Evaluator", "neuron_stats", "evaluate",
+          "prune", "prune_model", "Dataset", "load_run",
+          # the workflows behind the commands (report is the stage package of that name)
+          "networks", "recurrence", "localize", "connectivity", "words_dataset", "fingerprint",
+          "diff", "patch_gap", "StableDecomposition"]
 
 
 @pytest.mark.parametrize("name", PUBLIC)
