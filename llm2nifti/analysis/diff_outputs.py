@@ -139,7 +139,7 @@ def write_diff(result, ds, pairs, pipeline, output=None):
                                        title=f"sub-{result.candidate} vs sub-{result.reference} "
                                              f"({result.site})")
     paths["sidecar"] = table("diff", ".json")
-    one = getattr(group, "estimator", None) or group  # the decomposition a stable one repeats
+    one = getattr(group, "estimators_", [group])[0]  # the first decomposition a stable one ran
     write_json(paths["sidecar"], dict(
         common, Alpha=result.alpha, Documents=result.documents, LeftOut=result.left_out,
         NComponents=int(group.components_.shape[0]),
