@@ -59,7 +59,7 @@ def write_connectivity(res, components, dataset, out, kinds, signals, estimator,
     from bids_llm.io import write_json
     from bids_llm.tsv import write_frame
 
-    from ..report import plot_connectome_matrix
+    from ..plots import plot_connectome_matrix
 
     folder = _folder(dataset, out, pipeline)
     stem = _stem(components)
@@ -98,7 +98,7 @@ def write_comparison(res, other, components, compare, dataset, out, pipeline):
     from bids_llm.io import write_json
     from bids_llm.tsv import write_frame
 
-    from ..report import plot_connectome_pair
+    from ..plots import plot_connectome_pair
 
     folder = _folder(dataset, out, pipeline)
     stem = f"{_stem(components)}_vs_{_stem(compare)}"

@@ -107,7 +107,7 @@ def write_diff(result, ds, pairs, pipeline, output=None):
     from bids_llm.naming import inside
 
     from .. import _version
-    from ..report import plot_diff_layers
+    from ..plots import plot_diff_layers
     root = (derivative_dir(ds.root, pipeline, "Differences between two checkpoints",
                            ignore=IGNORE) if output is None else Path(output))
     folder = inside(root, f"sub-{result.candidate}", "func")

@@ -35,7 +35,7 @@ def write_fingerprint(result, ds, task, site, pool, pipeline, output=None):
     from bids_llm.naming import bids_name, inside
 
     from .. import _version
-    from ..report import plot_depths, plot_fingerprint, plot_rsa
+    from ..plots import plot_depths, plot_fingerprint, plot_rsa
 
     ref = result.reference
     root = (derivative_dir(ds.root, pipeline, "Functional-network fingerprints",

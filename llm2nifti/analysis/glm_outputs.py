@@ -46,7 +46,7 @@ def write_localizer(result, ds, runs, layout, contrasts, top_percent, z_threshol
     from bids_llm.space import space_view
 
     from ..neuronset import NeuronSet
-    from ..report import plot_flatmap
+    from ..plots import plot_flatmap
 
     run0 = runs[0]
     participant, task, acq = run0.participant, run0.task, run0.acq

@@ -88,7 +88,7 @@ def _cell(row):
 
 def results_markdown(summary):
     """A markdown table: one row per condition, perplexity and accuracy side by side."""
-    from ..report import METRICS
+    from ..plots import METRICS
 
     metrics = [m for m in METRICS if m in set(summary["metric"])]
     head = ["condition", "sets", "neurons", "share", "overlap with key"] + metrics
@@ -125,7 +125,7 @@ _WORD = {1: "yes", -1: "no (the other way round)", 0: "not clearly"}
 
 def answer_grid(summary, ablation="zero"):
     """``[(question, metric, answer, key value, control value)]`` for one ablation kind."""
-    from ..report import METRICS
+    from ..plots import METRICS
     from .experiment import _BETTER, _beats, _get, _label
 
     out = []
@@ -521,8 +521,11 @@ def _pipeline(a, work, evaluation, threads, steps):
 def _zmaps(scan, site):
     from bids_llm.dataset import acq_for
 
+    from bids_llm.outputs import DERIVATIVES
+
     acq = acq_for(site)
-    found = sorted(scan.glob("derivatives/llm2nifti-canica/sub-*/func/*_desc-canica_stat-z_components.nii"))
+    found = DERIVATIVES["components"].find(scan, "_desc-canica_stat-z_components.nii",
+                                           method="canica")
     return [z for z in found if (f"_acq-{acq}_" in z.name if acq else "_acq-" not in z.name)]
 
 

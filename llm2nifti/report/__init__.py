@@ -1,16 +1,18 @@
 """Report: what a person looks at.
 
-Takes the tables the other stages write (evaluation summaries, recurrence, networks, localizer
-maps, connectomes); gives figures (PNG) and one self-contained HTML page per participant.
+Takes what the other stages wrote (evaluation summaries, recurrence, networks, localizer maps,
+connectomes, fingerprints, diffs), found through :mod:`bids_llm.outputs`; gives one
+self-contained HTML page per participant. The figures are :mod:`llm2nifti.plots`' (also
+importable from here, as before).
 """
 
 from .._lazy import lazy_exports
 
-_EXPORTS = {"plot_interventions": ".figures", "plot_curve": ".figures", "plot_fnk": ".figures", "plot_diff_layers": ".figures",
-            "METRICS": ".figures", "plot_flatmap": ".maps", "flat_values": ".maps",
-            "plot_connectome_matrix": ".matrices", "plot_connectome_pair": ".matrices",
-            "plot_fingerprint": ".comparison", "plot_depths": ".comparison", "plot_rsa": ".comparison",
-            "report": ".html", "Section": ".html"}
+_EXPORTS = {"report": ".html", "Section": ".html",
+            **{name: "llm2nifti.plots" for name in (
+                "plot_interventions", "plot_curve", "plot_fnk", "plot_diff_layers", "METRICS",
+                "plot_flatmap", "flat_values", "plot_connectome_matrix", "plot_connectome_pair",
+                "plot_fingerprint", "plot_depths", "plot_rsa")}}
 
-__all__ = list(_EXPORTS)
+__all__ = ["report", "Section"]
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -19,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bids_llm.outputs import DERIVATIVES
 from bids_llm.tsv import read_frame
 
 from .. import _version
 from ..errors import UsageError
-from .maps import flat_values
+from ..plots.maps import flat_values
 
 __all__ = ["report", "Section", "PIPELINE_REPORT"]
 
@@ -202,17 +203,16 @@ def _stability_blocks(path, maps):
 
 def _component_images(ds, participant):
     """z-scored maps of each decomposition of the participant (FN@k sweeps left out)."""
-    found = []
-    for folder in sorted((ds.root / "derivatives").glob(f"*/sub-{participant}/func")):
-        found += sorted(folder.glob("*_stat-z_components.nii*"))
-        found += sorted(folder.glob("*_desc-*Z_bold.nii*"))  # named by an earlier version
+    found = DERIVATIVES["components"].find(ds.root, "_stat-z_components.nii*", participant,
+                                           method="*")
     return [p for p in found if "_desc-fnk" not in p.name]
 
 
-def _components_section(ds, participant, threshold=3.6):
+def _components_section(ds, participant):
     import nibabel as nib
 
     from ..analysis import load_maps, network_names, site_of_image
+    from ..defaults import Z_THRESHOLD as threshold
 
     blocks = []
     for path in _component_images(ds, participant)[:4]:
@@ -243,8 +243,7 @@ def _components_section(ds, participant, threshold=3.6):
 def _networks_section(ds, participant):
     from ..neuronset import NeuronSet
 
-    folder = ds.root / "derivatives" / "llm2nifti-networks"
-    tables = sorted(folder.glob(f"sub-{participant}_*_networks.tsv"))
+    tables = DERIVATIVES["networks"].find(ds.root, "_networks.tsv", participant)
     if not tables:
         return None
     blocks = []
@@ -284,9 +283,8 @@ def _figures_section(paths, id_, title, command, meaning, caption):
 
 
 def _recurrence_section(ds, participant):
-    folder = ds.root / "derivatives" / "llm2nifti-recurrence"
-    paths = sorted(folder.glob(f"sub-{participant}_*recurrence.png")) + \
-        sorted(folder.glob(f"sub-{participant}_*layers.png"))
+    find = DERIVATIVES["recurrence"].find
+    paths = find(ds.root, "recurrence.png", participant) + find(ds.root, "layers.png", participant)
     return _figures_section(
         paths, "recurrence", "Recurrence", "llm2nifti recurrence",
         "Each run (and each other seed) is decomposed on its own; its networks are matched one "
@@ -299,19 +297,17 @@ def _recurrence_section(ds, participant):
 def _key_sets(ds, participant):
     from ..neuronset import NeuronSet
 
-    folder = ds.root / "derivatives" / "llm2nifti-networks"
     return {p.name[: -len("_networks.tsv")]: NeuronSet.from_tsv(p)
-            for p in sorted(folder.glob(f"sub-{participant}_*_networks.tsv"))}
+            for p in DERIVATIVES["networks"].find(ds.root, "_networks.tsv", participant)}
 
 
 def _localizer_section(ds, participant):
     from ..neuronset import NeuronSet
 
-    folder = ds.root / "derivatives" / "llm2nifti-glm" / f"sub-{participant}" / "func"
     blocks = []
     keys = _key_sets(ds, participant)
-    for png in sorted(folder.glob("*_flatmap.png")):
-        stem = png.name[: -len("_flatmap.png")]
+    for png in DERIVATIVES["glm"].find(ds.root, "_flatmap.png", participant):
+        folder, stem = png.parent, png.name[: -len("_flatmap.png")]
         meta_path = folder / f"{stem}_networks.json"
         meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
         text = f"Contrast {meta.get('Contrast', '?')}: {meta.get('NSelected', '?')} units selected " \
@@ -340,20 +336,22 @@ def _localizer_section(ds, participant):
 
 
 def _connectivity_section(ds, participant):
-    folder = ds.root / "derivatives" / "llm2nifti-connectivity"
+    find = DERIVATIVES["connectivity"].find
     blocks = []
-    for png in sorted(folder.glob(f"sub-{participant}_*_connectome.png")):
+    for png in find(ds.root, "_connectome.png", participant):
         blocks.append({"heading": png.stem, "image": _file_png(png),
                        "caption": "Connectome between networks, ordered by depth (mean layer of "
                                   "their units); the diagonal is blanked."})
-    for js in sorted(folder.glob(f"sub-{participant}_*_comparison.json")):
+    for js in find(ds.root, "_comparison.json", participant):
         record = json.loads(js.read_text())
         items = [f"{kind}: r = {v['r']:.3f} over {v['n_edges']} edges; random matchings "
                  f"{v['null_low']:.3f} to {v['null_high']:.3f} (p = {v['p']:.3g})"
                  for kind, v in record.get("Similarity", {}).items()]
         blocks.append({"heading": js.stem, "text": f"{record.get('NMatched')} networks matched by "
                        f"IoU (mean {record.get('MeanIoU', 0):.2f}).", "bullets": items})
-        for png in sorted(folder.glob(js.name.replace("_comparison.json", "_meas-*_comparison.png"))):
+        stem = js.name[: -len("_comparison.json")]
+        for png in [p for p in find(ds.root, "_comparison.png", participant)
+                    if p.name.startswith(f"{stem}_meas-")]:
             blocks.append({"image": _file_png(png), "caption": "The two connectomes, matched networks "
                            "in the same order"})
     if not blocks:
@@ -382,21 +380,21 @@ def fingerprint_networks(record_path, participant):
 
 
 def _fingerprint_section(ds, participant):
-    folder = ds.root / "derivatives" / "llm2nifti-fingerprint" / f"sub-{participant}"
+    find = DERIVATIVES["fingerprint"].find
     blocks = []
-    for tsv in sorted(folder.glob(f"sub-{participant}_*_fingerprint.tsv")):
+    for tsv in find(ds.root, "_fingerprint.tsv", participant):
         summary = read_frame(tsv)
         cols = [c for c in ("participant", "role", "score", "n_above", "n_matched", "null_mean",
                             "null_95", "p", "null", "n_words", "verdict", "reason") if c in summary]
         blocks.append({"heading": tsv.stem, "table": _table(summary[cols]),
                        "text": fingerprint_networks(tsv.with_suffix(".json"), participant)})
-    for png in sorted(folder.glob(f"sub-{participant}_*.png")):
+    for png in find(ds.root, ".png", participant):
         blocks.append({"heading": png.stem, "image": _file_png(png),
                        "caption": "Heat map: Spearman r of every network pair at word level "
                                   "(matched pairs boxed), beside the score's null. Depth: each "
                                   "matched pair's relative depth in both models. RSA: RDM "
                                   "correlation of every layer pair (dots: corrected p <= .05)."})
-    for tsv in sorted(folder.glob(f"sub-{participant}_*_isc.tsv")):
+    for tsv in find(ds.root, "_isc.tsv", participant):
         blocks.append({"heading": "Inter-model correlation", "table": _table(read_frame(tsv))})
     if not blocks:
         return None
@@ -410,10 +408,9 @@ def _fingerprint_section(ds, participant):
 
 def _diff_section(ds, participant):
     """This participant as the candidate of ``diff``: per layer and per network, what changed."""
-    folder = ds.root / "derivatives" / "llm2nifti-diff" / f"sub-{participant}" / "func"
     blocks = []
-    for js in sorted(folder.glob(f"sub-{participant}_*_diff.json")):
-        record = json.loads(js.read_text())
+    for js in DERIVATIVES["diff"].find(ds.root, "_diff.json", participant):
+        folder, record = js.parent, json.loads(js.read_text())
         stem = js.name.removesuffix("_diff.json")
         layers = read_frame(folder / f"{stem}_layers.tsv")
         totals = layers.groupby("test", sort=False)["n_changed"].sum()
@@ -476,7 +473,7 @@ def _evaluations(ds, evaluations):
         if not (folder / "evaluation.json").is_file():
             raise UsageError(f"{folder} holds no evaluation.json: pass the --output folder of "
                              "`llm2nifti evaluate`")
-    found += [p.parent for p in sorted((ds.root / "derivatives").glob("*/evaluation.json"))]
+    found += [p.parent for p in DERIVATIVES["evaluation"].find(ds.root, "evaluation.json")]
     return list(dict.fromkeys(found))
 
 
