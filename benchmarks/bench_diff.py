@@ -20,11 +20,11 @@ import tracemalloc
 
 
 def stage_times(dataset, reference, candidate, threads):
-    from llm2nifti.analysis import diff
+    from llm2nifti.analysis import Decomposition, diff
 
     t0 = time.perf_counter()
-    res = diff(dataset, reference, candidate, n_runs=1, n_permutations=1000, threads=threads,
-               write=False)
+    res = diff(dataset, reference, candidate, estimator=Decomposition(backend="fast"),
+               n_permutations=1000, threads=threads, write=False)
     total = time.perf_counter() - t0
     return res, total
 

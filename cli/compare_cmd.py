@@ -6,25 +6,27 @@ from pathlib import Path
 
 import click
 
-from .group import PARTICIPANT, main, quiet_option, threads_option
+from .group import main
+from .options import (PARTICIPANT, candidate_option, decomposition_options, former_name,
+                      min_stability_option, model_options, n_permutations_option, option,
+                      output_option, overwrite_option, participant_option, quiet_option,
+                      reference_option, site_option, task_option, text_option, threads_option,
+                      threshold_option)
 
 
 def _who(f):
-    f = click.option("--site", default=None,
-                     help="Neuron site (acq entity) [default: the only one].")(f)
-    f = click.option("--task", default=None, help="BIDS task label [default: the only one].")(f)
-    f = click.option("--pool", type=click.Choice(["mean", "last"]), default="mean",
-                     show_default=True,
+    f = site_option()(f)
+    f = task_option()(f)
+    f = option("--pool", type=click.Choice(["mean", "last"]), default="mean", show_default=True,
                      help="A word's value: the mean over its tokens, or its last token.")(f)
     return f
 
 
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--participant", type=PARTICIPANT, default=None, help="BIDS participant label [default: the only one].")
+@participant_option()
 @_who
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder of the word-level dataset [default: DATASET/derivatives/llm2nifti-words].")
+@output_option("DATASET/derivatives/llm2nifti-words")
 @quiet_option
 def words(dataset, participant, site, task, pool, output, quiet):
     """Write word-level runs: each volume is one word (its tokens pooled), so that models with
@@ -41,42 +43,30 @@ def words(dataset, participant, site, task, pool, output, quiet):
 
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--reference", "-r", type=PARTICIPANT, required=True, help="Participant label of the reference model.")
-@click.option("--candidate", "-c", "candidates", type=PARTICIPANT, multiple=True, required=True,
-              help="Participant whose lineage is asked about (repeatable).")
-@click.option("--independent", "-i", "independent", type=PARTICIPANT, multiple=True,
-              help="Participant known to be unrelated to the reference (repeatable).")
-@click.option("--random-copies", type=int, default=0, show_default=True,
-              help="Scan this many randomly initialised copies of the reference's architecture "
-                   "and use them as independent models.")
+@reference_option()
+@candidate_option("a model whose lineage is asked about", multiple=True)
+@option("--independent", "-i", "independent", type=PARTICIPANT, multiple=True,
+        help="Participant known to be unrelated to the reference (repeatable).")
+@option("--random-copies", type=int, default=0, show_default=True,
+        help="Scan this many randomly initialised copies of the reference's architecture "
+             "and use them as independent models.")
 @_who
-@click.option("--networks", "networks", multiple=True, metavar="PARTICIPANT=TSV",
-              help="A participant's networks.tsv instead of its CanICA maps (repeatable).")
-@click.option("--n-permutations", type=int, default=1000, show_default=True,
-              help="Draws of the stimulus null.")
-@click.option("--n-components", "-k", type=int, default=20, show_default=True,
-              help="CanICA components of a participant that has no decomposition yet.")
-@click.option("--threshold", "-t", type=float, default=3.6, show_default=True,
-              help="|z| threshold of the networks.")
-@click.option("--n-runs", type=int, default=50, show_default=True,
-              help="Decompositions clustered into the stable components of a participant that "
-                   "has no decomposition yet (1: a single decomposition; with 10, a "
-                   "unit-permuted copy's score moved with the seed).")
-@click.option("--min-stability", default="auto", show_default=True, metavar="NUMBER|auto|all",
-              help="Compare only the reference's networks whose stability (decompose --n-runs) "
-                   "is at least this; the other models keep all theirs. auto: 0.9 where the "
-                   "reference's maps have stabilities and one reaches it, all otherwise; all: "
-                   "every network.")
-@click.option("--no-rsa", is_flag=True, help="Skip the layer x layer RSA and CKA.")
-@click.option("--random-state", type=int, default=0, show_default=True, help="Seed.")
+@option("--networks-tsv", "networks", multiple=True, metavar="PARTICIPANT=TSV",
+        help="A participant's networks.tsv instead of its CanICA maps (repeatable).")
+@n_permutations_option("shuffles of the word order behind the stimulus null")
+@decomposition_options("fingerprint", only=("backend", "n_components", "n_init", "max_iter",
+                                      "random_state", "n_jobs", "device", "scheduler",
+                                      "workers", "n_repeats", "bootstrap"))
+@threshold_option()
+@min_stability_option(choices=True)
+@option("--no-rsa", is_flag=True, help="Skip the layer x layer RSA and CKA.")
 @threads_option
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder [default: DATASET/derivatives/llm2nifti-fingerprint].")
+@output_option("DATASET/derivatives/llm2nifti-fingerprint")
 @quiet_option
+@former_name("--networks", "networks", multiple=True)
 def fingerprint(dataset, reference, candidates, independent, random_copies, site, task, pool,
-                networks, n_permutations, n_components, threshold, n_runs, min_stability, no_rsa,
-                random_state,
-                threads, output, quiet):
+          networks, n_permutations, estimator, random_state, threshold, min_stability,
+          no_rsa, threads, output, quiet):
     """Functional-network fingerprints: is each candidate's network structure the reference's,
     beyond what reading the same text gives (stimulus null), and closer than independent
     models (lineage)? Also inter-model correlation (3+ models) and layer x layer RSA.
@@ -88,7 +78,7 @@ def fingerprint(dataset, reference, candidates, independent, random_copies, site
         who, sep, path = item.partition("=")
         if not sep or not who or not path:
             raise click.BadParameter(f"{item!r}: give PARTICIPANT=path/to/networks.tsv",
-                                     param_hint="--networks")
+                               param_hint="--networks-tsv")
         tables[who] = Path(path)
     if min_stability not in ("auto", "all"):
         try:
@@ -98,9 +88,9 @@ def fingerprint(dataset, reference, candidates, independent, random_copies, site
                                      param_hint="--min-stability") from None
     res = run(dataset, reference, candidates, independent=independent, n_random=random_copies,
               task=task, site=site, pool=pool, n_permutations=n_permutations,
-              threshold=threshold, n_components=n_components, random_state=random_state,
+        threshold=threshold, estimator=estimator, random_state=random_state,
               rsa=not no_rsa, networks=tables, output=output, threads=threads,
-              progress=not quiet, n_runs=n_runs,
+        progress=not quiet,
               min_stability=None if min_stability == "all" else min_stability)
     for r in res.summary.itertuples():
         click.echo(f"sub-{r.participant} ({r.role}): score {r.score:.3f} (null mean "
@@ -117,38 +107,37 @@ def fingerprint(dataset, reference, candidates, independent, random_copies, site
                              *zip(res.summary["participant"], res.summary["decompositions"])] if n == 1]
     if single:
         click.echo(f"  networks of {', '.join(f'sub-{p}' for p in single)} rest on one decomposition "
-                   "(an earlier decompose): they move with its seed; decompose --n-runs 50 first")
+                   "(--n-runs 1): they move with its seed; --n-runs 50 makes them stable")
     click.echo(f"Wrote {res.paths['summary']}")
 
 
 @main.command()
 @click.argument("output", type=click.Path(file_okay=False, path_type=Path))
-@click.option("--kind", type=click.Choice(["permuted", "finetuned", "random", "amplified",
-                                           "quantized", "pruned"]), required=True,
-              help="permuted: MLP neurons reordered (same function); finetuned: a short "
-                   "fine-tune on --text; random: same architecture, random weights; amplified: "
-                   "--neurons MLP units of --layer multiplied by --factor through the weights; "
-                   "quantized: weights rounded to --bits; pruned: --fraction of the smallest "
-                   "weights set to 0.")
-@click.option("--model", "-m", default=None,
-              help="Model to derive from [default: the embedded SmolLM2-135M-Instruct].")
-@click.option("--gguf-file", default=None, help="Which GGUF file of a --model folder holding several.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--text", default="pang-lee", show_default=True, help="Fine-tuning text.")
-@click.option("--steps", type=int, default=300, show_default=True, help="Fine-tuning steps.")
-@click.option("--lr", type=float, default=5e-5, show_default=True, help="Fine-tuning learning rate.")
-@click.option("--layer", type=int, default=None,
-              help="amplified: the layer [default: the middle layer of the MLP site].")
-@click.option("--neurons", "n_neurons", type=int, default=64, show_default=True,
-              help="amplified: how many MLP units (drawn with --seed).")
-@click.option("--factor", type=float, default=2.0, show_default=True,
-              help="amplified: the factor (2 scales exactly in floating point).")
-@click.option("--fraction", type=float, default=0.3, show_default=True,
-              help="pruned: share of each linear layer's weights set to 0 (smallest first).")
-@click.option("--bits", type=click.IntRange(2, 8), default=4, show_default=True,
-              help="quantized: bits per weight.")
+@option("--kind", type=click.Choice(["permuted", "finetuned", "random", "amplified",
+                                     "quantized", "pruned"]), required=True,
+        help="permuted: MLP neurons reordered (same function); finetuned: a short "
+             "fine-tune on --text; random: same architecture, random weights; amplified: "
+             "--neurons MLP units of --layer multiplied by --factor through the weights; "
+             "quantized: weights rounded to --bits; pruned: --fraction of the smallest "
+             "weights set to 0.")
+@model_options("derived from")
+@option("--seed", type=int, default=0, show_default=True,
+        help="Seed of the permutation, the fine-tuning, the random weights or the units drawn.")
+@text_option("finetuned: the fine-tuning text", default="pang-lee")
+@option("--steps", type=int, default=300, show_default=True, help="Fine-tuning steps.")
+@option("--lr", type=float, default=5e-5, show_default=True, help="Fine-tuning learning rate.")
+@option("--layer", type=int, default=None,
+        help="amplified: the layer [default: the middle layer of the MLP site].")
+@option("--neurons", "n_neurons", type=int, default=64, show_default=True,
+        help="amplified: how many MLP units (drawn with --seed).")
+@option("--factor", type=float, default=2.0, show_default=True,
+        help="amplified: the factor (2 scales exactly in floating point).")
+@option("--fraction", type=float, default=0.3, show_default=True,
+        help="pruned: share of each linear layer's weights set to 0 (smallest first).")
+@option("--bits", type=click.IntRange(2, 8), default=4, show_default=True,
+        help="quantized: bits per weight.")
 @threads_option
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
+@overwrite_option("OUTPUT if it exists")
 @quiet_option
 def derive(output, kind, model, gguf_file, seed, text, steps, lr, layer, n_neurons, factor,
            fraction, bits, threads, overwrite, quiet):

@@ -6,57 +6,40 @@ from pathlib import Path
 
 import click
 
-from .group import PARTICIPANT, former_name, main, model_options, quiet_option, threads_option
-
-_NEURONS = click.Choice(["mlp", "mlp-out", "attn", "residual", "experts", "mixer"])
-
-
-def _model_options(f):
-    f = click.option("--trust-remote-code", is_flag=True,
-                     help="Let transformers run the model's own code (off: only for models you trust).")(f)
-    f = click.option("--dtype", type=click.Choice(["auto", "float32", "float16", "bfloat16"]),
-                     default="auto", show_default=True, help="Weights' precision; recorded activations are float32.")(f)
-    f = click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or auto.")(f)
-    return f
+from .group import main
+from .options import (SITES, device_options, former_name, gguf_file_option, model_options, option,
+                      overwrite_option, participant_option, quiet_option, run_tokens_option,
+                      site_option, task_option, text_option, threads_option,
+                      trust_remote_code_option)
 
 
 @main.command()
 @click.argument("output", type=click.Path(file_okay=False, path_type=Path))
-@model_options("The model to scan")
-@click.option("--text", "-t", default=None,
-              help="Text file, folder of .txt files, .jsonl/.tsv table, or a built-in corpus "
-                   "(lee, lee-test, pang-lee) [default: lee, 300 news articles].")
-@click.option("--site", type=_NEURONS, default="mlp", show_default=True,
-              help="mlp: MLP hidden neurons (every routed and shared expert's in a mixture of "
-                   "experts); mlp-out: the MLP's output (the paper's units); attn: the heads' outputs "
-                   "(input of the attention output projection); residual: each block's output; "
-                   "experts: each expert's routing weight; mixer: a state-space mixer's units. "
-                   "`llm2nifti sites MODEL` lists what a model has.")
-@click.option("--layers", default=None,
-              help="Layer subset, e.g. 0-11 or 5,7 [default: every layer with these units].")
-@click.option("--experts", default=None,
-              help="Mixture of experts, --site mlp or experts: the experts recorded, e.g. 0-7 "
-                   "[default: all].")
-@click.option("--run-tokens", type=int, default=None,
-              help="Tokens (volumes) per run; one forward pass each; at most 32767 and the context "
-                   "window [default: 1024, or the context window if shorter].")
-@click.option("--max-tokens", type=int, default=None, help="Cap on the total number of tokens.")
-@click.option("--task", default=None, help="BIDS task label [default: from the text's name].")
-@click.option("--participant", type=PARTICIPANT, default=None,
-              help="BIDS participant label [default: from the model's name].")
-@click.option("--encoding", default=None, help="Encoding of text files [default: utf-8].")
-@click.option("--id-column", default="id", show_default=True, help="Document id column of a .jsonl/.tsv.")
-@click.option("--text-column", default="text", show_default=True, help="Text column of a .jsonl/.tsv.")
-@click.option("--no-bos", is_flag=True, help="Do not open each document with the BOS token.")
-@click.option("--compress", is_flag=True, help="Write .nii.gz (slower, not memory-mappable) instead of .nii.")
-@click.option("--resume", is_flag=True, help="Keep finished runs of an interrupted convert; do the rest.")
-@click.option("--overwrite", is_flag=True, help="Redo this model's runs of this task in OUTPUT.")
+@model_options("the one scanned")
+@text_option("what the model reads", short=True, default_text="lee, 300 news articles")
+@site_option(value="mlp", describe=True)
+@option("--layers", default=None,
+        help="Layer subset, e.g. 0-11 or 5,7 [default: every layer with these units].")
+@option("--experts", default=None,
+        help="Mixture of experts, --site mlp or experts: the experts recorded, e.g. 0-7 "
+             "[default: all].")
+@run_tokens_option("; at most 32767 and the context window")
+@option("--max-tokens", type=int, default=None, help="Cap on the total number of tokens.")
+@task_option("from the text's name")
+@participant_option("from the model's name")
+@option("--encoding", default=None, help="Encoding of text files [default: utf-8].")
+@option("--id-column", default="id", show_default=True, help="Document id column of a .jsonl/.tsv.")
+@option("--text-column", default="text", show_default=True, help="Text column of a .jsonl/.tsv.")
+@option("--no-bos", is_flag=True, help="Do not open each document with the BOS token.")
+@option("--compress", is_flag=True, help="Write .nii.gz (slower, not memory-mappable) instead of .nii.")
+@option("--resume", is_flag=True, help="Keep finished runs of an interrupted convert; do the rest.")
+@overwrite_option("this model's runs of this task in OUTPUT (they are recorded again)")
 @threads_option
-@click.option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Cache of converted GGUF models [default: $LLM2NIFTI_CACHE or $XDG_CACHE_HOME/llm2nifti].")
+@option("--cache-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+        help="Cache of converted GGUF models [default: $LLM2NIFTI_CACHE or $XDG_CACHE_HOME/llm2nifti].")
 @quiet_option
-@_model_options
-@former_name("--neurons", "site", _NEURONS)
+@device_options()
+@former_name("--neurons", "site", click.Choice(list(SITES)))
 @former_name("--label", "participant")
 def convert(output, model, gguf_file, text, site, layers, experts, run_tokens, max_tokens, task, participant, encoding,
             id_column, text_column, no_bos, compress, resume, overwrite, threads, cache_dir, quiet,
@@ -88,10 +71,9 @@ def convert(output, model, gguf_file, text, site, layers, experts, run_tokens, m
 
 @main.command()
 @click.argument("model", required=False)
-@click.option("--gguf-file", default=None, help="Which GGUF file of a MODEL folder holding several.")
-@click.option("--trust-remote-code", is_flag=True,
-              help="Let transformers run the model's own code (off: only for models you trust).")
-@click.option("--per-layer", is_flag=True, help="One line per layer and site: modules and widths.")
+@gguf_file_option
+@trust_remote_code_option
+@option("--per-layer", is_flag=True, help="One line per layer and site: modules and widths.")
 def sites(model, gguf_file, trust_remote_code, per_layer):
     """List the unit sites of MODEL (default: the embedded model) and their unit counts.
 

@@ -7,30 +7,30 @@ from pathlib import Path
 
 import click
 
-from .group import PARTICIPANT, main, quiet_option, threads_option
+from .group import main
+from .options import (candidate_option, dataset_option, decomposition_options,
+                      max_doc_tokens_option, n_docs_option, n_permutations_option, option,
+                      output_option, quiet_option, reference_option, seeds_option, site_option,
+                      task_option, text_option, threads_option)
 
 
 @main.command()
 @click.argument("dataset", type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--reference", "-r", type=PARTICIPANT, required=True, help="Participant label of the base model.")
-@click.option("--candidate", "-c", type=PARTICIPANT, required=True, help="Participant label of the variant.")
-@click.option("--site", default=None, help="Neuron site (acq entity) [default: the only one].")
-@click.option("--task", default=None, help="BIDS task label [default: the only one].")
-@click.option("--n-components", "-k", type=int, default=20, show_default=True,
-              help="Group CanICA networks over both participants.")
-@click.option("--n-runs", type=int, default=10, show_default=True,
-              help="Group decompositions clustered into stable networks (1: a single one).")
-@click.option("--n-permutations", type=int, default=1000, show_default=True,
-              help="Sign flips of whole documents behind every FWE-corrected p.")
-@click.option("--alpha", type=float, default=0.05, show_default=True,
-              help="FWE level of the units written to units.tsv.")
-@click.option("--random-state", type=int, default=0, show_default=True, help="Seed.")
+@reference_option("the base model")
+@candidate_option("the variant")
+@site_option()
+@task_option()
+@decomposition_options("diff", only=("backend", "n_components", "n_init", "max_iter",
+                                     "random_state", "n_jobs", "device", "scheduler", "workers",
+                                     "n_repeats", "bootstrap"))
+@n_permutations_option("sign flips of whole documents behind every FWE-corrected p")
+@option("--alpha", type=float, default=0.05, show_default=True,
+        help="FWE level of the units written to units.tsv.")
 @threads_option
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder [default: DATASET/derivatives/llm2nifti-diff].")
+@output_option("DATASET/derivatives/llm2nifti-diff")
 @quiet_option
-def diff(dataset, reference, candidate, site, task, n_components, n_runs, n_permutations, alpha,
-         random_state, threads, output, quiet):
+def diff(dataset, reference, candidate, site, task, estimator, random_state, n_permutations,
+         alpha, threads, output, quiet):
     """Compare two checkpoints of one model that read the same text: per unit, a paired test
     of the mean and of the amplitude over documents (FWE by permutation); per group network
     (dual regression), its shape and amplitude change.
@@ -45,9 +45,9 @@ def diff(dataset, reference, candidate, site, task, n_components, n_runs, n_perm
     """
     from llm2nifti.analysis import diff as run
 
-    res = run(dataset, reference, candidate, task=task, site=site, n_components=n_components,
-              n_runs=n_runs, n_permutations=n_permutations, alpha=alpha,
-              random_state=random_state, threads=threads, progress=not quiet, output=output)
+    res = run(dataset, reference, candidate, task=task, site=site, estimator=estimator,
+              n_permutations=n_permutations, alpha=alpha, random_state=random_state,
+              threads=threads, progress=not quiet, output=output)
     n_units = res.layout.n_neurons
     click.echo(f"sub-{candidate} vs sub-{reference} ({res.site}, {len(res.documents)} documents, "
                f"{n_permutations} sign flips):")
@@ -71,23 +71,18 @@ def diff(dataset, reference, candidate, site, task, n_components, n_runs, n_perm
 
 @main.command()
 @click.argument("units", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--dataset", "-d", required=True,
-              type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="The dataset both participants were converted into.")
-@click.option("--reference", "-r", type=PARTICIPANT, required=True, help="Participant label of the base model.")
-@click.option("--candidate", "-c", type=PARTICIPANT, required=True, help="Participant label of the variant.")
-@click.option("--test", type=click.Choice(["mean", "amplitude"]), default=None,
-              help="Only the units of this test [default: all units of the table].")
-@click.option("--text", "texts", multiple=True,
-              help="Text to score (built-in corpus or file; repeatable) [default: the variant's "
-                   "training text when variant.json names one, and lee-test].")
-@click.option("--n-docs", type=int, default=20, show_default=True)
-@click.option("--max-doc-tokens", type=int, default=64, show_default=True)
-@click.option("--seeds", type=int, default=5, show_default=True,
-              help="Random unit sets (same count per layer) as controls.")
+@dataset_option("the scan both participants were converted into")
+@reference_option("the base model")
+@candidate_option("the variant")
+@option("--test", type=click.Choice(["mean", "amplitude"]), default=None,
+        help="Only the units of this test [default: all units of the table].")
+@text_option("scored", multiple=True,
+             default_text="the variant's training text when variant.json names one, and lee-test")
+@n_docs_option(20, ": each text's first documents")
+@max_doc_tokens_option(64, ": a patched forward pass per document and control")
+@seeds_option
 @threads_option
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder [default: beside UNITS].")
+@output_option("beside UNITS")
 def patch(units, dataset, reference, candidate, test, texts, n_docs, max_doc_tokens, seeds,
           threads, output):
     """Run the variant with UNITS (diff's units.tsv) set to the base's values on the same

@@ -1,9 +1,12 @@
-"""``llm2nifti``: the command line. Each command parses options, calls one API function, prints."""
+"""``llm2nifti``: the command line. Each command parses options, calls one API function, prints.
+
+The group turns the library's errors into one line and exit status 2, naming the flags the user
+typed; the options themselves are declared once, in :mod:`llm2nifti.cli.options`.
+"""
 
 from __future__ import annotations
 
 import errno
-import functools
 import logging
 
 import click
@@ -18,32 +21,6 @@ _DISK_ERRORS = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space"
                 errno.EPERM: "check the permissions"}
 
 
-class _Participant(click.ParamType):
-    """A participant label, typed as BIDS apps take it: ``01`` or ``sub-01``."""
-
-    name = "LABEL"
-
-    def convert(self, value, param, ctx):
-        from bids_llm.naming import participant_label
-
-        return None if value is None else participant_label(value)
-
-
-#: The type of every option that names a participant.
-PARTICIPANT = _Participant()
-
-
-def threads_option(f):
-    """``--threads``: one declaration and one help text for every command that runs torch."""
-    return click.option("--threads", type=int, default=None,
-                        help="torch CPU threads [default: the cores this process may use].")(f)
-
-
-def quiet_option(f):
-    """``--quiet``/``-q``: one declaration for every command that shows progress."""
-    return click.option("--quiet", "-q", is_flag=True, help="No progress bar.")(f)
-
-
 class _Group(click.Group):
     """Bad input: a one-line error and exit status 2. Ctrl-C or SIGTERM: 130 or 143.
 
@@ -55,8 +32,12 @@ class _Group(click.Group):
         try:
             with handle_signals():
                 return super().invoke(ctx)
-        except UsageError as exc:
-            click.echo(f"Error: {exc}", err=True)
+        except UsageError as exc:  # the library names parameters; the user typed flags
+            from .options import with_flags
+
+            command = self.commands.get(ctx.invoked_subcommand)
+            message = str(exc) if command is None else with_flags(str(exc), command)
+            click.echo(f"Error: {message}", err=True)
             ctx.exit(2)
         except click.UsageError as exc:  # click's own: bad option values, missing arguments
             where = f"llm2nifti {exc.ctx.info_name} --help" if exc.ctx and exc.ctx.parent else \
@@ -112,36 +93,3 @@ def main(verbose):
             logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     except ImportError:  # pragma: no cover
         pass
-
-
-MODEL_FORMS = ("a Hugging Face folder, a .gguf file (or a folder of them), ollama:NAME[:TAG], "
-               "or a Hugging Face id in the local cache")
-
-
-def model_options(what):
-    """``--model`` and ``--gguf-file``, the same on every command that loads a model."""
-    def decorate(f):
-        f = click.option("--gguf-file", default=None,
-                         help="Which GGUF file of a --model folder holding several.")(f)
-        f = click.option("--model", "-m", default=None,
-                         help=f"{what}: {MODEL_FORMS} [default: the embedded SmolLM2-135M-Instruct].")(f)
-        return f
-    return decorate
-
-
-def former_name(old, param, type=None):
-    """Accept ``old``, an earlier release's name of the option stored as ``param``, unlisted.
-
-    Apply it right above the command's function, below its options.
-    """
-    key = f"former_{param}"
-
-    def decorate(f):
-        @functools.wraps(f)
-        def command(*args, **kwargs):
-            value = kwargs.pop(key)
-            if value is not None:
-                kwargs[param] = value
-            return f(*args, **kwargs)
-        return click.option(old, key, type=type, default=None, hidden=True)(command)
-    return decorate

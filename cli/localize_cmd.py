@@ -6,34 +6,33 @@ from pathlib import Path
 
 import click
 
-from .convert import _model_options
-from .group import PARTICIPANT, former_name, main, model_options, quiet_option, threads_option
+from .group import main
+from .options import (CommaList, dataset_option, device_options, former_name, model_options, option,
+                      output_option, participant_option, quiet_option, run_tokens_option,
+                      site_option, task_option, threads_option, threshold_option)
 
 
 @main.command()
 @click.argument("dataset", type=click.Path(file_okay=False, path_type=Path))
-@model_options("The model to record the localizer with, when DATASET lacks it")
-@click.option("--stimuli", default="localizer", show_default=True,
-              help="'localizer' (built in: sentences, shuffled words and nonwords made from the "
-                   "Lee corpus) or a .tsv/.jsonl table with id, text and condition columns.")
-@click.option("--contrast", "-c", "contrasts", multiple=True,
-              help="Contrast over the conditions, e.g. 'sentences - nonwords' (repeatable) "
-                   "[default: sentences - nonwords].")
-@click.option("--top", "top_percent", type=float, default=1.0, show_default=True,
-              help="Keep the top PERCENT of units by t (the paper's 1%).")
-@click.option("--z-threshold", type=float, default=None,
-              help="Instead, keep units with z above this (e.g. 3.1).")
-@click.option("--task", default=None, help="BIDS task label [default: localizer, or the table's name].")
-@click.option("--participant", type=PARTICIPANT, default=None,
-              help="BIDS participant label [default: from the model's name, or the only one].")
-@click.option("--site", type=click.Choice(["mlp", "mlp-out", "attn", "residual"]), default=None,
-              help="Unit site [default: the only one of the task's runs; mlp when recording].")
-@click.option("--run-tokens", type=int, default=None,
-              help="Tokens per run when recording [default: 1024 or the context window]; runs end "
-                   "between items.")
+@model_options("recording the localizer when DATASET lacks it")
+@option("--stimuli", default="localizer", show_default=True,
+        help="'localizer' (built in: sentences, shuffled words and nonwords made from the "
+             "Lee corpus) or a .tsv/.jsonl table with id, text and condition columns.")
+@option("--contrast", "-c", "contrasts", multiple=True,
+        help="Contrast over the conditions, e.g. 'sentences - nonwords' (repeatable) "
+             "[default: sentences - nonwords].")
+@option("--top", "top_percent", type=float, default=1.0, show_default=True,
+        help="Keep the top PERCENT of units by t (the paper's 1%).")
+@option("--z-threshold", type=float, default=None,
+        help="Instead, keep units with z above this (e.g. 3.1).")
+@task_option("localizer, or the table's name")
+@participant_option("from the model's name, or the only one")
+@site_option("the only one of the task's runs; mlp when recording",
+             choices=("mlp", "mlp-out", "attn", "residual"))
+@run_tokens_option(" when recording; runs end between items")
 @threads_option
 @quiet_option
-@_model_options
+@device_options()
 @former_name("--neurons", "site", click.Choice(["mlp", "mlp-out", "attn", "residual"]))
 @former_name("--label", "participant")
 def localize(dataset, model, gguf_file, stimuli, contrasts, top_percent, z_threshold, task,
@@ -63,39 +62,32 @@ def localize(dataset, model, gguf_file, stimuli, contrasts, top_percent, z_thres
                "space_label='neurons', derivatives_folder='derivatives/llm2nifti-space', ...)")
 
 
-def _kinds(value):
-    kinds = [k.strip().replace("partial-correlation", "partial correlation")
-             for k in value.split(",") if k.strip()]
-    return kinds
-
-
 @main.command()
 @click.argument("components", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--dataset", "-d", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="The scan COMPONENTS was decomposed from.")
-@click.option("--kind", "kinds", default="correlation", show_default=True,
-              help="Comma-separated: correlation, partial-correlation, tangent.")
-@click.option("--signals", type=click.Choice(["maps", "mean"]), default="maps", show_default=True,
-              help="maps: nilearn's NiftiMapsMasker on the components; mean: mean of each "
-                   "thresholded network's units, signed by z.")
-@click.option("--estimator", type=click.Choice(["ledoit-wolf", "empirical"]), default="ledoit-wolf",
-              show_default=True, help="Covariance estimator (nilearn's default is Ledoit-Wolf).")
-@click.option("--threshold", "-t", type=float, default=3.6, show_default=True,
-              help="|z| threshold of the networks' units (mean signals, IoU matching).")
-@click.option("--participant", type=PARTICIPANT, default=None, help="Participant [default: from the image's name, or the only one].")
-@click.option("--task", default=None, help="Task of the runs [default: all].")
-@click.option("--site", default=None,
-              help="Unit site [default: the image's acq entity, else the only one].")
-@click.option("--compare", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A second components image: compare the connectomes after IoU matching.")
-@click.option("--compare-dataset", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              default=None, help="Dataset of --compare [default: DATASET].")
-@click.option("--compare-task", default=None, help="Task of --compare's runs [default: --task].")
-@click.option("--min-iou", type=float, default=0.1, show_default=True,
-              help="Matched pairs below this IoU are left out of the comparison.")
-@click.option("--output", "-o", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder [default: DATASET/derivatives/llm2nifti-connectivity].")
+@dataset_option("the scan COMPONENTS was decomposed from")
+@option("--measure", "kinds", type=CommaList(replace={"partial-correlation": "partial correlation"}),
+        default="correlation", show_default=True,
+        help="Connectivity measures (nilearn's kind), comma-separated: correlation, "
+             "partial-correlation, tangent.")
+@option("--signals", type=click.Choice(["maps", "mean"]), default="maps", show_default=True,
+        help="maps: nilearn's NiftiMapsMasker on the components; mean: mean of each "
+             "thresholded network's units, signed by z.")
+@option("--estimator", type=click.Choice(["ledoit-wolf", "empirical"]), default="ledoit-wolf",
+        show_default=True, help="Covariance estimator (nilearn's default is Ledoit-Wolf).")
+@threshold_option()
+@participant_option("from the image's name, or the only one")
+@task_option("every task of the runs")
+@site_option("the image's acq entity, else the only one")
+@option("--compare", type=click.Path(dir_okay=False, path_type=Path), default=None,
+        help="A second components image: compare the connectomes after IoU matching.")
+@option("--compare-dataset", type=click.Path(exists=True, file_okay=False, path_type=Path),
+        default=None, help="Dataset of --compare [default: DATASET].")
+@option("--compare-task", default=None, help="Task of --compare's runs [default: --task].")
+@option("--min-iou", type=float, default=0.1, show_default=True,
+        help="Matched pairs below this IoU are left out of the comparison.")
+@output_option("DATASET/derivatives/llm2nifti-connectivity")
 @quiet_option
+@former_name("--kind", "kinds")
 def connectivity(components, dataset, kinds, signals, estimator, threshold, participant, task,
                  site, compare, compare_dataset, compare_task, min_iou, output, quiet):
     """Connectomes between the networks of COMPONENTS over DATASET's runs (nilearn).
@@ -107,7 +99,7 @@ def connectivity(components, dataset, kinds, signals, estimator, threshold, part
     from llm2nifti.analysis import connectivity as run_connectivity
 
     res = run_connectivity(components, dataset, participant=participant, task=task, site=site,
-                           kinds=_kinds(kinds), signals=signals, estimator=estimator,
+                           kinds=list(kinds), signals=signals, estimator=estimator,
                            threshold=threshold, output=output, compare=compare,
                            compare_dataset=compare_dataset, compare_task=compare_task,
                            min_iou=min_iou, progress=not quiet)

@@ -10,7 +10,7 @@ import sys
 
 from . import (compare_cmd, convert, decompose_cmd, diff_cmd, evaluate_cmd,  # noqa: F401
                localize_cmd, report_cmd)
-from .group import former_name, main, model_options  # noqa: F401
+from .group import main
 
 __all__ = ["main"]
 

@@ -14,7 +14,9 @@ MODULES = [
     ("llm2nifti.acquisition", "Acquisition: convert a model reading text"),
     ("llm2nifti.analysis", "Analysis: decomposition, networks, GLM, connectivity, comparison"),
     ("llm2nifti.intervention", "Intervention: inhibit, retain, amplify; controls; pruning"),
-    ("llm2nifti.report", "Report: figures and the HTML page"),
+    ("llm2nifti.report", "Report: the HTML page"),
+    ("llm2nifti.plots", "Figures"),
+    ("llm2nifti.defaults", "Defaults"),
     ("llm2nifti.layout", "Neuron layout"),
     ("llm2nifti.sites", "Unit sites"),
     ("llm2nifti.experts", "Mixture-of-experts units"),
@@ -31,6 +33,7 @@ MODULES = [
     ("bids_llm.tsv", "bids_llm: tables every reader reads whole"),
     ("bids_llm.io", "bids_llm: atomic writes"),
     ("bids_llm.derivatives", "bids_llm: derivative folders"),
+    ("bids_llm.outputs", "bids_llm: the table of outputs"),
     ("bids_llm.space", "bids_llm: the space-neurons view"),
 ]
 

@@ -16,13 +16,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import llm2nifti
-from llm2nifti.analysis import decompose, networks
+from llm2nifti.analysis import Decomposition, decompose, networks
 from llm2nifti.report import flat_values
 
 gallery = Path(os.environ.get("LLM2NIFTI_GALLERY", Path(tempfile.gettempdir()) / "llm2nifti-gallery"))
 root = llm2nifti.scan(gallery / "scan", max_tokens=2048, run_tokens=512, resume=True,
                       progress=False).root
-maps = decompose(root, task="lee", backend="fast", n_components=10, n_init=3, random_state=0)
+maps = decompose(root, Decomposition(backend="fast", n_components=10, n_init=3, random_state=0),
+                 task="lee")
 print(maps.components.name)
 print(maps.zmaps.name)
 print(f"explained variance of the 10 maps: {maps.explained_variance_total:.1%}")

@@ -15,12 +15,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 import llm2nifti
-from llm2nifti.analysis import recurrence
+from llm2nifti.analysis import Decomposition, recurrence
 
 gallery = Path(os.environ.get("LLM2NIFTI_GALLERY", Path(tempfile.gettempdir()) / "llm2nifti-gallery"))
 root = llm2nifti.scan(gallery / "scan", max_tokens=2048, run_tokens=512, resume=True,
                       progress=False).root
-found = recurrence(root, task="lee", backend="fast", n_components=10, n_init=3, n_seeds=2, figures=False)
+found = recurrence(root, Decomposition(backend="fast", n_components=10, n_init=3), task="lee",
+                   n_seeds=2, figures=False)
 print(found.summary[["template", "size", "recurrence", "iou_mean", "seed_iou_mean"]])
 
 # %%

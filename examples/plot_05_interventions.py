@@ -22,12 +22,13 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 import llm2nifti
-from llm2nifti.analysis import decompose, networks
+from llm2nifti.analysis import Decomposition, decompose, networks
 
 gallery = Path(os.environ.get("LLM2NIFTI_GALLERY", Path(tempfile.gettempdir()) / "llm2nifti-gallery"))
 root = llm2nifti.scan(gallery / "scan", max_tokens=2048, run_tokens=512, resume=True,
                       progress=False).root
-maps = decompose(root, task="lee", backend="fast", n_components=10, n_init=3, random_state=0)
+maps = decompose(root, Decomposition(backend="fast", n_components=10, n_init=3, random_state=0),
+                 task="lee")
 tsv = networks(maps.zmaps, root).networks_tsv
 
 result = llm2nifti.evaluate(tsv, root, gallery / "evaluation", n_docs=8, n_items=16, seeds=2,

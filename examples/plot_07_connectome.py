@@ -12,13 +12,14 @@ import tempfile
 from pathlib import Path
 
 import llm2nifti
-from llm2nifti.analysis import connectivity, decompose
+from llm2nifti.analysis import Decomposition, connectivity, decompose
 from nilearn import plotting
 
 gallery = Path(os.environ.get("LLM2NIFTI_GALLERY", Path(tempfile.gettempdir()) / "llm2nifti-gallery"))
 root = llm2nifti.scan(gallery / "scan", max_tokens=2048, run_tokens=512, resume=True,
                       progress=False).root
-maps = decompose(root, task="lee", backend="fast", n_components=10, n_init=3, random_state=0)
+maps = decompose(root, Decomposition(backend="fast", n_components=10, n_init=3, random_state=0),
+                 task="lee")
 found = connectivity(maps.components, root, task="lee", kinds=("correlation", "partial correlation"),
                      progress=False)
 print("networks by depth:", [found.names[i] for i in found.order])

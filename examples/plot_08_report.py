@@ -18,13 +18,14 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 import llm2nifti
-from llm2nifti.analysis import decompose
+from llm2nifti.analysis import Decomposition, decompose
 from llm2nifti.report import report
 
 gallery = Path(os.environ.get("LLM2NIFTI_GALLERY", Path(tempfile.gettempdir()) / "llm2nifti-gallery"))
 root = llm2nifti.scan(gallery / "scan", max_tokens=2048, run_tokens=512, resume=True,
                       progress=False).root
-decompose(root, task="lee", backend="fast", n_components=10, n_init=3, random_state=0)
+decompose(root, Decomposition(backend="fast", n_components=10, n_init=3, random_state=0),
+          task="lee")
 (page,) = report(root, participant=llm2nifti.Dataset(root).runs()[0].participant)
 html = page.read_text()
 print(page)

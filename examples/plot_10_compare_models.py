@@ -20,7 +20,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 import llm2nifti
-from llm2nifti.analysis import fingerprint
+from llm2nifti.analysis import Decomposition, StableDecomposition, fingerprint
 from llm2nifti.intervention import derive
 
 gallery = Path(os.environ.get("LLM2NIFTI_GALLERY", Path(tempfile.gettempdir()) / "llm2nifti-gallery"))
@@ -33,8 +33,9 @@ if not (permuted / "variant.json").is_file():  # made once, kept for the next ru
 llm2nifti.scan(gallery / "compare", model=permuted, participant="permuted", max_tokens=2048,
                run_tokens=512, resume=True, progress=False)
 
-found = fingerprint(reference.root, reference.participant, ["permuted"], n_random=1,
-                    n_components=10, rsa=False)
+found = fingerprint(reference.root, reference.participant, ["permuted"], n_random=1, rsa=False,
+                    estimator=StableDecomposition(Decomposition(backend="fast", n_components=10),
+                                                  n_repeats=50))
 print(found.summary[["role", "score", "n_above", "null_mean", "null_95", "p"]])
 print(found.summary[["verdict", "reason"]].to_string())
 

@@ -98,13 +98,13 @@ def test_pybids_bold_means_time_series(tiny_scan, tokenizer):
     """After decompose, FN@k and localize, a BIDS query for bold finds only time series."""
     from bids import BIDSLayout
 
-    from llm2nifti.analysis import decompose, localize
+    from llm2nifti.analysis import Decomposition, StableDecomposition, decompose, localize
     from llm2nifti.intervention.fnk import fn_at_k
 
     res, model = tiny_scan
     root = res.root
-    decompose(root, backend="fast", n_components=3, n_init=1)
-    fn_at_k(root, [2, 3], n_init=1)
+    decompose(root, Decomposition(backend="fast", n_components=3, n_init=1))
+    fn_at_k(root, [2, 3], StableDecomposition(Decomposition(backend="fast", n_init=1), n_repeats=10))
     localize(root, participant=res.participant, loaded=(model, tokenizer), run_tokens=512,
              threads=1, progress=False)
     found = BIDSLayout(root, derivatives=True).get(suffix="bold", extension=[".nii", ".nii.gz"])
@@ -133,7 +133,7 @@ def test_derivatives_of_an_earlier_version_are_still_read(tiny_scan):
     """Unit statistics and components under the names of earlier versions are found."""
     from bids_llm.naming import existing, legacy_name
 
-    from llm2nifti.analysis.fingerprints import _components
+    from llm2nifti.analysis.decomposition import Decomposition, reusable, select_runs
 
     res, _ = tiny_scan
     ds = Dataset(res.root)
@@ -146,9 +146,18 @@ def test_derivatives_of_an_earlier_version_are_still_read(tiny_scan):
     assert old is not None and all(np.array_equal(new[k], old[k]) for k in new)
     func = res.root / "derivatives" / "llm2nifti-canica" / f"sub-{res.participant}" / "func"
     func.mkdir(parents=True)
-    legacy = func / f"sub-{res.participant}_task-stories_desc-canica_bold.nii"
+    # an FN@k decomposition an earlier version wrote (its sidecar has no max_iter yet) is reused
+    # by the estimator that would make it again, and by no other
+    legacy = func / f"sub-{res.participant}_task-stories_desc-fnk3_bold.nii"
     shutil.copy(res.runs[0], legacy)
-    assert _components(ds, res.participant, "stories", "mlp", 3, "fast", 0) == legacy
+    runs, _ = select_runs(ds, res.participant, "stories", None, "mlp")
+    legacy.with_suffix(".json").write_text(json.dumps({
+        "Sources": [str(Path(r.path).relative_to(res.root)) for r in runs], "Backend": "fast",
+        "Parameters": {"n_components": 3, "n_init": 1, "random_state": 0}}))
+    est = Decomposition(backend="fast", n_components=3, n_init=1)
+    assert reusable(ds, runs, "fnk3", est) == legacy
+    assert reusable(ds, runs, "fnk3", est.set_params(n_init=2)) is None
+    assert reusable(ds, runs, "fnk3", est.set_params(n_init=1, max_iter=50)) is None
     assert existing(func / "x_desc-canica_stat-z_components.nii").name == "x_desc-canica_stat-z_components.nii"
     assert legacy_name("x_desc-canica_stat-z_components.nii") == "x_desc-canicaZ_bold.nii"
     assert legacy_name("x_run-01_bold.nii") is None

@@ -52,7 +52,7 @@ def test_decompose_bad_input_exits_2_and_writes_nothing(tmp_path):
     root = tmp_path / "ds"
     make_planted(root, n_runs=1, n_tokens=20)
     res = _invoke(["decompose", root, "--backend", "fast", "--method", "dictlearning"])
-    assert res.exit_code == 2 and "fast backend runs CanICA only" in res.output
+    assert res.exit_code == 2 and "--backend fast runs CanICA only: set --backend nilearn" in res.output
     res = _invoke(["decompose", root, "--participant", "nobody"])
     assert res.exit_code == 2 and "no runs" in res.output
     res = _invoke(["decompose", root, "-k", 5, "--desc", "a_b"])

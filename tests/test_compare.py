@@ -146,8 +146,8 @@ def test_rsa_matches_rsatoolbox(readers):
 def test_fingerprint_cli_writes_its_outputs(readers):
     root, _, tables = readers
     args = ["fingerprint", str(root), "-r", "a", "-c", "b", "-i", "c", "--n-permutations", "100",
-            "--networks", f"a={tables['a']}", "--networks", f"b={tables['b']}",
-            "--networks", f"c={tables['c']}", "-q"]
+            "--networks-tsv", f"a={tables['a']}", "--networks-tsv", f"b={tables['b']}",
+            "--networks", f"c={tables['c']}", "-q"]  # --networks: the option's former name
     out = CliRunner().invoke(main, args)
     assert out.exit_code == 0, out.output
     assert "sub-b (candidate)" in out.output and "derived" in out.output
@@ -191,15 +191,6 @@ def test_bad_comparisons_get_one_line_and_write_nothing(readers, tmp_path, args,
     assert not (copy / "derivatives" / "llm2nifti-canica").exists()
 
 
-def test_fingerprint_cli_decomposes_as_many_times_as_the_function():
-    from llm2nifti.analysis.fingerprints import N_RUNS, participant_networks
-
-    option = next(p for p in main.commands["fingerprint"].params if p.name == "n_runs")
-    assert option.default == N_RUNS > 1
-    assert inspect.signature(fingerprint).parameters["n_runs"].default == N_RUNS
-    assert inspect.signature(participant_networks).parameters["n_runs"].default == N_RUNS
-
-
 def test_fingerprint_compares_the_reference_networks_that_recur_by_default(readers, tmp_path):
     """By default the comparison keeps the reference's networks of stability 0.9 or more (the
     stabilities planted in its table), `all` keeps every one, and a reference decomposed once
@@ -213,25 +204,19 @@ def test_fingerprint_compares_the_reference_networks_that_recur_by_default(reade
     shutil.copytree(root, copy, ignore=shutil.ignore_patterns("llm2nifti-fingerprint"))
     out_dir = copy / "derivatives" / "llm2nifti-fingerprint" / "sub-a"
     common = [str(copy), "-r", "a", "-c", "b", "-k", "8", "-t", "2", "--n-permutations", "50",
-              "--n-runs", "5", "--no-rsa", "-q"]
+              "--no-rsa", "-q"]
 
-    def compared(*extra):
-        out = CliRunner().invoke(main, ["fingerprint", *common, *extra])
+    def compared(*extra, n_runs=5):
+        out = CliRunner().invoke(main, ["fingerprint", *common, "--n-runs", str(n_runs), *extra])
         assert out.exit_code == 0, out.output
         record = json.loads((out_dir / "sub-a_task-planted_fingerprint.json").read_text())
         matrix = pd.read_csv(out_dir / "sub-a_task-planted_desc-b_spearman.tsv", sep="\t",
                              index_col=0)
         return out.output, record["ReferenceMinStability"], list(matrix.index)
 
-    def decompose(n_runs):
-        shutil.rmtree(copy / "derivatives" / "llm2nifti-canica", ignore_errors=True)
-        done = CliRunner().invoke(main, ["decompose", str(copy), "--participant", "a", "-k", "8",
-                                         "--backend", "fast", "--n-runs", str(n_runs), "-q"])
-        assert done.exit_code == 0, done.output
-        return next((copy / "derivatives" / "llm2nifti-canica" / "sub-a").rglob(
-            "*_desc-canica_components.nii"))
-
-    path, _ = stability_paths(decompose(5))
+    compared()  # fingerprint's own maps (desc-fingerprint), reused while its options stay
+    path, _ = stability_paths(next((copy / "derivatives" / "llm2nifti-canica" / "sub-a").rglob(
+        "*_desc-fingerprint_components.nii")))
     planted = [0.99, 0.95, 0.5, 0.91, 0.2, 0.89, 0.97, 0.3]
     pd.read_csv(path, sep="\t").assign(stability=planted).to_csv(path, sep="\t", index=False)
     output, least, rows = compared()
@@ -251,7 +236,6 @@ def test_fingerprint_compares_the_reference_networks_that_recur_by_default(reade
     assert least is None and len(rows) == 8
     assert "no network of sub-a has a stability of 0.9 or more: every one compared" in output
 
-    decompose(1)
-    output, least, rows = compared()
+    output, least, rows = compared(n_runs=1)
     assert least is None and len(rows) == 8
-    assert "sub-a rest on one decomposition" in output
+    assert "networks of sub-a, sub-b rest on one decomposition (--n-runs 1)" in output

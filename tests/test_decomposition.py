@@ -13,7 +13,8 @@ import torch
 from planted import PARTICIPANT, make_planted, recovered_exactly
 from scipy.optimize import linear_sum_assignment
 
-from llm2nifti.analysis.decomposition import Decomposition, decompose, explained_variance, zscore_maps
+from llm2nifti.analysis.decomposition import (Decomposition, StableDecomposition, decompose,
+                                              explained_variance, zscore_maps)
 from llm2nifti.errors import UsageError
 from llm2nifti.analysis.fastica import canica, fastica_restarts, run_pca, zscore_
 from llm2nifti.analysis.selection import maps_to_neurons
@@ -30,7 +31,7 @@ def planted(tmp_path_factory):
                                             ("nilearn", "dictlearning")])
 def test_planted_networks_recovered_neuron_exactly(planted, backend, method):
     root, layout, sets = planted
-    res = decompose(root, backend=backend, method=method, n_components=4, n_init=3,
+    res = decompose(root, Decomposition(backend=backend, method=method, n_components=4, n_init=3),
                     desc=f"{backend}{method}")
     nset = maps_to_neurons(res.zmaps, layout, threshold=3.6)
     assert recovered_exactly(nset, layout, sets)
@@ -144,21 +145,23 @@ def test_fixed_seed_gives_identical_output(planted, tmp_path):
     shutil.copytree(root / "derivatives" / "llm2nifti", copy / "derivatives" / "llm2nifti")
     outs = []
     for backend in ("fast", "fast", "nilearn", "nilearn"):
-        res = decompose(copy, backend=backend, n_components=4, n_init=2, random_state=3,
-                        desc=backend)
+        res = decompose(copy, Decomposition(backend=backend, n_components=4, n_init=2,
+                                            random_state=3), desc=backend)
         sidecar = json.loads(res.sidecar.read_text())
         sidecar.pop("Timing")
         outs.append((res.components.read_bytes(), res.zmaps.read_bytes(), sidecar))
     assert outs[0] == outs[1]
     assert outs[2] == outs[3]
-    other = decompose(copy, backend="fast", n_components=4, n_init=2, random_state=4, desc="fast")
+    other = decompose(copy, Decomposition(backend="fast", n_components=4, n_init=2, random_state=4),
+                      desc="fast")
     assert other.components.read_bytes() != outs[0][0]
 
 
 def test_derivative_files_and_bids_validator(planted):
     root, layout, _ = planted
     # two decompositions clustered: the stability tables are part of what the validator reads
-    res = decompose(root, backend="fast", n_components=4, n_init=2, run=[1], desc="single", n_runs=2)
+    two = StableDecomposition(Decomposition(backend="fast", n_components=4, n_init=2), n_repeats=2)
+    res = decompose(root, two, run=[1], desc="single")
     assert res.components.with_name(f"sub-{PARTICIPANT}_task-planted_run-01_desc-single_stability.tsv").is_file()
     assert res.components.parent == root / "derivatives" / "llm2nifti-canica" / f"sub-{PARTICIPANT}" / "func"
     assert res.components.name == f"sub-{PARTICIPANT}_task-planted_run-01_desc-single_components.nii"
@@ -207,14 +210,14 @@ def test_zscore_maps_rows():
 
 def test_bad_requests_are_usage_errors(planted):
     root, layout, _ = planted
-    with pytest.raises(UsageError, match="fast backend runs CanICA only"):
-        decompose(root, backend="fast", method="dictlearning", n_components=2)
+    with pytest.raises(UsageError, match="backend='fast' runs CanICA only"):
+        decompose(root, Decomposition(backend="fast", method="dictlearning", n_components=2))
     with pytest.raises(UsageError, match="exceeds"):
-        decompose(root, run=[1], n_components=500)
+        decompose(root, Decomposition(n_components=500), run=[1])
     with pytest.raises(UsageError, match="no runs"):
         decompose(root, task="nosuchtask")
     with pytest.raises(UsageError, match="letters and digits"):
-        decompose(root, desc="../x", n_components=2)
+        decompose(root, Decomposition(n_components=2), desc="../x")
     assert not (root.parent / "x").exists()
 
 
@@ -431,14 +434,15 @@ def test_the_task_is_inferred_when_one_is_left(tiny_scan, tokenizer, text_file):
     from llm2nifti.acquisition.convert import scan
 
     res, model = tiny_scan
-    one = decompose(res.root, backend="fast", n_components=2, n_init=1)
+    fast = Decomposition(backend="fast", n_components=2, n_init=1)
+    one = decompose(res.root, fast)
     assert "_task-stories_" in one.components.name
     scan(res.root, "tinyllama", text_file, task="other", run_tokens=100, progress=False,
          loaded=(model, tokenizer), threads=1)
     with pytest.raises(UsageError, match=r"several tasks \(other, stories\): choose one with --task "
                                          r"\(or --task all to take them together\)"):
-        decompose(res.root, backend="fast", n_components=2, n_init=1)
-    both = decompose(res.root, task="all", backend="fast", n_components=2, n_init=1, desc="both")
+        decompose(res.root, fast)
+    both = decompose(res.root, fast, task="all", desc="both")
     assert "_task-otherstories_" in both.components.name
     assert len(json.loads(both.sidecar.read_text())["Sources"]) == 2 * len(res.runs)
 

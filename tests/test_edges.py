@@ -72,8 +72,8 @@ def _planted_runs(root, shape):
 
 
 REFUSED = {
-    "every run shorter than k": "n_components=20 exceeds the 9 tokens of the selected runs",
-    "fewer units than k": "n_components=20 exceeds the 8 units of the selected runs",
+    "every run shorter than k": "--n-components 20 exceeds the 9 tokens of the selected runs",
+    "fewer units than k": "--n-components 20 exceeds the 8 units of the selected runs",
     "NaN in a run": "sub-m_task-t_run-02_bold.nii holds .* values that are not finite .* first at token \\d+, layer \\d neuron \\d+",
     "inf in a run": "sub-m_task-t_run-02_bold.nii holds .* values that are not finite .* first at token \\d+, layer \\d neuron \\d+",
 }
@@ -133,7 +133,7 @@ COMMANDS = ["decompose-fast", "decompose-nilearn", "recurrence", "networks", "wo
 # models' 256 units) is decided by the CPU's kernels.
 NEVER_EMPTY = 0.9
 NOT_FINITE = r"sub-a_task-text_run-02_bold.nii holds \d+ values that are not finite .* first at token \d+, layer 1 neuron \d+"
-TOO_FEW_UNITS = "n_components=20 exceeds the 16 units of the selected runs"
+TOO_FEW_UNITS = "--n-components 20 exceeds the 16 units of the selected runs"
 BATTERY_REFUSED = {
     ("fewer units than k", "decompose-fast"): TOO_FEW_UNITS,
     ("fewer units than k", "decompose-nilearn"): TOO_FEW_UNITS,
@@ -429,7 +429,7 @@ def test_decompose_on_drawn_shapes(tmp_path_factory, lengths, width, k, backend)
         limit = (f"exceeds the {tokens} tokens" if k > tokens else
                  f"exceeds the {n_units} units" if k > n_units else
                  f"exceeds the rank of the selected runs \\({rank}:")
-        assert re.search(f"n_components={k} {limit}", lines[0]), lines[0]
+        assert re.search(f"--n-components {k} {limit}", lines[0]), lines[0]
         assert _files(root) == before
         return
     assert r.exit_code == 0, r.output

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from llm2nifti.analysis import Decomposition, StableDecomposition
 from llm2nifti.analysis.selection import load_maps, maps_to_neurons
 from llm2nifti.cli.main import main
 from llm2nifti.errors import UsageError
@@ -17,21 +18,24 @@ from llm2nifti.intervention.fnk import fn_at_k, parse_ks
 from llm2nifti.neuronset import NeuronSet
 from planted import make_planted
 
+STABLE3 = StableDecomposition(Decomposition(backend="fast", n_init=3))  # 10 repeats, as FN@k's
+STABLE2 = StableDecomposition(Decomposition(backend="fast", n_init=2))
+
 
 def test_fn_at_k_is_the_union_of_all_planted_networks(tmp_path):
     root = tmp_path / "ds"
     layout, sets = make_planted(root, n_networks=4, size=10)
-    (k, nset, path), = fn_at_k(root, [4], n_init=3, output=tmp_path / "nets")
+    (k, nset, path), = fn_at_k(root, [4], output=tmp_path / "nets", estimator=STABLE3)
     planted = np.sort(np.concatenate(sets))
     assert k == 4 and len(nset.names) == 4
     assert np.array_equal(np.unique(nset.global_index(layout)), planted)
     # a second call with the same settings reuses the decomposition
     before = path.stat().st_mtime_ns
-    (_, again, path2), = fn_at_k(root, [4], n_init=3, output=tmp_path / "nets")
+    (_, again, path2), = fn_at_k(root, [4], output=tmp_path / "nets", estimator=STABLE3)
     assert path2 == path and path.stat().st_mtime_ns == before
     assert np.array_equal(again.global_index(layout), nset.global_index(layout))
     # other settings: a new decomposition, not the cached one
-    (_, _, path3), = fn_at_k(root, [4], n_init=2, output=tmp_path / "nets")
+    (_, _, path3), = fn_at_k(root, [4], output=tmp_path / "nets", estimator=STABLE2)
     meta = json.loads(path3.with_suffix(".json").read_text())
     assert meta["Parameters"]["n_init"] == 2
 

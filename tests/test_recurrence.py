@@ -10,6 +10,7 @@ from planted import make_planted
 
 from cli.main import main
 from llm2nifti.errors import UsageError
+from llm2nifti.analysis import Decomposition
 from llm2nifti.analysis.matching import iou_matrix, match_networks, recurrence
 
 
@@ -37,7 +38,8 @@ def missing_in_run3(tmp_path_factory):
 
 def test_network_missing_from_one_run_recurs_in_two_of_three(missing_in_run3, tmp_path):
     root, layout, sets = missing_in_run3
-    res = recurrence(root, n_components=4, n_init=2, n_seeds=2, output=tmp_path / "rec")
+    res = recurrence(root, Decomposition(backend="fast", n_components=4, n_init=2), n_seeds=2,
+                     output=tmp_path / "rec")
     # the template holding planted set 3
     t_sets = {n: set(res.templates.select(n).global_index(layout).tolist()) for n in res.templates.names}
     which = {i: [n for n, s in t_sets.items() if s == set(sets[i].tolist())] for i in range(4)}

@@ -10,7 +10,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from llm2nifti.analysis import connectivity, localize, networks
+from llm2nifti.analysis import Decomposition, connectivity, localize, networks
 from llm2nifti.errors import UsageError
 from llm2nifti.report import report
 
@@ -73,7 +73,7 @@ def test_components_are_drawn_right_after_decompose(tmp_path):
 
     root = tmp_path / "ds"
     make_coupled(root)
-    res = decompose(root, backend="fast", n_components=3, n_init=1)
+    res = decompose(root, Decomposition(backend="fast", n_components=3, n_init=1))
     (page,) = report(root)
     html = page.read_text()
     assert '<section id="components"' in html and '<section id="networks"' not in html

@@ -11,6 +11,8 @@ import pytest
 import torch
 
 from bids_llm.dataset import Dataset
+from sklearn.base import clone
+
 from llm2nifti.analysis.decomposition import Decomposition, select_runs
 from llm2nifti.analysis.matching import recurrence
 from llm2nifti.analysis.reduction import reduce_run
@@ -64,9 +66,11 @@ def test_same_maps_on_a_cluster_as_in_process(planted, client):
 
 def test_recurrence_on_a_cluster(planted, client, tmp_path):
     root = planted[0]
-    kw = dict(n_components=4, n_init=2, n_seeds=1, figures=False, threads=1)
-    here = recurrence(root, output=tmp_path / "here", **kw)
-    there = recurrence(root, output=tmp_path / "there", scheduler=client, **kw)
+    kw = dict(n_seeds=1, figures=False, threads=1)
+    one = Decomposition(backend="fast", n_components=4, n_init=2)
+    here = recurrence(root, one, output=tmp_path / "here", **kw)
+    there = recurrence(root, clone(one).set_params(scheduler=client), output=tmp_path / "there",
+                       **kw)
     assert here.table.equals(there.table)
     assert (there.summary["recurrence"] == 1).all()
 
@@ -110,7 +114,7 @@ def test_unreachable_scheduler_and_bad_names(monkeypatch):
 
 def test_scheduler_needs_the_fast_backend(planted):
     _, runs, layout, _ = planted
-    with pytest.raises(UsageError, match="--backend fast"):
+    with pytest.raises(UsageError, match="set backend='fast'"):  # the CLI: --backend fast
         Decomposition(backend="nilearn", scheduler="processes").fit(runs, layout=layout)
 
 

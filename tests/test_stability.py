@@ -131,7 +131,7 @@ def test_decompose_and_networks_from_the_command_line(tmp_path):
     (["--n-runs", "0"], "decompose at least once"),
     (["--n-runs", "3", "--bootstrap", "--runs", "1"], "--bootstrap resamples the runs"),
     (["--n-runs", "1000000"], "decompositions of 6 components over 400 units"),
-    (["--bootstrap"], "give --n-runs 2 or more"),
+    (["--bootstrap"], "set --n-runs to 2 or more"),
 ])
 def test_bad_stability_settings_are_one_line_and_write_nothing(tmp_path, monkeypatch, args, message):
     paths, _ = _planted(tmp_path, n_runs=2)

@@ -11,6 +11,7 @@ import torch
 from click.testing import CliRunner
 
 from conftest import tiny_gpt2, tiny_llama
+from llm2nifti.analysis import Decomposition, StableDecomposition
 from llm2nifti.cli.main import main
 from llm2nifti.intervention import finetune, permute_units, random_init
 
@@ -86,9 +87,10 @@ def test_fingerprint_of_scans_with_a_random_copy(tiny_model_dir, tmp_path):
              threads=1)
     # threshold 0.9: a z-scored map always has a unit at |z| >= 1, so no model's networks are
     # empty whatever the CPU (at 2.5, the tiny models' largest |z| sit within rounding of it)
-    res = fingerprint(ds, "orig", ["perm"], n_random=1, n_components=4, n_permutations=200,
-                      threshold=0.9, random_state=5,
-                      rsa=False)
+    four = StableDecomposition(Decomposition(backend="fast", n_components=4, random_state=5),
+                               n_repeats=50)
+    res = fingerprint(ds, "orig", ["perm"], n_random=1, estimator=four, n_permutations=200,
+                      threshold=0.9, random_state=5, rsa=False)
     s = res.summary.set_index("participant")
     assert s.loc["origrand5", "role"] == "random-init"
     ev = [pd.concat([pd.read_csv(p, sep="\t") for p in sorted(ds.glob(f"sub-{who}/func/*events.tsv"))])
@@ -99,6 +101,6 @@ def test_fingerprint_of_scans_with_a_random_copy(tiny_model_dir, tmp_path):
     # With a yardstick, the verdict is tested (a tiny random model's networks are unstable,
     # so which verdict is not asserted here; the planted tests assert it).
     assert s.loc["perm", "verdict"] in ("derived", "not shown")
-    again = fingerprint(ds, "orig", ["perm"], n_random=1, n_components=4, n_permutations=200,
+    again = fingerprint(ds, "orig", ["perm"], n_random=1, estimator=four, n_permutations=200,
                         threshold=0.9, random_state=5, rsa=False)  # the copy is kept, not redone
     assert again.summary.equals(res.summary)

@@ -9,7 +9,9 @@ from .._lazy import lazy_exports
 
 _EXPORTS = {
     **{name: ".decomposition" for name in (
-        "Decomposition", "StableDecomposition", "decompose", "DecomposeResult", "zscore_maps", "explained_variance",
+        "Decomposition", "StableDecomposition", "default_decomposition", "configured",
+        "base_decomposition", "as_stable", "reusable", "WORKFLOW_DECOMPOSITIONS",
+        "decompose", "DecomposeResult", "zscore_maps", "explained_variance",
         "nilearn_estimator", "METHODS", "BACKENDS", "select_runs", "read_sidecar",
         "check_decomposition_fits")},
     **{name: ".selection" for name in (
@@ -34,7 +36,7 @@ _EXPORTS = {
     **{name: ".dualreg" for name in ("dual_regression",)},
     **{name: ".permutation" for name in ("max_t_fwe", "PermutationResult")},
     **{name: ".stability" for name in (
-        "icasso", "read_stability", "stability_paths", "resolve_n_init")},
+        "icasso", "read_stability", "stability_paths")},
     **{name: ".rsa" for name in (
         "LayerSimilarity", "layer_similarity", "rsa_matrix", "linear_cka", "rdm_vectors")},
 }

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 
 from ..errors import UsageError
 from .matching import _masks, iou_matrix, match_networks
+from ..defaults import Z_THRESHOLD
 from .selection import _participant_of, load_maps, maps_to_neurons, network_names, site_of_image
 
 __all__ = ["connectivity", "ConnectivityResult", "network_time_series", "network_weights",
@@ -82,7 +83,7 @@ class ConnectivityResult:
     comparison: dict | None = None
 
 
-def layer_depth(maps, layout, threshold=3.6):
+def layer_depth(maps, layout, threshold=Z_THRESHOLD):
     """Mean layer of each network: of its units with ``|z|`` > ``threshold``, weighted by ``|z|``.
 
     The maps are z-scored over units first; a map with no unit past the threshold is
@@ -115,7 +116,7 @@ def network_weights(nset, layout, names):
     return weights
 
 
-def network_time_series(runs, components, maps, layout, mask, signals="maps", threshold=3.6,
+def network_time_series(runs, components, maps, layout, mask, signals="maps", threshold=Z_THRESHOLD,
                         progress=True, nset=None):
     """``(tokens, networks)`` time series of each run.
 
@@ -179,7 +180,7 @@ def _measure(time_series, kind, estimator="ledoit-wolf"):
 
 def connectivity(components, dataset, *, participant=None, task=None, runs=None, site=None,
                  kinds=("correlation",), signals="maps", estimator="ledoit-wolf",
-                 threshold=3.6, output=None,
+                 threshold=Z_THRESHOLD, output=None,
                  compare=None, compare_dataset=None, compare_task=None, min_iou=0.1,
                  n_permutations=1000, random_state=0, progress=True):
     """Connectomes between the networks of ``components`` over a dataset's runs.

@@ -24,17 +24,19 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..errors import UsageError
 
-__all__ = ["Decomposition", "StableDecomposition", "decompose", "DecomposeResult", "zscore_maps",
+__all__ = ["Decomposition", "StableDecomposition", "default_decomposition", "configured",
+           "base_decomposition", "as_stable", "reusable", "WORKFLOW_DECOMPOSITIONS",
+           "decompose", "DecomposeResult", "zscore_maps",
            "explained_variance", "nilearn_estimator", "METHODS", "BACKENDS", "select_runs"]
 
 log = logging.getLogger(__name__)
 
-METHODS = ("canica", "dictlearning")
-BACKENDS = ("nilearn", "fast")
+from ..defaults import (BACKENDS, MAX_ITER, METHODS, N_COMPONENTS, N_INIT,  # noqa: F401
+                       WORKFLOW_DECOMPOSITIONS)
 
 
-def nilearn_estimator(method, mask_img, n_components=20, n_init=10, random_state=0, n_jobs=1,
-                      alpha=10.0, verbose=0):
+def nilearn_estimator(method, mask_img, n_components=N_COMPONENTS, n_init=N_INIT, random_state=0,
+                      n_jobs=1, alpha=10.0, verbose=0):
     """A nilearn decomposition estimator with the settings that suit neurons.
 
     Parameters
@@ -214,10 +216,18 @@ class Decomposition(_MapsMixin, BaseEstimator):
     ----------
     method : {"canica", "dictlearning"}
     n_components : int
-    n_init : int
-        FastICA starts (CanICA); the sparsest result is kept.
+    n_init : int or "auto"
+        FastICA starts (CanICA); the sparsest result is kept. ``"auto"``: 10 for a
+        decomposition on its own, 1 for each repeat of a :class:`StableDecomposition` (the
+        clusters do the choosing: on the embedded model's scan, 10 decompositions of one start
+        each cost 1.0x (k = 20) and 1.5x (k = 64) one decomposition of 10 starts, and agree
+        across seeds better).
     random_state : int
         Fixed value, identical output.
+    max_iter : int
+        FastICA iterations per start at most (the fast backend; nilearn's CanICA always runs
+        scikit-learn's 200, so the nilearn backend takes no other value). A start that has not
+        converged by then is counted in ``info_["n_not_converged"]``.
     backend : {"nilearn", "fast"}
         ``"fast"``: the same CanICA algorithm in torch (``llm2nifti.analysis.fastica``).
     n_jobs : int
@@ -259,9 +269,11 @@ class Decomposition(_MapsMixin, BaseEstimator):
         Backend details (per-run reduction, FastICA starts, convergence).
     """
 
-    def __init__(self, method="canica", n_components=20, n_init=10, random_state=0,
+    def __init__(self, method="canica", n_components=N_COMPONENTS, n_init="auto", random_state=0,
                  backend="nilearn", n_jobs=1, device="cpu", alpha=10.0, verbose=0,
-                 scheduler=None, workers=2, progress=False, gram_dtype="auto", precision="mixed"):
+                 scheduler=None, workers=2, progress=False, gram_dtype="auto", precision="mixed",
+                 max_iter=MAX_ITER):
+        self.max_iter = max_iter
         self.gram_dtype = gram_dtype
         self.precision = precision
         self.progress = progress
@@ -277,20 +289,40 @@ class Decomposition(_MapsMixin, BaseEstimator):
         self.alpha = alpha
         self.verbose = verbose
 
+    def __sklearn_clone__(self):
+        """A clone sharing ``scheduler``: a Dask client is a connection, not a parameter to copy."""
+        from sklearn.base import clone
+
+        params = self.get_params(deep=False)
+        scheduler = params.pop("scheduler")
+        return type(self)(scheduler=scheduler, **{k: clone(v, safe=False) for k, v in params.items()})
+
+    def _n_init(self):
+        """The FastICA starts this decomposition runs (``n_init``, ``"auto"`` resolved)."""
+        return N_INIT if self.n_init == "auto" else int(self.n_init)
+
     def _check(self, runs):
         if self.method not in METHODS:
-            raise UsageError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
+            raise UsageError(f"method={self.method!r} is unknown: choose one of {', '.join(METHODS)}")
         if self.backend not in BACKENDS:
-            raise UsageError(f"unknown backend {self.backend!r}: choose one of {', '.join(BACKENDS)}")
+            raise UsageError(f"backend={self.backend!r} is unknown: choose one of {', '.join(BACKENDS)}")
         if self.backend == "fast" and self.method != "canica":
-            raise UsageError("the fast backend runs CanICA only: use --backend nilearn for dictlearning")
-        if int(self.n_components) < 1 or int(self.n_init) < 1:
-            raise UsageError("n_components and n_init must be at least 1")
+            raise UsageError("backend='fast' runs CanICA only: set backend='nilearn' for "
+                             "method='dictlearning'")
+        if int(self.n_components) < 1:
+            raise UsageError(f"n_components={self.n_components}: ask for at least 1 component")
+        if self.n_init != "auto" and int(self.n_init) < 1:
+            raise UsageError(f"n_init={self.n_init}: give at least 1 FastICA start (or auto)")
+        if int(self.max_iter) < 1:
+            raise UsageError(f"max_iter={self.max_iter}: give at least 1 FastICA iteration")
+        if self.backend == "nilearn" and int(self.max_iter) != MAX_ITER:
+            raise UsageError(f"max_iter={self.max_iter} needs backend='fast': nilearn's CanICA "
+                             f"always runs {MAX_ITER} FastICA iterations")
         if not runs:
             raise UsageError("no runs to decompose: check the participant/task/run filters")
         if self.scheduler not in (None, "threads") and self.backend != "fast":
-            raise UsageError("--scheduler distributes the fast backend's per-run work: add "
-                             "--backend fast (nilearn's backend parallelises with --n-jobs)")
+            raise UsageError("scheduler distributes the fast backend's per-run work: set "
+                             "backend='fast' (nilearn's backend parallelises with n_jobs)")
 
     def fit(self, imgs, y=None, *, layout=None, reduced=None):
         """Decompose the runs ``imgs``, as nilearn's CanICA fits on images.
@@ -354,9 +386,9 @@ class Decomposition(_MapsMixin, BaseEstimator):
                 cache, reduced = reduced, reduced.of(paths, self.n_components, self.random_state)
                 methods = cache.methods(paths)
             maps, info = fastica.canica((), self.n_components,
-                                        n_init=self.n_init, random_state=self.random_state,
+                                        n_init=self._n_init(), random_state=self.random_state,
                                         device=self.device, reduced=reduced,
-                                        precision=self.precision)
+                                        precision=self.precision, max_iter=int(self.max_iter))
             info["reduction"] = sorted(set(methods)) if methods else "given"
             info["gram_dtype"] = str(resolve_gram_dtype(self.gram_dtype, self.device)).split(".")[-1]
             self.components_ = maps.astype(np.float32)
@@ -373,7 +405,7 @@ class Decomposition(_MapsMixin, BaseEstimator):
                 X, neurons = load_run(p, mmap=True)
                 check_finite(X, p, neurons)
                 del X
-            est = nilearn_estimator(self.method, layout.mask_img(), self.n_components, self.n_init,
+            est = nilearn_estimator(self.method, layout.mask_img(), self.n_components, self._n_init(),
                                     self.random_state, self.n_jobs, self.alpha, self.verbose)
             from sklearn.exceptions import ConvergenceWarning
 
@@ -395,7 +427,7 @@ class Decomposition(_MapsMixin, BaseEstimator):
     def _check_memory(self, paths, tokens, layout):
         """Refuse, before any work, a decomposition that would not fit in memory."""
         check_decomposition_fits(tokens, layout.n_neurons, self.n_components, self.backend,
-                                 self.method, self.n_init)
+                                 self.method, self._n_init())
 
 
 class StableDecomposition(_MapsMixin, BaseEstimator):
@@ -451,7 +483,8 @@ class StableDecomposition(_MapsMixin, BaseEstimator):
     def _decomposition(self, seed):
         from sklearn.base import clone
 
-        return clone(self._base()).set_params(random_state=seed)
+        one = clone(self._base()).set_params(random_state=seed)
+        return one.set_params(n_init=1) if one.n_init == "auto" and self.n_repeats > 1 else one
 
     def fit(self, imgs, y=None, *, layout=None, reduced=None):
         """Decompose the runs ``imgs`` ``n_repeats`` times and cluster the maps.
@@ -519,6 +552,81 @@ class StableDecomposition(_MapsMixin, BaseEstimator):
         return self
 
 
+def default_decomposition(workflow="decompose"):
+    """A new instance of the decomposition ``workflow`` runs when given none.
+
+    Parameters
+    ----------
+    workflow : str
+        A key of ``WORKFLOW_DECOMPOSITIONS``.
+
+    Returns
+    -------
+    Decomposition or StableDecomposition
+        ``Decomposition(backend=...)``, wrapped in ``StableDecomposition(..., n_repeats=N)``
+        where the workflow clusters ``N > 1`` decompositions.
+    """
+    backend, repeats, _ = WORKFLOW_DECOMPOSITIONS[workflow]
+    one = Decomposition(backend=backend)
+    return one if repeats == 1 else StableDecomposition(one, n_repeats=repeats)
+
+
+def base_decomposition(estimator):
+    """The :class:`Decomposition` an estimator runs (itself, or the one a
+    :class:`StableDecomposition` repeats)."""
+    return estimator._base() if isinstance(estimator, StableDecomposition) else estimator
+
+
+def configured(estimator, workflow="decompose", **params):
+    """A clone of ``estimator`` (default: ``workflow``'s) with ``params`` set on the
+    decomposition it runs (e.g. ``n_components`` of each FN@k, ``progress``).
+
+    Refuses (:class:`UsageError`) what is neither a :class:`Decomposition` nor a
+    :class:`StableDecomposition`.
+    """
+    from sklearn.base import clone
+
+    if estimator is None:
+        estimator = default_decomposition(workflow)
+    if not isinstance(estimator, (Decomposition, StableDecomposition)):
+        raise UsageError(f"estimator={type(estimator).__name__}: give a Decomposition or a "
+                         "StableDecomposition")
+    est = clone(estimator)
+    if isinstance(est, StableDecomposition):
+        return est.set_params(estimator=clone(est._base()).set_params(**params)) if params else est
+    return est.set_params(**params)
+
+
+def as_stable(estimator):
+    """``estimator`` as a :class:`StableDecomposition` (one repeat: the same decomposition, bit
+    for bit)."""
+    if isinstance(estimator, StableDecomposition):
+        return estimator
+    return StableDecomposition(estimator, n_repeats=1)
+
+
+def reuse_parameters(estimator):
+    """What an existing decomposition's sidecar must record for ``estimator`` to reuse it:
+    the backend, the parameters that change the maps, and the number of decompositions."""
+    est = as_stable(estimator)
+    one = est._base()
+    params = {"n_components": int(one.n_components),
+              "n_init": int(est._decomposition(one.random_state)._n_init()),
+              "random_state": one.random_state}
+    if one.backend == "fast":
+        params["max_iter"] = int(one.max_iter)
+    return {"Backend": one.backend, "Parameters": params, "NDecompositions": int(est.n_repeats),
+            "Defaults": {"max_iter": MAX_ITER}}
+
+
+def reusable(dataset, runs, desc, estimator):
+    """The components image of ``runs`` named ``desc`` that ``estimator`` would make, if one
+    was written before (see :func:`bids_llm.outputs.reusable_components`), else None."""
+    from bids_llm.outputs import reusable_components
+
+    return reusable_components(dataset.root, runs, desc, base_decomposition(estimator).method,
+                               reuse_parameters(estimator))
+
 
 @dataclass
 class DecomposeResult:
@@ -526,14 +634,15 @@ class DecomposeResult:
 
     Attributes
     ----------
-    estimator : Decomposition
+    estimator : StableDecomposition
+        The fitted decomposition (one repeat where a :class:`Decomposition` was given).
     components, zmaps, sidecar : Path
         The 4D maps, their z-scored version and the JSON with parameters.
     explained_variance : ndarray
     explained_variance_total : float
     """
 
-    estimator: Decomposition
+    estimator: StableDecomposition
     components: Path
     zmaps: Path
     sidecar: Path
@@ -595,41 +704,31 @@ def _entities(runs, desc):
     return ents
 
 
-def decompose(dataset, *, participant=None, task=None, run=None, site=None, method="canica",
-              backend="nilearn", n_components=20, n_init=None, random_state=0, n_jobs=1,
-              device="cpu", alpha=10.0, desc=None, threads=None, scheduler=None, workers=2,
-              progress=False, gram_dtype="auto", precision="mixed", reductions=None, n_runs=1,
-              bootstrap=False):
+def decompose(dataset, estimator=None, *, participant=None, task=None, run=None, site=None,
+              desc=None, threads=None, reductions=None):
     """Decompose a dataset's runs and write a BIDS derivative.
 
     Parameters
     ----------
     dataset : path or Dataset
         A dataset written by ``llm2nifti convert``.
+    estimator : Decomposition or StableDecomposition, optional
+        The decomposition, cloned before it is fitted (default: ``Decomposition()``, nilearn's
+        CanICA with k = 20). A :class:`StableDecomposition` repeats it and keeps the clusters'
+        centrotypes with their stability.
     participant, task, run : str, int, list or None
         BIDS entity filters; the runs must belong to one participant. ``participant`` and
         ``task`` None: the only one (several: an error lists them); ``task="all"``: every
         task's runs together (their labels joined in the outputs' names). ``run`` None: all.
     site : str, optional
         Neuron site (``"mlp"``, ``"mlp-out"``, ...); default: the only one among the runs.
-    method, backend, n_components, n_init, random_state, n_jobs, device, alpha :
-        See :class:`Decomposition`; ``n_init`` None: 10 for one decomposition, 1 for each of
-        ``n_runs`` (:func:`~llm2nifti.analysis.stability.resolve_n_init`).
     desc : str, optional
-        BIDS ``desc`` label of the outputs (letters and digits; default: ``method``).
+        BIDS ``desc`` label of the outputs (letters and digits; default: the method).
     threads : int, optional
         torch CPU threads.
-    scheduler, workers, progress, gram_dtype, precision :
-        Where per-run work runs, a progress bar, the fast backend's arithmetic (see
-        :class:`Decomposition`).
     reductions : RunReductions, optional
         Fast backend: per-run reductions shared with other decompositions of these runs
         (an FN@k sweep reduces each run once, at its largest ``k``).
-    n_runs, bootstrap :
-        Decompose ``n_runs`` times (seeds derived from ``random_state``; with ``bootstrap``,
-        on resamples of the runs) and keep the clusters' centrotypes with their stability
-        (:class:`StableDecomposition`). ``n_runs=1`` is one
-        decomposition, as before.
 
     Returns
     -------
@@ -642,8 +741,8 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
         sub-<label>_task-<t>[_run-<n>]_desc-<desc>_components.nii         maps, volume i = component i
         sub-<label>_task-<t>[_run-<n>]_desc-<desc>_components.json        parameters, variance, timing
         sub-<label>_task-<t>[_run-<n>]_desc-<desc>_stat-z_components.nii  maps z-scored over neurons (+ .json)
-        sub-<label>_task-<t>[_run-<n>]_desc-<desc>_stability.tsv           n_runs > 1: each component's stability
-        sub-<label>_task-<t>[_run-<n>]_desc-<desc>_estimates.tsv           n_runs > 1: every estimate's cluster
+        sub-<label>_task-<t>[_run-<n>]_desc-<desc>_stability.tsv           n_repeats > 1: each component's stability
+        sub-<label>_task-<t>[_run-<n>]_desc-<desc>_estimates.tsv           n_repeats > 1: every estimate's cluster
 
     ``run`` appears when a single run was decomposed; several tasks join their labels.
     The names follow tedana's ICA derivatives, so that a BIDS query for ``bold`` finds time
@@ -651,57 +750,50 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
     define yet. The 4th axis is the component.
     """
     from bids_llm.dataset import Dataset
-    from bids_llm.derivatives import derivative_dir
     from bids_llm.io import save_img, write_json
-    from bids_llm.naming import components_name, label, legacy_name
-
-    from .. import _version
+    from bids_llm.naming import label, legacy_name
+    from bids_llm.outputs import DERIVATIVES, software
 
     if threads is not None:
         from ..models import set_threads
 
         set_threads(threads)
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
+    est = as_stable(configured(estimator, "decompose"))
+    one = est._base()
+    method, backend = one.method, one.backend
     if method not in METHODS:
-        raise UsageError(f"unknown method {method!r}: choose one of {', '.join(METHODS)}")
+        raise UsageError(f"method={method!r} is unknown: choose one of {', '.join(METHODS)}")
     try:
         desc = label(desc or method, "desc")
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     runs, layout = select_runs(ds, participant, task, run, site)
-    from .stability import resolve_n_init
-
-    n_init = resolve_n_init(n_init, n_runs)
-
-    one = Decomposition(method=method, n_components=n_components, n_init=n_init,
-                        random_state=random_state, backend=backend, n_jobs=n_jobs, device=device,
-                        alpha=alpha, scheduler=scheduler, workers=workers, progress=progress,
-                        gram_dtype=gram_dtype, precision=precision)
-    est = StableDecomposition(one, n_repeats=n_runs, bootstrap=bootstrap).fit(
-        runs, layout=layout, reduced=reductions)
+    est.fit(runs, layout=layout, reduced=reductions)
     t0 = time.perf_counter()
-    ev, ev_total = explained_variance(runs, est.components_, device=device if backend == "fast" else "cpu")
+    ev, ev_total = explained_variance(runs, est.components_,
+                                      device=one.device if backend == "fast" else "cpu")
     ev_seconds = time.perf_counter() - t0
 
     ents = _entities(runs, desc)
-    out = derivative_dir(ds.root, f"llm2nifti-{method}",
-                         f"llm2nifti {method}: spatial maps over neurons",
-                         ignore=("*_components.*", "*_stability.tsv", "*_estimates.tsv"))
-    func = out / f"sub-{ents['sub']}" / "func"
-    comp_path = func / components_name(".nii", **ents)
-    z_path = func / components_name(".nii", z=True, **ents)
+    outputs = DERIVATIVES["components"]
+    out = outputs.create(ds.root, method=method)
+    comp_path = outputs.path(out, "components.nii", **ents)
+    z_path = outputs.path(out, "components.nii", stat="z", **ents)
     json_path = comp_path.with_suffix(".json")
     sidecar = {
         "Description": f"{method} maps over neurons: volume i is component i (not a time point); "
                        "voxels are neurons through the NeuronLayout",
         "TaskName": ents["task"], "RepetitionTime": 1.0, "SkullStripped": False,
         "Method": method, "Backend": backend,
-        "Parameters": {"n_components": int(n_components), "n_init": int(n_init),
-                       "random_state": random_state, "alpha": alpha if method == "dictlearning" else None,
+        "Parameters": {"n_components": int(one.n_components),
+                       "n_init": int(est.estimators_[0]._n_init()),
+                       "random_state": one.random_state,
+                       "alpha": one.alpha if method == "dictlearning" else None,
                        "mask": "all neurons of the layout", "smoothing_fwhm": None, "detrend": False,
                        "standardize": "zscore_sample", "threshold": None,
-                       **({"gram_dtype": gram_dtype, "precision": precision}
-                          if backend == "fast" else {})},
+                       **({"gram_dtype": one.gram_dtype, "precision": one.precision,
+                           "max_iter": int(one.max_iter)} if backend == "fast" else {})},
         "Sources": [str(Path(r.path).relative_to(ds.root)) for r in runs],
         "NTokens": est.n_tokens_, "NRuns": est.n_runs_,
         "ZMaps": z_path.name,
@@ -710,7 +802,7 @@ def decompose(dataset, *, participant=None, task=None, run=None, site=None, meth
         "ExplainedVarianceTotal": float(ev_total),
         "BackendDetails": est.info_,
         "Stability": _stability_record(est, comp_path),
-        "Software": {"llm2nifti": _version.__version__, **_versions(backend)},
+        "Software": software("nilearn", "scikit-learn", *(("torch",) if backend == "fast" else ())),
         "NeuronLayout": layout.to_dict(),
         "Timing": {"fit_seconds": round(est.fit_seconds_, 3),
                    "explained_variance_seconds": round(ev_seconds, 3)},
@@ -761,18 +853,6 @@ def _write_stability(est, comp_path):
         return
     write_frame(table, est.stability_, index=False)
     write_frame(members, est.members_, index=False)
-
-
-def _versions(backend):
-    import nilearn
-    import sklearn
-
-    out = {"nilearn": nilearn.__version__, "scikit-learn": sklearn.__version__}
-    if backend == "fast":
-        import torch
-
-        out["torch"] = torch.__version__
-    return out
 
 
 def read_sidecar(components_path):

@@ -11,7 +11,7 @@ independent, documents are):
   by the maximum ``|t|`` over all units under sign flips of whole documents
   (:mod:`llm2nifti.analysis.permutation`);
 * **network level** (dual regression, :mod:`llm2nifti.analysis.dual_regression`): group CanICA
-  over both participants' runs (stable components with ``n_runs`` > 1), then per participant
+  over both participants' runs (stable components where the estimator repeats), then per participant
   and document each network's time course and map. A network's *shape* change is the paired
   difference of its maps (t per unit, FWE over the units of that map); its *amplitude* change
   the paired log ratio of its time courses' standard deviations (FWE over networks, with a
@@ -298,14 +298,11 @@ def _layer_table(units, layout, alpha):
 
 
 # ------------------------------------------------------------------ network level
-def _group_maps(pairs, layout, n_components, n_runs, random_state, backend, progress):
-    from .decomposition import Decomposition, StableDecomposition
-    from .stability import resolve_n_init
+def _group_maps(pairs, layout, estimator):
+    from .decomposition import as_stable
 
     runs = [r for pair in pairs for r in pair]
-    one = Decomposition(n_components=n_components, n_init=resolve_n_init(None, n_runs),
-                        backend=backend, random_state=random_state, progress=progress)
-    return StableDecomposition(one, n_repeats=n_runs).fit(runs, layout=layout)
+    return as_stable(estimator).fit(runs, layout=layout)
 
 
 def _doc_blocks(pairs, run_documents, progress):
@@ -381,7 +378,7 @@ def _network_tests(shape_d, amp, names, stability, n_permutations, random_state,
     return pd.DataFrame(rows), shape
 
 
-def _membership(zmaps, names, threshold=3.6):
+def _membership(zmaps, names, threshold):
     """Each unit's group network: the map where its |z| is largest, past ``threshold``; else n/a."""
     z = np.abs(zmaps)
     best = z.argmax(axis=0)
@@ -414,9 +411,9 @@ def _check_shape_fits(n_docs, k, n_units, longest):
                "ask for fewer components (-k) or convert shorter documents")
 
 
-def diff(dataset, reference, candidate, *, task=None, site=None, n_components=20, n_runs=10,
-         n_permutations=1000, alpha=0.05, random_state=0, backend="fast", threads=None,
-         progress=False, write=True, output=None):
+def diff(dataset, reference, candidate, *, task=None, site=None, estimator=None,
+         n_permutations=1000, alpha=0.05, random_state=0, threads=None, progress=False,
+         write=True, output=None):
     """Compare two checkpoints' units and networks on the same tokens (see the module notes).
 
     Parameters
@@ -426,13 +423,18 @@ def diff(dataset, reference, candidate, *, task=None, site=None, n_components=20
         Participant labels (e.g. the base model and its fine-tuned copy).
     task, site : str, optional
         The runs compared (site: ``mlp``, ``mlp-out``, ...; default: the only one).
-    n_components, n_runs : int
-        Group CanICA: networks, and decompositions clustered into stable ones (1: a single one).
+    estimator : Decomposition or StableDecomposition, optional
+        The group decomposition over both participants' runs (cloned; default:
+        ``StableDecomposition(Decomposition(backend="fast"), n_repeats=10)``: networks that
+        recur across seeds).
     n_permutations : int
         Sign flips of whole documents for every FWE-corrected p-value.
     alpha : float
         FWE level of the units kept in ``units.tsv`` and counted per layer.
     random_state : int
+        Seed of the permutations (the estimator has its own).
+    progress : bool
+        Progress bars (the group decomposition's, unless its estimator says otherwise).
     write : bool
         Write the derivative (``derivatives/llm2nifti-diff``, or ``output``).
 
@@ -449,6 +451,12 @@ def diff(dataset, reference, candidate, *, task=None, site=None, n_components=20
     t0 = time.perf_counter()
     clock = _Clock()
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
+    from .decomposition import base_decomposition, configured
+
+    estimator = configured(estimator, "diff")
+    if progress and not base_decomposition(estimator).progress:
+        estimator = configured(estimator, progress=True)
+    n_components = int(base_decomposition(estimator).n_components)
     if not 0 < alpha < 1:
         raise UsageError(f"alpha {alpha}: give a level between 0 and 1, e.g. 0.05")
     pairs, layout, site = _pair_runs(ds, reference, candidate, task, site)
@@ -465,19 +473,20 @@ def diff(dataset, reference, candidate, *, task=None, site=None, n_components=20
     check_blocks(long_docs, n_permutations, f"documents of at least {min_tokens} tokens "
                                             f"(twice the {n_components} networks)")
     _check_shape_fits(long_docs, n_components, layout.n_neurons, max(ma.count.values()))
-    group = _group_maps(pairs, layout, n_components, n_runs, random_state, backend, progress)
+    group = _group_maps(pairs, layout, estimator)
     clock("group_decomposition")
     mu, sd = ma.pooled()
     shape_d, amp, _, left_networks = _dual_regressions(
         pairs, ma.documents, group.components_, (mu, np.where(sd > 0, sd, 1.0)), min_tokens, progress)
     clock("dual_regression")
+    from ..defaults import Z_THRESHOLD
     from .selection import network_names
 
     names = network_names(n_components)
     stability = None if group.stability_ is None else group.stability_["stability"].to_numpy()
     networks, shape = _network_tests(shape_d, amp, names, stability, n_permutations,
                                      random_state, alpha)
-    membership = _membership(group.zmaps_, names)
+    membership = _membership(group.zmaps_, names, Z_THRESHOLD)
     clock("network_tests")
     result = DiffResult(
         reference=reference, candidate=candidate, site=site, layout=layout, documents=docs,

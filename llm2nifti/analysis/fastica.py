@@ -30,6 +30,7 @@ import math
 import numpy as np
 import torch
 
+from ..defaults import MAX_ITER, N_COMPONENTS, N_INIT
 from .reduction import EXACT_MAX, reduce_array, run_pca, zscore_
 
 __all__ = ["zscore_", "run_pca", "reduce_array", "group_pca", "fastica_restarts", "canica",
@@ -312,8 +313,8 @@ def fastica_restarts(components, n_init=10, random_state=0, max_iter=200, tol=1e
                   "step": "moments" if moments else "direct"}
 
 
-def canica(load_runs, n_components=20, n_init=10, random_state=0, device="cpu",
-           n_oversamples=10, reduced=None, gram_dtype="auto", precision="mixed"):
+def canica(load_runs, n_components=N_COMPONENTS, n_init=N_INIT, random_state=0, device="cpu",
+           n_oversamples=10, reduced=None, gram_dtype="auto", precision="mixed", max_iter=MAX_ITER):
     """CanICA on runs loaded one at a time.
 
     Parameters
@@ -333,6 +334,8 @@ def canica(load_runs, n_components=20, n_init=10, random_state=0, device="cpu",
         Precision of the per-run Gram matrices (see :mod:`llm2nifti.analysis.reduction`).
     precision : {"mixed", "double"}
         FastICA's arithmetic (see :func:`fastica_restarts`).
+    max_iter : int
+        FastICA's iterations per start at most (see :func:`fastica_restarts`).
 
     Returns
     -------
@@ -354,6 +357,6 @@ def canica(load_runs, n_components=20, n_init=10, random_state=0, device="cpu",
     comps, s = group_pca(R, n_components, random_state)
     del R
     maps, info = fastica_restarts(comps, n_init=n_init, random_state=random_state,
-                                  precision=precision)
+                                  precision=precision, max_iter=max_iter)
     info["singular_values"] = np.asarray(s).tolist()
     return maps.float().cpu().numpy(), info

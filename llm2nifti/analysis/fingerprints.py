@@ -1,7 +1,8 @@
 """``fingerprint``: is one model's network structure another's, beyond the stimulus?
 
-For each participant (model) of a dataset: its networks (CanICA maps thresholded at
-``|z|`` > 3.6, decomposed on the fly when the dataset has none for it), each network's time
+For each participant (model) of a dataset: its networks (stable CanICA maps thresholded at
+``|z|`` > 3.6, decomposed once as ``desc-fingerprint`` and reused, or a ``networks.tsv`` the
+user gives), each network's time
 course (the signed mean of its units, as ``connectivity --signals mean``) pooled to words,
 so that models with different tokenizers share one axis. The reference is then compared with
 each candidate and each independent model (:mod:`llm2nifti.analysis.compare`): score,
@@ -18,19 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UsageError
+from .decomposition import configured
+from ..defaults import Z_THRESHOLD
 
 __all__ = ["fingerprint", "FingerprintResult", "ParticipantNetworks", "participant_networks",
-           "random_copies", "PIPELINE_FINGERPRINT", "N_RUNS", "MIN_STABILITY"]
+           "random_copies", "PIPELINE_FINGERPRINT", "MIN_STABILITY", "DESC"]
 
 PIPELINE_FINGERPRINT = "llm2nifti-fingerprint"
-
-# Decompositions clustered into each model's networks when fingerprint makes them. Chosen by
-# measurement (benchmarks/bench_stable_fingerprint.py, embedded model and its unit-permuted
-# copy, k = 20, seeds 0-4): at 8,192 tokens a few of the 20 components have near-equally
-# frequent alternative optima, and 10 decompositions sample them differently in the two models
-# (scores 0.910-0.968); 50 sample them more alike. 50 cost about 1.6x 10 (the per-run reductions are
-# shared; only the group step and FastICA repeat).
-N_RUNS = 50
+# The decompositions fingerprint makes are written under this desc (reused when one made by the
+# same estimator on the same runs is there): a participant's own desc-canica maps, made with
+# other settings, are neither taken nor overwritten.
+DESC = "fingerprint"
 # The reference's networks compared by default, where its maps have stabilities: those found
 # alike every time. Over the same seeds, the components below it are the ones whose alternative
 # optima the two models' clusterings settle differently (all 20: 0.932-0.981 at 8,192 tokens;
@@ -71,29 +70,23 @@ class ParticipantNetworks:
     slices: list = field(default_factory=list)
 
 
-def _components(ds, participant, task, site, n_components, backend, random_state,
-                n_runs=N_RUNS):
-    """A CanICA components image of the participant: the dataset's, else one made now (stable
-    components of ``n_runs`` decompositions)."""
-    from bids_llm.dataset import acq_for
-    from bids_llm.naming import components_name, existing, inside
+def _components(ds, participant, task, site, estimator):
+    """The participant's components image made by ``estimator`` (``desc-fingerprint``):
+    reused when written before by the same estimator on the same runs, else made now."""
+    from .decomposition import decompose, reusable, select_runs
 
-    from .decomposition import decompose
-
-    name = components_name(".nii", sub=participant, task=task, acq=acq_for(site), desc="canica")
-    path = existing(inside(ds.root, "derivatives", "llm2nifti-canica", f"sub-{participant}", "func",
-                           name))
-    if path.is_file():
+    runs, _ = select_runs(ds, participant, task, None, site)
+    path = reusable(ds, runs, DESC, estimator)
+    if path is not None:
         return path
-    return decompose(ds, participant=participant, task=task, site=site,
-                     n_components=n_components, backend=backend,
-                     random_state=random_state, n_runs=n_runs).components
+    return decompose(ds, estimator, participant=participant, task=task, site=site,
+                     desc=DESC).components
 
 
-def participant_networks(ds, participant, task, site, *, pool="mean", threshold=3.6,
-                         n_components=20, backend="fast", random_state=0, networks_tsv=None,
-                         n_runs=N_RUNS, min_stability=None):
-    """:class:`ParticipantNetworks` of one participant (see the module)."""
+def participant_networks(ds, participant, task, site, *, pool="mean", threshold=Z_THRESHOLD,
+                         estimator=None, networks_tsv=None, min_stability=None):
+    """:class:`ParticipantNetworks` of one participant (see the module); ``estimator``: the
+    decomposition made when no ``networks_tsv`` is given (default: fingerprint's)."""
     from bids_llm.dataset import load_run
 
     from ..acquisition import participant_words
@@ -112,8 +105,8 @@ def participant_networks(ds, participant, task, site, *, pool="mean", threshold=
                "convert with a smaller --run-tokens so that runs are smaller")
     components = None
     if networks_tsv is None:
-        components = _components(ds, participant, task, site, n_components, backend, random_state,
-                                 n_runs)
+        components = _components(ds, participant, task, site,
+                                 configured(estimator, "fingerprint"))
         maps = load_maps(components, layout)
         nset = maps_to_neurons(maps, layout, threshold=threshold)
         names = network_names(len(maps))
@@ -337,9 +330,9 @@ def _isc(ref, others, frames, random_state):
 
 
 def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, task=None,
-                site=None, pool="mean", n_permutations=1000, threshold=3.6, n_components=20,
-                backend="fast", random_state=0, rsa=True, alpha=0.05, networks=None,
-                output=None, threads=None, progress=False, n_runs=N_RUNS, min_stability="auto"):
+                site=None, pool="mean", n_permutations=1000, threshold=Z_THRESHOLD, estimator=None,
+                random_state=0, rsa=True, alpha=0.05, networks=None, output=None, threads=None,
+                progress=False, min_stability="auto"):
     """Compare a reference model with candidates, as subjects reading one text.
 
     Parameters
@@ -360,10 +353,15 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
         How a word's value comes from its tokens.
     n_permutations : int
         Draws of the stimulus null (at least 1,000 for a p-value the verdict uses).
-    threshold, n_components, backend, random_state, n_runs :
-        Networks: ``|z|`` threshold and the CanICA made when a participant has none (stable
-        components of ``n_runs`` decompositions, :class:`~llm2nifti.analysis.StableDecomposition`; one
-        decomposition's networks move with its seed).
+    threshold : float
+        Networks: the ``|z|`` threshold of each participant's maps.
+    estimator : Decomposition or StableDecomposition, optional
+        The decomposition of each participant that has no ``networks`` table (cloned; default:
+        ``StableDecomposition(Decomposition(backend="fast"), n_repeats=50)``: one
+        decomposition's networks move with its seed). Written as ``desc-fingerprint`` maps
+        and reused by a later run with the same estimator.
+    random_state : int
+        Seed of the nulls (permutations, random copies); the estimator has its own.
     min_stability : float, "auto" or None
         Compare only the reference's networks whose stability (ICASSO Iq) is at least this;
         every other model keeps all its networks, so that a network the reference finds
@@ -412,12 +410,11 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
     _preflight(ds, reference, candidates + independent, task, site, n_permutations)
     randoms = random_copies(ds, reference, task, site, n_random, seed=random_state,
                             threads=threads, progress=progress) if n_random else []
-    least = _resolve_min_stability(ds, reference, task, site, min_stability, networks,
-                                   n_components, backend, random_state, n_runs)
+    estimator = configured(estimator, "fingerprint")
+    least = _resolve_min_stability(ds, reference, task, site, min_stability, networks, estimator)
     nets = {p: participant_networks(ds, p, task, site, pool=pool, threshold=threshold,
-                                    n_components=n_components, backend=backend, n_runs=n_runs,
+                                    estimator=estimator,
                                     min_stability=least if p == reference else None,
-                                    random_state=random_state,
                                     networks_tsv=(networks or {}).get(p))
             for p in [reference, *candidates, *independent, *randoms]}
     ref = nets[reference]
@@ -444,8 +441,7 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
     return result
 
 
-def _resolve_min_stability(ds, reference, task, site, min_stability, networks, n_components,
-                           backend, random_state, n_runs):
+def _resolve_min_stability(ds, reference, task, site, min_stability, networks, estimator):
     """The reference's ``min_stability``: ``"auto"`` becomes ``MIN_STABILITY`` where its
     maps have stabilities (decomposing them now if missing) and one network reaches it, None
     otherwise."""
@@ -456,8 +452,7 @@ def _resolve_min_stability(ds, reference, task, site, min_stability, networks, n
             return None
         from .stability import read_stability
 
-        components = _components(ds, reference, task, site, n_components, backend,
-                                 random_state, n_runs)
+        components = _components(ds, reference, task, site, estimator)
         table = read_stability(components)
         if table is None or not (table["stability"] >= MIN_STABILITY).any():
             return None  # nothing recurs that well: every network, and the CLI says so

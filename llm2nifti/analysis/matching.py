@@ -19,6 +19,7 @@ import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
 from ..errors import UsageError
+from ..defaults import Z_THRESHOLD
 
 __all__ = ["iou_matrix", "match_networks", "recurrence", "RecurrenceResult",
            "plot_recurrence", "plot_layers"]
@@ -115,11 +116,9 @@ def _match_rows(unit, kind, nset, names, t_masks, t_names, layout, iou_threshold
             for t, m, v in zip(t_names, match, value)]
 
 
-def recurrence(dataset, *, participant=None, task=None, run=None, site=None, templates=None,
-               method="canica", backend="fast", n_components=20, n_init=None, random_state=0,
-               n_seeds=3, threshold=3.6, two_sided=True, top_k=None, iou_threshold=0.2,
-               device="cpu", n_jobs=1, threads=None, output=None, figures=True,
-               scheduler=None, workers=2, progress=False, n_runs=1):
+def recurrence(dataset, estimator=None, *, participant=None, task=None, run=None, site=None,
+               templates=None, n_seeds=3, threshold=Z_THRESHOLD, two_sided=True, top_k=None,
+               iou_threshold=0.2, threads=None, output=None, figures=True):
     """Recurrence of networks across runs and stability across seeds.
 
     Parameters
@@ -127,14 +126,19 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
     dataset : path or Dataset
     participant, task, run, site :
         Which runs (BIDS entity filters; see :func:`decompose`); one participant.
-    templates : path, optional
-        A components image to use as templates (default: decompose all selected runs).
-    method, backend, n_components, n_init, random_state, device, n_jobs :
-        Decomposition settings (see :class:`llm2nifti.analysis.decomposition.Decomposition`);
+    estimator : Decomposition or StableDecomposition, optional
+        The templates' decomposition (default: ``Decomposition(backend="fast")``, k = 20); a
+        :class:`~llm2nifti.analysis.StableDecomposition` gives the templates a stability,
+        a column of the summary (also read beside a ``templates`` image made so). Each run
+        alone and each other seed is decomposed once by the decomposition it runs (cloned);
         a run decomposed alone gets at most its rank, ``T - 1`` components for ``T`` tokens;
         a run of one token is left out of the per-run rows (``RecurrenceResult.left_out``).
+        Its ``scheduler`` serves every decomposition (one cluster), its ``progress`` shows a
+        bar over the runs' reductions (one per seed).
+    templates : path, optional
+        A components image to use as templates (default: decompose all selected runs).
     n_seeds : int
-        Extra group decompositions with seeds ``random_state + 1 ...``.
+        Extra group decompositions with seeds ``random_state + 1 ...`` (the estimator's).
     threshold, two_sided, top_k :
         Neuron selection (see :func:`llm2nifti.analysis.selection.maps_to_neurons`).
     iou_threshold : float
@@ -143,15 +147,6 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
         Default ``DATASET/derivatives/llm2nifti-recurrence``.
     figures : bool
         Write the PNG figures.
-    n_runs : int
-        The templates' decomposition: ``n_runs`` decompositions clustered into stable
-        components (:class:`~llm2nifti.analysis.decomposition.StableDecomposition`); their
-        stability is a column of the summary (also read beside a ``templates`` image made so).
-    scheduler, workers :
-        Where the fast backend's per-run reductions run (see
-        ``llm2nifti.analysis.scheduling``): one cluster serves every decomposition.
-    progress : bool
-        Progress bars over the runs' reductions (one per seed).
 
     Returns
     -------
@@ -159,8 +154,7 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
     """
     from bids_llm.dataset import Dataset
 
-    from .decomposition import Decomposition, StableDecomposition, select_runs
-    from .stability import resolve_n_init
+    from .decomposition import as_stable, base_decomposition, configured, select_runs
     from .selection import summarize
 
     if threads is not None:
@@ -172,33 +166,35 @@ def recurrence(dataset, *, participant=None, task=None, run=None, site=None, tem
     if n_seeds < 0:
         raise UsageError("n-seeds must be 0 or more")
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
+    estimator = configured(estimator, "recurrence")
+    one = base_decomposition(estimator)
     runs, layout = select_runs(ds, participant, task, run, site)
 
     from .scheduling import dask_client
 
-    with dask_client(scheduler, workers) as client:
+    with dask_client(one.scheduler, one.workers) as client:
         from .reduction import RunReductions
 
-        reductions = RunReductions(client, device, progress)
+        reductions = RunReductions(client, one.device, one.progress)
+        # the decompositions inside get the cluster through the reductions, not their own
+        alone = configured(one, scheduler=None, progress=False)
 
         def fit(selected, k, seed, stable=False):
-            repeats = n_runs if stable else 1
-            one = Decomposition(method=method, n_components=k,
-                                n_init=resolve_n_init(n_init, repeats), random_state=seed,
-                                backend=backend, n_jobs=n_jobs, device=device)
-            return StableDecomposition(one, n_repeats=repeats).fit(
-                selected, layout=layout, reduced=reductions if backend == "fast" else None)
+            est = configured(estimator if stable else alone,
+                             n_components=k, random_state=seed, scheduler=None, progress=False)
+            return as_stable(est).fit(selected, layout=layout,
+                                      reduced=reductions if one.backend == "fast" else None)
 
-        table, t_set, t_names, left_out, stability = _recurrence_rows(fit, runs, layout, templates, n_components,
-                                                 random_state, n_seeds, threshold, two_sided,
-                                                 top_k, iou_threshold)
+        table, t_set, t_names, left_out, stability = _recurrence_rows(
+            fit, runs, layout, templates, one.n_components, one.random_state, n_seeds, threshold,
+            two_sided, top_k, iou_threshold)
     sizes = summarize(t_set, layout, names=t_names).set_index("network")
     summary = _template_summary(table, t_names, sizes, iou_threshold)
     if stability is not None:
         summary.insert(2, "stability", stability["stability"].to_numpy())
     return _write_recurrence(ds, runs, layout, table, summary, sizes, t_set, t_names, output,
-                             figures, iou_threshold, templates, method, backend, n_components,
-                             n_init, random_state, n_seeds, dict(threshold=threshold,
+                             figures, iou_threshold, templates, estimator, n_seeds,
+                             dict(threshold=threshold,
                                                                  two_sided=bool(two_sided),
                                                                  top_k=top_k), left_out)
 
@@ -245,9 +241,12 @@ _TABLE_COLUMNS = ["unit", "kind", "template", "match", "iou", "recurs"]
 
 
 def _write_recurrence(ds, runs, layout, table, summary, sizes, t_set, t_names, output, figures,
-                      iou_threshold, templates, method, backend, n_components, n_init,
-                      random_state, n_seeds, select, left_out):
+                      iou_threshold, templates, estimator, n_seeds, select, left_out):
     """The recurrence derivative: tables, templates, figures and the JSON record."""
+    from .decomposition import base_decomposition
+
+    one = base_decomposition(estimator)
+    method, n_init = one.method, one.n_init
     from bids_llm.io import write_json
     from bids_llm.tsv import write_frame
     from bids_llm.naming import inside
@@ -267,11 +266,11 @@ def _write_recurrence(ds, runs, layout, table, summary, sizes, t_set, t_names, o
     write_json(paths["sidecar"], {
         "Dataset": str(ds.root.resolve()), "Runs": [str(Path(r.path).relative_to(ds.root)) for r in runs],
         "Templates": str(Path(templates).resolve()) if templates is not None else "decomposition of all runs",
-        "Method": method, "Backend": backend, "NComponents": int(n_components),
-        "NInit": n_init if n_init is not None else "10 (templates with --n-runs: 1 each)",
+        "Method": method, "Backend": one.backend, "NComponents": int(one.n_components),
+        "NInit": n_init if n_init != "auto" else "10 (templates with --n-runs: 1 each)",
         "TemplateStability": ("not known: the templates rest on one decomposition"
                               if "stability" not in summary else "column 'stability' (ICASSO Iq)"),
-        "RandomState": int(random_state), "NSeeds": int(n_seeds), "Selection": select,
+        "RandomState": int(one.random_state), "NSeeds": int(n_seeds), "Selection": select,
         "IoUThreshold": iou_threshold,
         "MeanRecurrence": round(float(summary["recurrence"].mean()), 6),
         "RunsLeftOut": left_out,

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from .decomposition import zscore_maps
+from ..defaults import Z_THRESHOLD
 from ..errors import UsageError
 from ..neuronset import NeuronSet
 
@@ -85,7 +86,7 @@ def check_maps(maps, names=None):
     return maps
 
 
-def maps_to_neurons(img, layout, threshold=3.6, two_sided=True, top_k=None, names=None):
+def maps_to_neurons(img, layout, threshold=Z_THRESHOLD, two_sided=True, top_k=None, names=None):
     """Threshold z-scored maps into networks of exact neurons.
 
     Parameters
@@ -278,7 +279,7 @@ def _network_stability(components, names, min_stability):
     return stability
 
 
-def networks(components, dataset, *, participant=None, site=None, threshold=3.6, two_sided=True,
+def networks(components, dataset, *, participant=None, site=None, threshold=Z_THRESHOLD, two_sided=True,
              top_k=None, output=None, min_stability=None):
     """Map a components image to neuron networks and write the tables.
 

@@ -28,17 +28,7 @@ import pandas as pd
 from ..errors import UsageError
 
 __all__ = ["icasso", "run_seeds", "abs_correlation", "stability_paths", "read_stability",
-           "resolve_n_init", "check_stable"]
-
-
-def resolve_n_init(n_init, n_runs):
-    """FastICA starts per decomposition: ``n_init``, or by default 10 for a single decomposition
-    (the sparsest kept, as nilearn does) and 1 for each of several (the clusters do the
-    choosing: on the embedded model's scan, 10 decompositions of one start each cost 1.0x (k =
-    20) and 1.5x (k = 64) one decomposition of 10 starts, and agree across seeds better)."""
-    if n_init is not None:
-        return int(n_init)
-    return 10 if int(n_runs) == 1 else 1
+           "check_stable"]
 
 
 def run_seeds(random_state, n_runs):
@@ -140,17 +130,18 @@ def _mds(D):
 
 
 def check_stable(n_runs, bootstrap, n_bold, n_components, n_neurons):
-    """Refuse, in one line, settings that cannot give stable components."""
+    """Refuse, in one line, settings that cannot give stable components (``n_runs``: the
+    decompositions, ``n_repeats`` of :class:`~llm2nifti.analysis.StableDecomposition`)."""
     from ..memory import check_fits
 
     if int(n_runs) < 1:
-        raise UsageError(f"--n-runs {n_runs}: decompose at least once (1 is a single decomposition)")
+        raise UsageError(f"n_repeats={n_runs}: decompose at least once (1 is a single decomposition)")
     if bootstrap and int(n_runs) == 1:
-        raise UsageError("--bootstrap resamples the runs of the decompositions after the first: "
-                         "give --n-runs 2 or more (10 is usual)")
+        raise UsageError("`bootstrap` resamples the runs of the decompositions after the first: "
+                         "set n_repeats to 2 or more (10 is usual)")
     if bootstrap and n_bold < 2:
-        raise UsageError("--bootstrap resamples the runs: it needs at least 2 runs (convert with a "
-                         "smaller --run-tokens, or leave --bootstrap out)")
+        raise UsageError("`bootstrap` resamples the runs: it needs at least 2 runs (convert with "
+                         "a smaller --run-tokens, or leave `bootstrap` out)")
     if int(n_runs) == 1 or int(n_components) > int(n_neurons):
         return  # a single decomposition checks its own size (and k against the units)
     # the N x k maps and z-maps (float32) and their float64 copy while clustered, and the
@@ -158,7 +149,7 @@ def check_stable(n_runs, bootstrap, n_bold, n_components, n_neurons):
     need = (int(n_runs) * int(n_components) * int(n_neurons) * (4 + 4 + 8)
             + (int(n_runs) * int(n_components)) ** 2 * 8 * 4)
     check_fits(need, f"{n_runs} decompositions of {n_components} components over {n_neurons} units",
-               "fewer --n-runs or components")
+               "fewer n_repeats or components")
 
 
 def stability_paths(components):

@@ -460,9 +460,9 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
              max_new_tokens=16, n_docs=None, n_items=None,
              max_doc_tokens=128, seeds=5, controls=CONTROLS, amplify=(0.5,), amplify_controls=True,
              curve=(), curve_seeds=None, curve_networks=(), massive_factor=100.0, spread_bins=20,
-             allow_overlap=False, ablations=("zero",), fnk=(), fnk_backend="fast", fnk_n_init=None,
-             fnk_threshold=None, fnk_n_runs=10, device="cpu", dtype="auto", threads=None, batch_size=8, n_resamples=2000,
-             progress=True, loaded=None, cache=None):
+             allow_overlap=False, ablations=("zero",), fnk=(), fnk_estimator=None,
+             fnk_threshold=None, device="cpu", dtype="auto", threads=None, batch_size=8,
+             n_resamples=2000, progress=True, loaded=None, cache=None):
     """Evaluate the networks of ``networks.tsv`` against controls; write tables and figures.
 
     Parameters
@@ -512,10 +512,9 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
         Numbers of components of the FN@k curve: the scan is decomposed once per k
         (:func:`llm2nifti.intervention.fnk.fn_at_k`) and each union of networks is kept
         alone and zeroed against random sets (``curve_seeds``).
-    fnk_n_runs : int
-        Decompositions per k clustered into stable components (ICASSO); 1: one per k.
-    fnk_backend, fnk_n_init : str, int
-        CanICA backend and FastICA starts of those decompositions.
+    fnk_estimator : Decomposition or StableDecomposition, optional
+        The decomposition made for each k (see :func:`~llm2nifti.intervention.fnk.fn_at_k`;
+        default: 10 fast decompositions clustered into stable components), on ``device``.
     fnk_threshold : float, optional
         ``|z|`` threshold of their networks (default: the threshold that made ``networks``, or 3.6).
     device, dtype, threads, cache :
@@ -546,8 +545,11 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
     heldout_docs = load_documents(heldout)[:n_docs] if heldout is not None else None
     choice = _choice_task(task, bigbench, n_items, template, label_words, max_new_tokens)
     overlap_docs = _check_texts(ds, participant, heldout_docs, choice, allow_overlap)
-    fnk_sets = _fnk_sets(ds, participant, nset, networks, fnk, fnk_backend, fnk_n_init,
-                         fnk_threshold, device, progress, fnk_n_runs)
+    from ..analysis import base_decomposition, configured
+
+    fnk_estimator = configured(fnk_estimator, "fn_at_k", device=_torch_device(device))
+    fnk_sets = _fnk_sets(ds, participant, nset, networks, fnk, fnk_estimator, fnk_threshold,
+                         progress)
 
     if threads is not None or str(device) == "cpu":
         set_threads(threads)
@@ -593,7 +595,10 @@ def evaluate(networks, dataset, output, *, model=None, gguf_file=None, participa
         "amplify": list(amplify),
         "curve": list(curve), "curve_networks": [str(p) for p in curve_networks],
         "fnk": [{"k": k, "n_neurons": len(n), "components": str(p)} for k, n, p in fnk_sets],
-        "fnk_backend": fnk_backend, "fnk_n_init": fnk_n_init, "fnk_n_runs": int(fnk_n_runs),
+        "fnk_backend": base_decomposition(fnk_estimator).backend,
+        "fnk_n_init": base_decomposition(fnk_estimator).n_init,
+        "fnk_n_runs": int(getattr(fnk_estimator, "n_repeats", 1)),
+        "fnk_max_iter": int(base_decomposition(fnk_estimator).max_iter),
         "massive_factor": massive_factor,
         "massive_neurons": [[int(l), int(n)] for l, idx in massive.items() for n in idx],
         "spread_bins": spread_bins, "n_resamples": n_resamples,
@@ -617,21 +622,29 @@ def _choice_task(task, bigbench, n_items, template=None, label_words=None, max_n
                      max_new_tokens=max_new_tokens).subset(n_items)
 
 
-def _fnk_sets(ds, participant, nset, networks, ks, backend, n_init, threshold, device, progress,
-              n_runs=10):
+def _torch_device(device):
+    """The torch device of the FN@k decompositions: the model's (``auto``: CUDA if there)."""
+    if str(device) != "auto":
+        return str(device)
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _fnk_sets(ds, participant, nset, networks, ks, estimator, threshold, progress):
     """FN@k for each k (decomposed or reused), after the ks are checked against the scan."""
+    from ..defaults import Z_THRESHOLD
     from .fnk import fn_at_k, parse_ks
 
     if not ks:
         return []
     parse_ks(ks, _scan_tokens(ds, participant, nset.site))
     if threshold is None:
-        threshold, two_sided = _selection(networks) or (3.6, True)
+        threshold, two_sided = _selection(networks) or (Z_THRESHOLD, True)
     else:
         two_sided = True
-    return fn_at_k(ds, ks, participant=participant, site=nset.site, backend=backend,
-                   n_init=n_init, threshold=threshold, two_sided=two_sided, device=device,
-                   progress=progress, n_runs=n_runs)
+    return fn_at_k(ds, ks, estimator, participant=participant, site=nset.site,
+                   threshold=threshold, two_sided=two_sided, progress=progress)
 
 
 def _check_texts(ds, participant, heldout_docs, choice, allow_overlap):
@@ -649,7 +662,7 @@ def _check_texts(ds, participant, heldout_docs, choice, allow_overlap):
 
 def _write_tables(output, results, summary):
     """``results.tsv``, ``summary.tsv`` and the figures; returns the figures' paths."""
-    from ..report import plot_curve, plot_fnk, plot_interventions
+    from ..plots import plot_curve, plot_fnk, plot_interventions
 
     output.mkdir(parents=True, exist_ok=True)
     write_frame(output / "results.tsv", results, index=False, float_format="%.8g")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from ..defaults import Z_THRESHOLD
 from ..errors import UsageError
 
 __all__ = ["fn_at_k", "parse_ks"]
@@ -39,28 +40,16 @@ def parse_ks(ks, n_tokens=None):
     return out
 
 
-def _reusable(dataset, runs, k, settings):
-    """A components image of an earlier FN@k decomposition with these settings, or None."""
-    from ..analysis import read_sidecar
+def _reusable(dataset, runs, k, estimator):
+    """A components image of an earlier FN@k decomposition made by ``estimator`` with ``k``
+    components on these runs, or None."""
+    from ..analysis import reusable
 
-    sources = sorted(str(Path(r.path).relative_to(dataset.root)) for r in runs)
-    folder = dataset.root / "derivatives" / "llm2nifti-canica" / f"sub-{runs[0].participant}" / "func"
-    found = sorted(folder.glob(f"*_desc-fnk{k}_components.nii"))
-    found += sorted(folder.glob(f"*_desc-fnk{k}_bold.nii"))  # written by an earlier version
-    for path in found:
-        meta = read_sidecar(path) or {}
-        params = meta.get("Parameters", {})
-        if (sorted(meta.get("Sources", [])) == sources and meta.get("Backend") == settings["backend"]
-                and params.get("n_components") == k and params.get("n_init") == settings["n_init"]
-                and params.get("random_state") == settings["random_state"]
-                and meta.get("Stability", {}).get("NDecompositions", 1) == settings["n_runs"]):
-            return path
-    return None
+    return reusable(dataset, runs, f"fnk{k}", estimator)
 
 
-def fn_at_k(dataset, ks, *, participant=None, site=None, backend="fast", n_init=None,
-            random_state=0, threshold=3.6, two_sided=True, device="cpu", output=None,
-            progress=False, n_runs=10):
+def fn_at_k(dataset, ks, estimator=None, *, participant=None, site=None, threshold=Z_THRESHOLD,
+            two_sided=True, output=None, progress=False):
     """Decompose the scan once per k and return each FN@k (the union of its k networks).
 
     Parameters
@@ -69,19 +58,14 @@ def fn_at_k(dataset, ks, *, participant=None, site=None, backend="fast", n_init=
         The scan.
     ks : sequence of int
         Numbers of components.
+    estimator : Decomposition or StableDecomposition, optional
+        The decomposition made for each k (cloned, its ``n_components`` set to k; default:
+        ``StableDecomposition(Decomposition(backend="fast"), n_repeats=10)``, stable
+        components so that the curve does not move with one seed's optimum).
     participant : str, optional
     site : str
-    backend : {"fast", "nilearn"}
-    n_init, random_state :
-        CanICA's FastICA starts and seed (see :class:`~llm2nifti.analysis.Decomposition`);
-        ``n_init`` None: 10 for one decomposition, 1 for each of ``n_runs``.
-    n_runs : int
-        Decompositions per k clustered into stable components (ICASSO,
-        :class:`~llm2nifti.analysis.StableDecomposition`); 1: a single decomposition per k.
     threshold, two_sided :
         Selection of each map's neurons (see :func:`~llm2nifti.analysis.maps_to_neurons`).
-    device : str
-        Device of the fast backend.
     output : path, optional
         Folder for each k's ``networks.tsv`` (default: the dataset's networks derivative).
     progress : bool
@@ -96,34 +80,41 @@ def fn_at_k(dataset, ks, *, participant=None, site=None, backend="fast", n_init=
     from bids_llm.dataset import Dataset
 
     from ..analysis import decompose, networks, select_runs
+    from ..analysis import base_decomposition, configured
 
     dataset = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
+    estimator = configured(estimator, "fn_at_k")
+    one = base_decomposition(estimator)
     runs, layout = select_runs(dataset, participant, task="all", site=site)
-    from ..analysis import resolve_n_init
-
-    n_init = resolve_n_init(n_init, n_runs)
-    settings = {"backend": backend, "n_init": n_init, "random_state": random_state,
-                "n_runs": int(n_runs)}
     ks = parse_ks(ks)
     from ..analysis import RunReductions, check_decomposition_fits
     from ..memory import run_shapes
 
     # the largest k needs the most memory: refuse before the first decomposition starts
-    check_decomposition_fits([t for t, _ in run_shapes(runs)], layout.n_neurons, max(ks), backend,
-                             n_init=n_init)
+    first = configured(estimator, n_components=max(ks))
+    check_decomposition_fits([t for t, _ in run_shapes(runs)], layout.n_neurons, max(ks),
+                             one.backend, n_init=_starts(first))
     # one exact reduction per run, at the largest k, serves every k of the sweep
-    reductions = RunReductions(device=device, n_components=max(ks)) if backend == "fast" else None
+    reductions = (RunReductions(device=one.device, n_components=max(ks))
+                  if one.backend == "fast" else None)
     out = []
     for k in tqdm(ks, desc="FN@k decompositions", disable=not progress):
-        path = _reusable(dataset, runs, k, settings)
+        at_k = configured(estimator, n_components=k)
+        path = _reusable(dataset, runs, k, at_k)
         if path is None:
-            path = decompose(dataset, participant=runs[0].participant, site=site, method="canica",
-                             backend=backend, n_components=k, n_init=n_init,
-                             random_state=random_state, device=device, desc=f"fnk{k}",
-                             reductions=reductions, n_runs=n_runs).components
+            path = decompose(dataset, at_k, participant=runs[0].participant, site=site,
+                             desc=f"fnk{k}", reductions=reductions).components
         else:
             log.info("FN@%d: reusing %s", k, path)
         res = networks(path, dataset, participant=runs[0].participant, site=site,
                        threshold=threshold, two_sided=two_sided, output=output)
         out.append((k, res.neurons, Path(path)))
     return out
+
+
+def _starts(estimator):
+    """FastICA starts of each decomposition ``estimator`` makes."""
+    from ..analysis import as_stable
+
+    stable = as_stable(estimator)
+    return stable._decomposition(0)._n_init()
