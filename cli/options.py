@@ -312,6 +312,23 @@ def network_names_option(f):
 
 
 # ----------------------------------------------------------------------------- decompositions
+class _Library:
+    """An option's default read from ``Decomposition()`` when first needed: the parameter's one
+    default, written in the estimator, and no numerical import until a command runs or shows
+    its help."""
+
+    def __init__(self, name):
+        self.name = name
+
+    def __call__(self):
+        from llm2nifti.analysis.decomposition import Decomposition
+
+        return Decomposition().get_params()[self.name]
+
+    def __str__(self):
+        return str(self())
+
+
 def decomposition_options(workflow, prefix="", only=None, into="estimator",
                           keep=("random_state",)):
     """The options of the decomposition a workflow runs, turned into one configured estimator.
@@ -331,8 +348,7 @@ def decomposition_options(workflow, prefix="", only=None, into="estimator",
     keep : sequence of str
         Parameters the command also receives as they are (the seed of its own nulls).
     """
-    from llm2nifti.defaults import (BACKENDS, MAX_ITER, METHODS, N_COMPONENTS,
-                                             WORKFLOW_DECOMPOSITIONS)
+    from llm2nifti.defaults import BACKENDS, METHODS, WORKFLOW_DECOMPOSITIONS
 
     backend, repeats, why = WORKFLOW_DECOMPOSITIONS[workflow]
     pre = prefix.replace("-", "_")
@@ -340,50 +356,52 @@ def decomposition_options(workflow, prefix="", only=None, into="estimator",
     def flag(name):
         return f"--{prefix}{name}"
 
-    specs = {  # library parameter: (flag names, click keywords); tests/test_cli_options.py
-        # checks every default against Decomposition's and the workflow's
-        "method": (("--method",), dict(type=click.Choice(list(METHODS)), default=METHODS[0],
+    specs = {  # library parameter: (flag names, click keywords); the defaults are the library's
+        "method": (("--method",), dict(type=click.Choice(list(METHODS)), default=_Library("method"),
                                        show_default=True, help="nilearn estimator.")),
         "backend": (("--backend",), dict(
             type=click.Choice(list(BACKENDS)), default=backend, show_default=True,
             help=f"CanICA's implementation: nilearn's, or fast: the same algorithm in torch (CPU "
                  f"or GPU); {backend} by default here: {why}.")),
         "n_components": (("--n-components",) + (("-k",) if not prefix else ()), dict(
-            type=int, default=N_COMPONENTS, show_default=True,
+            type=int, default=_Library("n_components"), show_default=True,
             help="Number of components (networks).")),
         "n_init": (("--n-init",), dict(
-            default="auto", show_default=True,
+            default=_Library("n_init"), show_default=True,
             help="FastICA starts of each decomposition; the sparsest is kept. auto: 10, or 1 "
                  f"for each of {flag('n-runs')} (the clusters do the choosing).")),
         "max_iter": (("--max-iter",), dict(
-            type=int, default=MAX_ITER, show_default=True,
-            help=f"FastICA iterations per start at most (fast backend; nilearn's runs "
-                 f"{MAX_ITER}).")),
+            type=int, default=_Library("max_iter"), show_default=True,
+            help="FastICA iterations per start at most (fast backend; nilearn's CanICA runs "
+                 "scikit-learn's default).")),
         "random_state": (("--random-state",), dict(
-            type=int, default=0, show_default=True,
+            type=int, default=_Library("random_state"), show_default=True,
             help="Seed: the same seed gives identical output.")),
-        "n_jobs": (("--n-jobs",), dict(type=int, default=1, show_default=True,
+        "n_jobs": (("--n-jobs",), dict(type=int, default=_Library("n_jobs"), show_default=True,
                                        help="nilearn backend: parallel jobs.")),
-        "device": (("--device",), dict(default="cpu", show_default=True,
+        "device": (("--device",), dict(default=_Library("device"), show_default=True,
                                        help="torch device of the fast backend (cpu, cuda).")),
         "scheduler": (("--scheduler",), dict(
             default="threads", show_default=True,
             help="Where the fast backend's per-run work runs: threads (this process), processes "
                  f"(a local Dask cluster of {flag('workers')}), or the address of a running "
                  "Dask scheduler (tcp://host:8786).")),
-        "workers": (("--workers",), dict(type=int, default=2, show_default=True,
+        "workers": (("--workers",), dict(type=int, default=_Library("workers"),
+                                         show_default=True,
                                          help=f"Worker processes of {flag('scheduler')} "
                                               "processes.")),
-        "alpha": (("--dictlearning-alpha",), dict(type=float, default=10.0, show_default=True,
-                                                  help="DictLearning sparsity (nilearn's alpha).")),
+        "alpha": (("--dictlearning-alpha",), dict(
+            type=float, default=_Library("alpha"), show_default=True,
+            help="DictLearning sparsity (nilearn's alpha).")),
         "n_repeats": (("--n-runs",), dict(
             type=int, default=repeats, show_default=True,
             help="Decompositions clustered into stable components (ICASSO; seeds drawn from "
                  f"the first's), each with its stability; 1: a single decomposition; {repeats} "
                  f"by default here: {why}.")),
         "bootstrap": (("--bootstrap",), dict(
-            is_flag=True, default=False, help=f"With {flag('n-runs')} 2 or more: each decomposition after the "
-                               "first reads a resample of the runs.")),
+            is_flag=True, default=False, help=f"With {flag('n-runs')} 2 or more: each "
+                                              "decomposition after the first reads a resample "
+                                              "of the runs.")),
     }
     chosen = [k for k in specs if only is None or k in only]
 

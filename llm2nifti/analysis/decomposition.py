@@ -34,6 +34,11 @@ log = logging.getLogger(__name__)
 from ..defaults import (BACKENDS, MAX_ITER, METHODS, N_COMPONENTS, N_INIT,  # noqa: F401
                        WORKFLOW_DECOMPOSITIONS)
 
+#: The fast backend's FastICA settings: passed to :func:`~llm2nifti.analysis.fastica.canica`,
+#: refused with the nilearn backend unless at their default, recorded in the sidecar and
+#: compared before a decomposition is reused.
+FASTICA_OPTIONS = ("max_iter",)
+
 
 def nilearn_estimator(method, mask_img, n_components=N_COMPONENTS, n_init=N_INIT, random_state=0,
                       n_jobs=1, alpha=10.0, verbose=0):
@@ -297,6 +302,10 @@ class Decomposition(_MapsMixin, BaseEstimator):
         scheduler = params.pop("scheduler")
         return type(self)(scheduler=scheduler, **{k: clone(v, safe=False) for k, v in params.items()})
 
+    def _fastica_options(self):
+        """The FastICA settings of the fast backend (``FASTICA_OPTIONS``), as given."""
+        return {name: getattr(self, name) for name in FASTICA_OPTIONS}
+
     def _n_init(self):
         """The FastICA starts this decomposition runs (``n_init``, ``"auto"`` resolved)."""
         return N_INIT if self.n_init == "auto" else int(self.n_init)
@@ -313,11 +322,14 @@ class Decomposition(_MapsMixin, BaseEstimator):
             raise UsageError(f"n_components={self.n_components}: ask for at least 1 component")
         if self.n_init != "auto" and int(self.n_init) < 1:
             raise UsageError(f"n_init={self.n_init}: give at least 1 FastICA start (or auto)")
-        if int(self.max_iter) < 1:
-            raise UsageError(f"max_iter={self.max_iter}: give at least 1 FastICA iteration")
-        if self.backend == "nilearn" and int(self.max_iter) != MAX_ITER:
-            raise UsageError(f"max_iter={self.max_iter} needs backend='fast': nilearn's CanICA "
-                             f"always runs {MAX_ITER} FastICA iterations")
+        defaults = type(self)().get_params()
+        for name in FASTICA_OPTIONS:
+            value = getattr(self, name)
+            if not value > 0:
+                raise UsageError(f"{name}={value}: give a positive value")
+            if self.backend == "nilearn" and value != defaults[name]:
+                raise UsageError(f"{name}={value} needs backend='fast': nilearn's CanICA runs "
+                                 f"scikit-learn's FastICA with {name}={defaults[name]}")
         if not runs:
             raise UsageError("no runs to decompose: check the participant/task/run filters")
         if self.scheduler not in (None, "threads") and self.backend != "fast":
@@ -388,7 +400,7 @@ class Decomposition(_MapsMixin, BaseEstimator):
             maps, info = fastica.canica((), self.n_components,
                                         n_init=self._n_init(), random_state=self.random_state,
                                         device=self.device, reduced=reduced,
-                                        precision=self.precision, max_iter=int(self.max_iter))
+                                        precision=self.precision, **self._fastica_options())
             info["reduction"] = sorted(set(methods)) if methods else "given"
             info["gram_dtype"] = str(resolve_gram_dtype(self.gram_dtype, self.device)).split(".")[-1]
             self.components_ = maps.astype(np.float32)
@@ -614,9 +626,10 @@ def reuse_parameters(estimator):
               "n_init": int(est._decomposition(one.random_state)._n_init()),
               "random_state": one.random_state}
     if one.backend == "fast":
-        params["max_iter"] = int(one.max_iter)
+        params.update(one._fastica_options())
+    defaults = Decomposition().get_params()  # what a sidecar written before a setting existed ran
     return {"Backend": one.backend, "Parameters": params, "NDecompositions": int(est.n_repeats),
-            "Defaults": {"max_iter": MAX_ITER}}
+            "Defaults": {name: defaults[name] for name in FASTICA_OPTIONS}}
 
 
 def reusable(dataset, runs, desc, estimator):
@@ -793,7 +806,7 @@ def decompose(dataset, estimator=None, *, participant=None, task=None, run=None,
                        "mask": "all neurons of the layout", "smoothing_fwhm": None, "detrend": False,
                        "standardize": "zscore_sample", "threshold": None,
                        **({"gram_dtype": one.gram_dtype, "precision": one.precision,
-                           "max_iter": int(one.max_iter)} if backend == "fast" else {})},
+                           **one._fastica_options()} if backend == "fast" else {})},
         "Sources": [str(Path(r.path).relative_to(ds.root)) for r in runs],
         "NTokens": est.n_tokens_, "NRuns": est.n_runs_,
         "ZMaps": z_path.name,

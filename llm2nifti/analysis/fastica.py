@@ -230,7 +230,7 @@ def _whiten(components):
     return XT, K, (K @ XT) * math.sqrt(V)
 
 
-def fastica_restarts(components, n_init=10, random_state=0, max_iter=200, tol=1e-4,
+def fastica_restarts(components, n_init=N_INIT, random_state=0, max_iter=MAX_ITER, tol=1e-4,
                      precision="mixed", w_init=None):
     """FastICA of group components from ``n_init`` starts; the sparsest kept.
 
@@ -314,7 +314,7 @@ def fastica_restarts(components, n_init=10, random_state=0, max_iter=200, tol=1e
 
 
 def canica(load_runs, n_components=N_COMPONENTS, n_init=N_INIT, random_state=0, device="cpu",
-           n_oversamples=10, reduced=None, gram_dtype="auto", precision="mixed", max_iter=MAX_ITER):
+           n_oversamples=10, reduced=None, gram_dtype="auto", **fastica_options):
     """CanICA on runs loaded one at a time.
 
     Parameters
@@ -332,10 +332,8 @@ def canica(load_runs, n_components=N_COMPONENTS, n_init=N_INIT, random_state=0, 
         ``load_runs`` is then not read. Rows beyond ``n_components`` are not used.
     gram_dtype : {"auto", "float32", "bfloat16"}
         Precision of the per-run Gram matrices (see :mod:`llm2nifti.analysis.reduction`).
-    precision : {"mixed", "double"}
-        FastICA's arithmetic (see :func:`fastica_restarts`).
-    max_iter : int
-        FastICA's iterations per start at most (see :func:`fastica_restarts`).
+    **fastica_options :
+        Passed to :func:`fastica_restarts` (``precision``, ``max_iter``, ``tol``).
 
     Returns
     -------
@@ -357,6 +355,6 @@ def canica(load_runs, n_components=N_COMPONENTS, n_init=N_INIT, random_state=0, 
     comps, s = group_pca(R, n_components, random_state)
     del R
     maps, info = fastica_restarts(comps, n_init=n_init, random_state=random_state,
-                                  precision=precision, max_iter=max_iter)
+                                  **fastica_options)
     info["singular_values"] = np.asarray(s).tolist()
     return maps.float().cpu().numpy(), info
