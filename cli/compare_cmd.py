@@ -54,9 +54,7 @@ def words(dataset, participant, site, task, pool, output, quiet):
 @option("--networks-tsv", "networks", multiple=True, metavar="PARTICIPANT=TSV",
         help="A participant's networks.tsv instead of its CanICA maps (repeatable).")
 @n_permutations_option("shuffles of the word order behind the stimulus null")
-@decomposition_options("fingerprint", only=("backend", "n_components", "n_init", "max_iter",
-                                      "random_state", "n_jobs", "device", "scheduler",
-                                      "workers", "n_repeats", "bootstrap"))
+@decomposition_options("fingerprint", without=("method", "alpha"))
 @threshold_option()
 @min_stability_option(choices=True)
 @option("--no-rsa", is_flag=True, help="Skip the layer x layer RSA and CKA.")

@@ -20,9 +20,7 @@ from .options import (candidate_option, dataset_option, decomposition_options,
 @candidate_option("the variant")
 @site_option()
 @task_option()
-@decomposition_options("diff", only=("backend", "n_components", "n_init", "max_iter",
-                                     "random_state", "n_jobs", "device", "scheduler", "workers",
-                                     "n_repeats", "bootstrap"))
+@decomposition_options("diff", without=("method", "alpha"))
 @n_permutations_option("sign flips of whole documents behind every FWE-corrected p")
 @option("--alpha", type=float, default=0.05, show_default=True,
         help="FWE level of the units written to units.tsv.")

@@ -57,7 +57,7 @@ from .options import (CommaList, dataset_option, decomposition_options, device_o
         help="FN@k curve: decompose the scan once per k (e.g. 10,32,64,128), keep alone and "
              "zero the union of each decomposition's networks, against random sets.")
 @decomposition_options("fn_at_k", prefix="k-", into="fnk_estimator", keep=(),
-                 only=("backend", "n_init", "max_iter", "n_repeats"))
+                 only=("backend", "fastica", "n_repeats"))
 @option("--k-threshold", type=float, default=None,
         help="|z| threshold of the FN@k networks [default: the one that made NETWORKS, else 3.6].")
 @option("--massive-factor", type=float, default=100.0, show_default=True,

@@ -312,6 +312,10 @@ def network_names_option(f):
 
 
 # ----------------------------------------------------------------------------- decompositions
+#: The FastICA settings of a decomposition (its starts, and the fast backend's FASTICA_OPTIONS).
+FASTICA = ("n_init", "max_iter")
+
+
 class _Library:
     """An option's default read from ``Decomposition()`` when first needed: the parameter's one
     default, written in the estimator, and no numerical import until a command runs or shows
@@ -329,7 +333,7 @@ class _Library:
         return str(self())
 
 
-def decomposition_options(workflow, prefix="", only=None, into="estimator",
+def decomposition_options(workflow, prefix="", only=None, without=(), into="estimator",
                           keep=("random_state",)):
     """The options of the decomposition a workflow runs, turned into one configured estimator.
 
@@ -342,7 +346,10 @@ def decomposition_options(workflow, prefix="", only=None, into="estimator",
         Prepended to every flag (``"k-"``: ``--k-backend``), for a command whose own options
         would collide.
     only : sequence of str, optional
-        The parameters offered (default: all).
+        The parameters offered (default: all); ``"fastica"`` stands for every FastICA setting
+        (``FASTICA``).
+    without : sequence of str
+        Parameters not offered (``method`` and ``alpha`` where only CanICA makes sense).
     into : str
         The keyword the command function receives the estimator as.
     keep : sequence of str
@@ -403,7 +410,8 @@ def decomposition_options(workflow, prefix="", only=None, into="estimator",
                                               "decomposition after the first reads a resample "
                                               "of the runs.")),
     }
-    chosen = [k for k in specs if only is None or k in only]
+    wanted = None if only is None else {n for o in only for n in (FASTICA if o == "fastica" else (o,))}
+    chosen = [k for k in specs if (wanted is None or k in wanted) and k not in without]
 
     def key(name):
         return pre + name
