@@ -313,7 +313,7 @@ def network_names_option(f):
 
 # ----------------------------------------------------------------------------- decompositions
 #: The FastICA settings of a decomposition (its starts, and the fast backend's FASTICA_OPTIONS).
-FASTICA = ("n_init", "max_iter")
+FASTICA = ("n_init", "max_iter", "tol")
 
 
 class _Library:
@@ -380,6 +380,10 @@ def decomposition_options(workflow, prefix="", only=None, without=(), into="esti
         "max_iter": (("--max-iter",), dict(
             type=int, default=_Library("max_iter"), show_default=True,
             help="FastICA iterations per start at most (fast backend; nilearn's CanICA runs "
+                 "scikit-learn's default).")),
+        "tol": (("--tol",), dict(
+            type=float, default=_Library("tol"), show_default=True,
+            help="FastICA's convergence tolerance (fast backend; nilearn's CanICA runs "
                  "scikit-learn's default).")),
         "random_state": (("--random-state",), dict(
             type=int, default=_Library("random_state"), show_default=True,

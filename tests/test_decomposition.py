@@ -524,3 +524,37 @@ def test_scikit_learn_estimator_checks(cls, check):
 
     est = getattr(llm2nifti, cls)()
     getattr(checks, check)(cls, est)
+
+
+def test_a_fastica_setting_reaches_every_decomposing_command(planted, tmp_path):
+    """--tol: on the command line of every command that decomposes, passed to FastICA (a loose
+    tolerance stops the starts sooner), recorded in the sidecar, part of the reuse rule, and
+    refused with the nilearn backend, whose FastICA it cannot reach."""
+    from click.testing import CliRunner
+
+    from llm2nifti.analysis.decomposition import reusable, select_runs
+    from llm2nifti.cli.main import main
+    from bids_llm.dataset import Dataset
+
+    root = tmp_path / "ds"
+    shutil.copytree(planted[0], root, ignore=shutil.ignore_patterns("llm2nifti-*"))
+    for command in ("decompose", "recurrence", "fingerprint", "diff"):
+        assert "--tol" in {o for p in main.commands[command].params for o in p.opts}, command
+    assert "--k-tol" in {o for p in main.commands["evaluate"].params for o in p.opts}
+    iterations = {}
+    for tol in ("1e-4", "1e-1"):
+        r = CliRunner().invoke(main, ["decompose", str(root), "--backend", "fast", "-k", "4",
+                                      "--n-init", "2", "--tol", tol, "--desc", f"tol{tol[-1]}",
+                                      "-q"])
+        assert r.exit_code == 0, r.output
+        sidecar = json.loads(next((root / "derivatives" / "llm2nifti-canica").rglob(
+            f"*_desc-tol{tol[-1]}_components.json")).read_text())
+        assert sidecar["Parameters"]["tol"] == float(tol)
+        iterations[tol] = sum(sidecar["BackendDetails"]["n_iter"])
+    assert iterations["1e-1"] < iterations["1e-4"]
+    runs, _ = select_runs(Dataset(root), None, None, None, None)
+    loose = Decomposition(backend="fast", n_components=4, n_init=2, tol=0.1)
+    assert reusable(Dataset(root), runs, "tol1", loose) is not None
+    assert reusable(Dataset(root), runs, "tol1", loose.set_params(tol=0.01)) is None
+    r = CliRunner().invoke(main, ["decompose", str(root), "--tol", "0.1", "-q"])
+    assert r.exit_code == 2 and "--tol 0.1 needs --backend fast" in r.output, r.output

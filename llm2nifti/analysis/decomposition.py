@@ -37,7 +37,7 @@ from ..defaults import (BACKENDS, MAX_ITER, METHODS, N_COMPONENTS, N_INIT,  # no
 #: The fast backend's FastICA settings: passed to :func:`~llm2nifti.analysis.fastica.canica`,
 #: refused with the nilearn backend unless at their default, recorded in the sidecar and
 #: compared before a decomposition is reused.
-FASTICA_OPTIONS = ("max_iter",)
+FASTICA_OPTIONS = ("max_iter", "tol")
 
 
 def nilearn_estimator(method, mask_img, n_components=N_COMPONENTS, n_init=N_INIT, random_state=0,
@@ -233,6 +233,9 @@ class Decomposition(_MapsMixin, BaseEstimator):
         FastICA iterations per start at most (the fast backend; nilearn's CanICA always runs
         scikit-learn's 200, so the nilearn backend takes no other value). A start that has not
         converged by then is counted in ``info_["n_not_converged"]``.
+    tol : float
+        FastICA's convergence tolerance: a start stops when its unmixing matrix moves less
+        (the fast backend; nilearn's CanICA runs scikit-learn's 1e-4).
     backend : {"nilearn", "fast"}
         ``"fast"``: the same CanICA algorithm in torch (``llm2nifti.analysis.fastica``).
     n_jobs : int
@@ -277,8 +280,9 @@ class Decomposition(_MapsMixin, BaseEstimator):
     def __init__(self, method="canica", n_components=N_COMPONENTS, n_init="auto", random_state=0,
                  backend="nilearn", n_jobs=1, device="cpu", alpha=10.0, verbose=0,
                  scheduler=None, workers=2, progress=False, gram_dtype="auto", precision="mixed",
-                 max_iter=MAX_ITER):
+                 max_iter=MAX_ITER, tol=1e-4):
         self.max_iter = max_iter
+        self.tol = tol
         self.gram_dtype = gram_dtype
         self.precision = precision
         self.progress = progress
