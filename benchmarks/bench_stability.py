@@ -44,11 +44,10 @@ def describe(values):
 
 def fit(runs, layout, k, n_runs, seed, backend, n_init, reductions=None):
     from llm2nifti.analysis.decomposition import Decomposition, StableDecomposition
-    from llm2nifti.analysis.stability import resolve_n_init
 
     t0 = time.perf_counter()
-    one = Decomposition(n_components=k, n_init=resolve_n_init(n_init, n_runs), random_state=seed,
-                        backend=backend)
+    one = Decomposition(n_components=k, n_init="auto" if n_init is None else n_init,
+                        random_state=seed, backend=backend)
     est = StableDecomposition(one, n_repeats=n_runs).fit(runs, layout=layout, reduced=reductions)
     return est, time.perf_counter() - t0
 

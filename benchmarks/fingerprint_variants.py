@@ -69,9 +69,9 @@ def main():
     n_runs = [] if a.n_runs is None else ["--n-runs", a.n_runs]
     comps = ds / "derivatives/llm2nifti-canica/sub-smollm2/func/sub-smollm2_task-lee_desc-canica_components.nii"
     if not comps.is_file():  # the reference's stable networks, as fingerprint would make them
-        from llm2nifti.analysis.fingerprints import N_RUNS
+        from llm2nifti.defaults import WORKFLOW_DECOMPOSITIONS
 
-        runs = n_runs or ["--n-runs", N_RUNS]
+        runs = n_runs or ["--n-runs", WORKFLOW_DECOMPOSITIONS["fingerprint"][1]]
         run("decompose", ds, "--participant", "smollm2", "--backend", "fast", *runs, "-q", log=log)
     nets = ds / "derivatives/llm2nifti-networks/sub-smollm2_task-lee_desc-canica_networks.tsv"
     if not nets.is_file():

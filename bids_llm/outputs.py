@@ -152,7 +152,7 @@ DERIVATIVES = {
     "glm": Derivative("llm2nifti-glm", "GLM localizer statistical maps", level="func",
                       ignore=("*_statmap.*", "*_networks.*", "*_flatmap.png")),
     "connectivity": Derivative(
-        "llm2nifti-connectivity", "Connectomes between networks",
+        "llm2nifti-connectivity", "Connectomes between networks (nilearn ConnectivityMeasure)",
         ignore=("*_connectome.*", "*_timeseries.tsv", "*_connectivity.json", "*_matches.tsv",
                 "*_comparison.*")),
     "fingerprint": Derivative(
@@ -165,6 +165,9 @@ DERIVATIVES = {
         ignore=("**/*_statmap.*", "**/*_units.*", "**/*_networks.*", "**/*_layers.*",
                 "**/*_diff.json", "**/*_components.*", "**/*_stability.tsv",
                 "**/*_estimates.tsv")),
+    "words": Derivative("llm2nifti-words", "Word-level runs"),
+    "report": Derivative("llm2nifti-report", "HTML reports, one page per participant",
+                         ignore=("*.html",)),
     "evaluation": Derivative("*", "llm2nifti evaluate"),
 }
 

@@ -179,7 +179,7 @@ def _networks(comp, *extra):
 def _evaluate(table, *extra, out=None):
     return lambda w: ["evaluate", table(w), "--dataset", w.ds, "--model", w.model,
                       "--output", out(w) if out else w.path("eval-out"), "--heldout", w.text,
-                      "--task", "none", "--allow-overlap", "--seeds", "1", *extra]
+                      "--eval-task", "none", "--allow-overlap", "--seeds", "1", *extra]
 
 
 def _prune(table, *extra, out="pruned"):
@@ -281,14 +281,14 @@ CASES = [
      "examples"),
     ("evaluate-bigbench-bad-scores", _evaluate(lambda w: w.networks, "--bigbench", lambda w: _bigbench(
         w, "bb4", {"examples": [{"input": "x", "target_scores": {"a": "high", "b": 0}}]})), "target_scores"),
-    ("evaluate-task-no-format", _evaluate(lambda w: w.networks, "--task", lambda w: _taskfile(
+    ("evaluate-task-no-format", _evaluate(lambda w: w.networks, "--eval-task", lambda w: _taskfile(
         w, "t1.jsonl", [{"text": "a"}])), "match no task format"),
-    ("evaluate-task-missing-label", _evaluate(lambda w: w.networks, "--task", lambda w: _taskfile(
+    ("evaluate-task-missing-label", _evaluate(lambda w: w.networks, "--eval-task", lambda w: _taskfile(
         w, "t2.jsonl", [{"text": "a", "label": "x"}, {"text": "b"}])), "missing label"),
-    ("evaluate-task-multi-token-labels", _evaluate(lambda w: w.networks, "--task", lambda w: _taskfile(
+    ("evaluate-task-multi-token-labels", _evaluate(lambda w: w.networks, "--eval-task", lambda w: _taskfile(
         w, "t3.jsonl", [{"text": "a", "label": "x"}, {"text": "b", "label": "y"}]),
         "--label-words", "x=yes,y=no"), "not single tokens"),
-    ("evaluate-task-unknown", _evaluate(lambda w: w.networks, "--task", "sst2"), "unknown task"),
+    ("evaluate-task-unknown", _evaluate(lambda w: w.networks, "--eval-task", "sst2"), "unknown task"),
     ("evaluate-k-beyond-tokens", _evaluate(lambda w: w.networks, "--k", "100000"), "exceeds the"),
     ("evaluate-k-not-whole", _evaluate(lambda w: w.networks, "--k", "10.5"), "whole numbers"),
     ("evaluate-output-is-file", _evaluate(lambda w: w.networks, out=lambda w: w.text), "is a file"),

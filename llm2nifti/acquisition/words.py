@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bids_llm.outputs import DERIVATIVES
 from bids_llm.tsv import TEXT_CELLS
 
 from ..errors import only_choice
@@ -190,7 +191,7 @@ def word_index(events, texts):
                      events["char_end"].fillna(-1).to_numpy(dtype=np.int64), texts)
 
 
-PIPELINE_WORDS = "llm2nifti-words"
+PIPELINE_WORDS = DERIVATIVES["words"].pipeline
 _WORD_EVENTS_JSON = {
     "onset": {"Description": "Word index in the run times the TR", "Units": "s"},
     "duration": {"Description": "One TR per word", "Units": "s"},
@@ -253,7 +254,6 @@ def words_dataset(dataset, *, participant=None, task=None, site=None, pool="mean
         as they read the scan. Run ``r`` holds the words whose last token is in source run ``r``.
     """
     from bids_llm.dataset import Dataset, DatasetWriter
-    from bids_llm.derivatives import derivative_dir
     from bids_llm.events import words_tsv
     from bids_llm.io import write_json
     from bids_llm.naming import bids_name, inside
@@ -275,8 +275,7 @@ def words_dataset(dataset, *, participant=None, task=None, site=None, pool="mean
     check_fits(6 * largest, f"pooling runs of {largest // 4 // layout.n_neurons} tokens x "
                             f"{layout.n_neurons} neurons into words",
                "convert with a smaller --run-tokens so that runs are smaller")
-    root = (derivative_dir(ds.root, PIPELINE_WORDS, "Word-level runs") if output is None
-            else Path(output))
+    root = (DERIVATIVES["words"].create(ds.root) if output is None else Path(output))
     writer = DatasetWriter(root, first.participant, first.task, layout, name="Word-level runs")
     events_json = inside(root, bids_name("events", ".json", task=first.task))
     write_json(events_json, _WORD_EVENTS_JSON)

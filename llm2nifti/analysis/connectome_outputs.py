@@ -39,29 +39,22 @@ def _labels(res, idx):
     return [f"{res.names[i]} (L{res.depth[i]:.1f})" for i in idx]
 
 
-def _folder(dataset, out, pipeline):
-    from bids_llm.derivatives import derivative_dir
-
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        return out
+def _folder(dataset, out):
     from bids_llm.dataset import Dataset
+    from bids_llm.outputs import DERIVATIVES
 
     root = dataset.root if isinstance(dataset, Dataset) else Path(dataset)
-    return derivative_dir(root, pipeline,
-                          "Connectomes between networks (nilearn ConnectivityMeasure)",
-                          ignore=("*_connectome.*", "*_timeseries.tsv", "*_connectivity.json",
-                                  "*_matches.tsv", "*_comparison.*"))
+    return DERIVATIVES["connectivity"].create(root, out)
 
 
-def write_connectivity(res, components, dataset, out, kinds, signals, estimator, pipeline):
+def write_connectivity(res, components, dataset, out, kinds, signals, estimator):
     """Write the group matrices, figures, time series and a JSON record; fill ``res.paths``."""
     from bids_llm.io import write_json
     from bids_llm.tsv import write_frame
 
     from ..plots import plot_connectome_matrix
 
-    folder = _folder(dataset, out, pipeline)
+    folder = _folder(dataset, out)
     stem = _stem(components)
     order = res.order
     labels = _labels(res, order)
@@ -93,14 +86,14 @@ def write_connectivity(res, components, dataset, out, kinds, signals, estimator,
     return res
 
 
-def write_comparison(res, other, components, compare, dataset, out, pipeline):
+def write_comparison(res, other, components, compare, dataset, out):
     """Write the matched pairs, the similarity per kind, and side-by-side figures."""
     from bids_llm.io import write_json
     from bids_llm.tsv import write_frame
 
     from ..plots import plot_connectome_pair
 
-    folder = _folder(dataset, out, pipeline)
+    folder = _folder(dataset, out)
     stem = f"{_stem(components)}_vs_{_stem(compare)}"
     cmp = res.comparison
     pairs = cmp["pairs"]

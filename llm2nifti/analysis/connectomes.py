@@ -25,10 +25,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
+from bids_llm.outputs import DERIVATIVES
 
+from ..defaults import Z_THRESHOLD
 from ..errors import UsageError
 from .matching import _masks, iou_matrix, match_networks
-from ..defaults import Z_THRESHOLD
 from .selection import _participant_of, load_maps, maps_to_neurons, network_names, site_of_image
 
 __all__ = ["connectivity", "ConnectivityResult", "network_time_series", "network_weights",
@@ -36,7 +37,7 @@ __all__ = ["connectivity", "ConnectivityResult", "network_time_series", "network
            "compare_connectomes", "KINDS", "ESTIMATORS", "PIPELINE_CONNECTIVITY"]
 
 KINDS = ("correlation", "partial correlation", "tangent")
-PIPELINE_CONNECTIVITY = "llm2nifti-connectivity"
+PIPELINE_CONNECTIVITY = DERIVATIVES["connectivity"].pipeline
 
 
 @dataclass
@@ -223,16 +224,14 @@ def connectivity(components, dataset, *, participant=None, task=None, runs=None,
     res = _connectomes(components, dataset, participant, task, runs, site, kinds, signals,
                        threshold, progress, estimator)
     out = Path(output) if output is not None else None
-    write_connectivity(res, components, dataset, out, kinds, signals, estimator,
-                       pipeline=PIPELINE_CONNECTIVITY)
+    write_connectivity(res, components, dataset, out, kinds, signals, estimator)
     if compare is not None:
         other = _connectomes(compare, compare_dataset or dataset, None,
                              compare_task if compare_task is not None else task, None, site,
                              kinds, signals, threshold, progress, estimator)
         res.comparison = compare_connectomes(res, other, kinds, min_iou, n_permutations,
                                              random_state)
-        write_comparison(res, other, components, compare, dataset, out,
-                         pipeline=PIPELINE_CONNECTIVITY)
+        write_comparison(res, other, components, compare, dataset, out)
     return res
 
 

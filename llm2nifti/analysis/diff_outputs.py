@@ -22,10 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["write_diff", "IGNORE", "diff_paths"]
-
-IGNORE = ("**/*_statmap.*", "**/*_units.*", "**/*_networks.*", "**/*_layers.*", "**/*_diff.json",
-          "**/*_components.*", "**/*_stability.tsv", "**/*_estimates.tsv")
+__all__ = ["write_diff", "diff_paths"]
 
 
 def _label(text):
@@ -98,18 +95,17 @@ def _write_shape(result, statmap, common):
     return out
 
 
-def write_diff(result, ds, pairs, pipeline, output=None):
+def write_diff(result, ds, pairs, output=None):
     """Write what :func:`~llm2nifti.analysis.diffs.diff` found; fills ``result.paths``."""
     from bids_llm.dataset import acq_for
-    from bids_llm.derivatives import derivative_dir
+    from bids_llm.outputs import DERIVATIVES
     from bids_llm.io import save_img, write_json
     from bids_llm.tsv import write_frame
     from bids_llm.naming import inside
 
     from .. import _version
     from ..plots import plot_diff_layers
-    root = (derivative_dir(ds.root, pipeline, "Differences between two checkpoints",
-                           ignore=IGNORE) if output is None else Path(output))
+    root = DERIVATIVES["diff"].create(ds.root, output)
     folder = inside(root, f"sub-{result.candidate}", "func")
     folder.mkdir(parents=True, exist_ok=True)
     statmap, table, components = diff_paths(folder, result.candidate, result.reference,

@@ -28,12 +28,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from bids_llm.outputs import DERIVATIVES
 
 from ..errors import UsageError
 
 __all__ = ["diff", "DiffResult", "unit_moments", "TESTS", "PIPELINE_DIFF", "MIN_CORRESPONDENCE"]
 
-PIPELINE_DIFF = "llm2nifti-diff"
+PIPELINE_DIFF = DERIVATIVES["diff"].pipeline
 TESTS = ("mean", "amplitude")
 MIN_CORRESPONDENCE = 0.5  # median same-index correlation some layer must reach
 _TINY = 1e-30  # a dead unit's standard deviation, so that its log ratio stays finite
@@ -499,5 +500,5 @@ def diff(dataset, reference, candidate, *, task=None, site=None, estimator=None,
     if write:
         from .diff_outputs import write_diff
 
-        write_diff(result, ds, pairs, PIPELINE_DIFF, output)
+        write_diff(result, ds, pairs, output)
     return result

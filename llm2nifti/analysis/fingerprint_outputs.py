@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["write_fingerprint", "IGNORE"]
+__all__ = ["write_fingerprint"]
 
 # BIDS has no suffix for these yet: the validator checks the rest of the derivative.
-IGNORE = ("**/*_fingerprint.tsv", "**/*_fingerprint.json", "**/*_spearman.tsv",
-          "**/*_pearson.tsv", "**/*_pairs.tsv", "**/*_isc.tsv", "**/*_rsa.tsv", "**/*_rsap.tsv", "**/*_cka.tsv",
-          "**/*.png")
-
 
 def _tsv(path, frame, index=False):
     from bids_llm.tsv import write_frame
@@ -27,10 +22,10 @@ def _layer_frame(values, s):
                         columns=[f"L{l}" for l in s.layers_b])
 
 
-def write_fingerprint(result, ds, task, site, pool, pipeline, output=None):
+def write_fingerprint(result, ds, task, site, pool, output=None):
     """Write what :func:`~llm2nifti.analysis.fingerprint.fingerprint` found; return the paths."""
     from bids_llm.dataset import acq_for
-    from bids_llm.derivatives import derivative_dir
+    from bids_llm.outputs import DERIVATIVES
     from bids_llm.io import write_json
     from bids_llm.naming import bids_name, inside
 
@@ -38,8 +33,7 @@ def write_fingerprint(result, ds, task, site, pool, pipeline, output=None):
     from ..plots import plot_depths, plot_fingerprint, plot_rsa
 
     ref = result.reference
-    root = (derivative_dir(ds.root, pipeline, "Functional-network fingerprints",
-                           ignore=IGNORE) if output is None else Path(output))
+    root = DERIVATIVES["fingerprint"].create(ds.root, output)
     folder = inside(root, f"sub-{ref}")
 
     def name(suffix, ext, desc=None):

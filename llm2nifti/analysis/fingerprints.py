@@ -17,15 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from bids_llm.outputs import DERIVATIVES
 
+from ..defaults import Z_THRESHOLD
 from ..errors import UsageError
 from .decomposition import configured
-from ..defaults import Z_THRESHOLD
 
 __all__ = ["fingerprint", "FingerprintResult", "ParticipantNetworks", "participant_networks",
            "random_copies", "PIPELINE_FINGERPRINT", "MIN_STABILITY", "DESC"]
 
-PIPELINE_FINGERPRINT = "llm2nifti-fingerprint"
+PIPELINE_FINGERPRINT = DERIVATIVES["fingerprint"].pipeline
 # The decompositions fingerprint makes are written under this desc (reused when one made by the
 # same estimator on the same runs is there): a participant's own desc-canica maps, made with
 # other settings, are neither taken nor overwritten.
@@ -437,7 +438,7 @@ def fingerprint(dataset, reference, candidates, *, independent=(), n_random=0, t
     result = FingerprintResult(reference, summary, matrices, pairs, nulls, isc, similarity,
                                reference_decompositions=_n_decompositions(ref),
                                min_stability=least)
-    result.paths = write_fingerprint(result, ds, task, site, pool, PIPELINE_FINGERPRINT, output)
+    result.paths = write_fingerprint(result, ds, task, site, pool, output)
     return result
 
 

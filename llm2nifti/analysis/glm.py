@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from bids_llm.outputs import DERIVATIVES
 
 from ..errors import UsageError
 from ..neuronset import NeuronSet
@@ -38,7 +39,7 @@ __all__ = ["localize", "LocalizeResult", "fit_localizer", "contrast_label", "sel
 
 log = logging.getLogger(__name__)
 DEFAULT_CONTRAST = "sentences - nonwords"
-PIPELINE_GLM = "llm2nifti-glm"
+PIPELINE_GLM = DERIVATIVES["glm"].pipeline
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _OPS = {"-": "Minus", "+": "Plus", "*": "Times"}
 
@@ -240,8 +241,7 @@ def localize(dataset, *, model=None, stimuli="localizer", task=None, participant
     from .glm_outputs import write_localizer
 
     computed = [_contrast(glm, e, layout, top_percent, z_threshold) for e in contrasts]
-    write_localizer(result, ds, runs, layout, computed, top_percent, z_threshold, output,
-                    pipeline=PIPELINE_GLM)
+    write_localizer(result, ds, runs, layout, computed, top_percent, z_threshold, output)
     return result
 
 

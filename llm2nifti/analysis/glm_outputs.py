@@ -34,14 +34,14 @@ def _design_summary(glm):
             for d in glm.design_matrices_]
 
 
-def write_localizer(result, ds, runs, layout, contrasts, top_percent, z_threshold, output, pipeline):
+def write_localizer(result, ds, runs, layout, contrasts, top_percent, z_threshold, output):
     """Save each contrast's maps and units, and link the runs for nilearn.
 
     ``contrasts``: ``(expression, label, maps, units)`` per contrast, as the GLM computed them
     (``maps``: nilearn's ``compute_contrast`` images by output type; ``units``: the
     :class:`~llm2nifti.neuronset.NeuronSet` selected); ``pipeline``: the derivative's name.
     """
-    from bids_llm.derivatives import derivative_dir
+    from bids_llm.outputs import DERIVATIVES
     from bids_llm.io import save_img, write_json
     from bids_llm.space import space_view
 
@@ -50,8 +50,7 @@ def write_localizer(result, ds, runs, layout, contrasts, top_percent, z_threshol
 
     run0 = runs[0]
     participant, task, acq = run0.participant, run0.task, run0.acq
-    folder = output or derivative_dir(ds.root, pipeline, "GLM localizer statistical maps",
-                                      ignore=("*_statmap.*", "*_networks.*", "*_flatmap.png"))
+    folder = output or DERIVATIVES["glm"].create(ds.root)
     dof = sum(int(len(d)) - int(np.linalg.matrix_rank(d.to_numpy())) for d in result.glm.design_matrices_)
     common = {"Runs": [f"bids::{r.path.relative_to(ds.root)}" for r in runs],
               "Conditions": result.conditions, "Design": _design_summary(result.glm),

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import linear_sum_assignment
 
-from ..errors import UsageError
 from ..defaults import Z_THRESHOLD
+from ..errors import UsageError
 
 __all__ = ["iou_matrix", "match_networks", "recurrence", "RecurrenceResult",
            "plot_recurrence", "plot_layers"]

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .decomposition import zscore_maps
 from ..defaults import Z_THRESHOLD
+from .decomposition import zscore_maps
 from ..errors import UsageError
 from ..neuronset import NeuronSet
 

@@ -28,7 +28,7 @@ from ..plots.maps import flat_values
 
 __all__ = ["report", "Section", "PIPELINE_REPORT"]
 
-PIPELINE_REPORT = "llm2nifti-report"
+PIPELINE_REPORT = DERIVATIVES["report"].pipeline
 
 
 @dataclass
@@ -498,7 +498,6 @@ def report(dataset, participant=None, output=None, evaluations=()):
     import jinja2
 
     from bids_llm.dataset import Dataset
-    from bids_llm.derivatives import derivative_dir
     from bids_llm.io import write_text
 
     ds = Dataset(dataset)
@@ -506,8 +505,7 @@ def report(dataset, participant=None, output=None, evaluations=()):
     if participant is not None and participant not in found:
         raise UsageError(f"no participant {participant!r} in {ds.root}: it has {', '.join(found) or 'none'}")
     evals = _evaluations(ds, evaluations)
-    out = Path(output) if output is not None else derivative_dir(
-        ds.root, PIPELINE_REPORT, "HTML reports, one page per participant", ignore=("*.html",))
+    out = Path(output) if output is not None else DERIVATIVES["report"].create(ds.root)
     env = jinja2.Environment(loader=jinja2.PackageLoader("llm2nifti.report", "templates"),
                              autoescape=True)
     template = env.get_template("report.html.j2")
