@@ -39,12 +39,18 @@ __all__ = ["Derivative", "DERIVATIVES", "software", "reusable_components"]
 def software(*packages):
     """The provenance block of every sidecar: ``{"llm2nifti": version, package: version, ...}``.
 
-    Versions are read from the installed distributions (nothing is imported).
+    Versions are read from the installed distributions (nothing is imported); ``"python"`` is
+    the interpreter's.
     """
+    import platform
+
     from llm2nifti._version import __version__
 
     out = {"llm2nifti": __version__}
     for name in packages:
+        if name == "python":
+            out[name] = platform.python_version()
+            continue
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:  # pragma: no cover - a required package

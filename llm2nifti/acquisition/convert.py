@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import platform
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,6 @@ from bids_llm.events import events_tsv
 from bids_llm.io import write_json
 from bids_llm.space import space_view
 
-from .. import _version
 from ..errors import UsageError
 from ..interrupts import deferred, handle_signals
 from ..layout import NeuronLayout
@@ -76,12 +74,9 @@ def _context_window(model):
 
 
 def _versions():
-    import nibabel
-    import transformers
+    from bids_llm.outputs import software
 
-    return {"llm2nifti": _version.__version__, "torch": torch.__version__,
-            "transformers": transformers.__version__, "nibabel": nibabel.__version__,
-            "numpy": np.__version__, "python": platform.python_version()}
+    return software("torch", "transformers", "nibabel", "numpy", "python")
 
 
 def _source_info(lm):

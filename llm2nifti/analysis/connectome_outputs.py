@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import _version
+from bids_llm.outputs import software
 from .selection import _stem
 
 __all__ = ["write_connectivity", "write_comparison", "meas_label"]
@@ -82,7 +82,7 @@ def write_connectivity(res, components, dataset, out, kinds, signals, estimator)
         "Networks": res.names, "Order": [res.names[i] for i in order],
         "Depth": {n: round(float(d), 3) for n, d in zip(res.names, res.depth)},
         "GroupMatrix": "mean over runs (tangent: nilearn's geometric-mean covariance)",
-        "llm2nifti": _version.__version__})
+        **software()})
     return res
 
 
@@ -119,5 +119,5 @@ def write_comparison(res, other, components, compare, dataset, out):
         "MeanIoU": round(float(pairs["iou"].mean()), 6),
         "Similarity": {k: v for k, v in cmp.items() if isinstance(v, dict)},
         "Null": "r of the same edges under random one-to-one matchings of the matched networks",
-        "llm2nifti": _version.__version__})
+        **software()})
     return res

@@ -103,7 +103,7 @@ def write_diff(result, ds, pairs, output=None):
     from bids_llm.tsv import write_frame
     from bids_llm.naming import inside
 
-    from .. import _version
+    from bids_llm.outputs import software
     from ..plots import plot_diff_layers
     root = DERIVATIVES["diff"].create(ds.root, output)
     folder = inside(root, f"sub-{result.candidate}", "func")
@@ -114,7 +114,7 @@ def write_diff(result, ds, pairs, output=None):
               "Site": result.site, "Blocks": "documents", "NPermutations": result.n_permutations,
               "Null": "sign flips of whole documents; FWE by the maximum |t| over the family",
               "Runs": [f"bids::{p.path.relative_to(ds.root)}" for pair in pairs for p in pair],
-              "llm2nifti": _version.__version__}
+              **software()}
     paths = {**_write_units(result, statmap, common), **_write_shape(result, statmap, common)}
     paths["units"] = table("units", ".tsv")
     result.selected.to_tsv(paths["units"])

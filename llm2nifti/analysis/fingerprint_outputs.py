@@ -29,7 +29,7 @@ def write_fingerprint(result, ds, task, site, pool, output=None):
     from bids_llm.io import write_json
     from bids_llm.naming import bids_name, inside
 
-    from .. import _version
+    from bids_llm.outputs import software
     from ..plots import plot_depths, plot_fingerprint, plot_rsa
 
     ref = result.reference
@@ -69,7 +69,7 @@ def write_fingerprint(result, ds, task, site, pool, output=None):
         "RSA": None if not result.rsa else {
             p: {"NItems": s.n_items, "MaxRSA": round(float(s.rsa.max()), 6),
                 "DiagonalCKA": _diagonal(s)} for p, s in result.rsa.items()},
-        "llm2nifti": _version.__version__,
+        **software(),
     })
     return paths
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _version
+from bids_llm.outputs import software
 
 __all__ = ["write_localizer", "statmap_path"]
 
@@ -57,7 +57,7 @@ def write_localizer(result, ds, runs, layout, contrasts, top_percent, z_threshol
               "Model": {"Software": "nilearn FirstLevelModel", "hrf_model": None,
                         "drift_model": None, "noise_model": "ols", "signal_scaling": False,
                         "smoothing_fwhm": None, "runs_combined": "fixed effects"},
-              "DegreesOfFreedom": dof, "llm2nifti": _version.__version__}
+              "DegreesOfFreedom": dof, **software()}
     sets = []
     for expression, label, maps, nset in contrasts:
         entry = {"label": label}
@@ -75,7 +75,7 @@ def write_localizer(result, ds, runs, layout, contrasts, top_percent, z_threshol
             "Contrast": expression, "Statistic": "t", "Site": layout.site.kind,
             "Selection": ({"z_threshold": z_threshold} if z_threshold is not None
                           else {"top_percent": top_percent, "ties": "lowest neuron index first"}),
-            "NSelected": len(nset), "NNeurons": layout.n_neurons, "llm2nifti": _version.__version__})
+            "NSelected": len(nset), "NNeurons": layout.n_neurons, **software()})
         entry["n_selected"] = len(nset)
         entry["flatmap"] = plot_flatmap(
             entry["t"], layout, entry["t_path"].with_name(f"{stem}_flatmap.png"), label="t",

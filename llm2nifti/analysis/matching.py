@@ -251,7 +251,7 @@ def _write_recurrence(ds, runs, layout, table, summary, sizes, t_set, t_names, o
     from bids_llm.tsv import write_frame
     from bids_llm.naming import inside
 
-    from .. import _version
+    from bids_llm.outputs import software
 
     out = Path(output) if output is not None else inside(ds.root, "derivatives", "llm2nifti-recurrence")
     paths = _output_paths(out, runs, method)
@@ -274,7 +274,7 @@ def _write_recurrence(ds, runs, layout, table, summary, sizes, t_set, t_names, o
         "IoUThreshold": iou_threshold,
         "MeanRecurrence": round(float(summary["recurrence"].mean()), 6),
         "RunsLeftOut": left_out,
-        "llm2nifti": _version.__version__,
+        **software(),
     })
     return RecurrenceResult(t_set, table, summary, paths, left_out)
 

@@ -320,7 +320,7 @@ def networks(components, dataset, *, participant=None, site=None, threshold=Z_TH
     from bids_llm.tsv import write_frame
     from bids_llm.naming import inside
 
-    from .. import _version
+    from bids_llm.outputs import software
 
     ds = dataset if isinstance(dataset, Dataset) else Dataset(dataset)
     if site is None:
@@ -360,6 +360,6 @@ def networks(components, dataset, *, participant=None, site=None, threshold=Z_TH
                       "not known: the maps rest on one decomposition (decompose --n-runs 10)"),
         "KeyShare": round(len(key) / layout.n_neurons, 6),
         "Naming": "network FNxx is volume xx (0-based) of the components image",
-        "llm2nifti": _version.__version__,
+        **software(),
     })
     return NetworksResult(nset, summary, key, *paths)
