@@ -85,6 +85,18 @@ def test_stages_meet_only_through_public_names():
     assert not bad, "\n".join(bad)
 
 
+def test_no_stage_below_the_report_imports_it():
+    """Analysis, acquisition and intervention return data and write through the core (figures
+    through llm2nifti.plots, names through bids_llm.outputs): the report only reads."""
+    bad = [f"{path.relative_to(ROOT)}: {module}"
+           for stage in ("acquisition", "analysis", "intervention")
+           for path in (ROOT / stage).glob("*.py")
+           for level, module, _ in _imports(path)
+           if (level == 2 and module.split(".")[0] == "report")
+           or module.startswith("llm2nifti.report")]
+    assert not bad, bad
+
+
 def _stage_of(level, module):
     parts = module.split(".")
     if level == 1 and parts[0] in STAGES:
