@@ -77,8 +77,21 @@ EVENTS_JSON = {
 }
 
 
-def events_description(conditions=None):
-    """The task's ``events.json``: its columns, and the conditions of a localizer."""
+HEARD_JSON = {
+    "word_onset": {"Description": "When the participants heard the token's word: its onset in "
+                                  "the events file it came from (convert --words; n/a: no word)",
+                   "Units": "s"},
+    "word_duration": {"Description": "How long the token's word lasted in that events file",
+                      "Units": "s"},
+    "stimulus_file": {"Description": "The events file that timed the token's word (n/a: none)"},
+}
+
+
+def events_description(conditions=None, heard=False):
+    """The task's ``events.json``: its columns, the conditions of a localizer, and (``heard``)
+    when participants heard each token's word."""
+    if heard:
+        return {**EVENTS_JSON, **HEARD_JSON}
     if not conditions:
         return EVENTS_JSON
     out = dict(EVENTS_JSON)
@@ -163,9 +176,12 @@ class DatasetWriter:
         Dataset name for a new ``dataset_description.json``.
     conditions : sequence of str, optional
         A localizer's conditions (the ``trial_type`` levels the task's ``events.json`` lists).
+    heard : bool
+        The events hold when participants heard each token's word (``convert --words``).
     """
 
-    def __init__(self, root, participant, task, layout, name="llm2nifti scans", conditions=None):
+    def __init__(self, root, participant, task, layout, name="llm2nifti scans", conditions=None,
+                 heard=False):
         self.root = Path(root)
         self.participant = participant
         self.task = task
@@ -173,6 +189,7 @@ class DatasetWriter:
         self.acq = acq_for(layout.site.kind)
         self.name = name
         self.conditions = list(conditions) if conditions else None
+        self.heard = bool(heard)
 
     # ----------------------------------------------------------------- paths
     @property
@@ -344,7 +361,7 @@ class DatasetWriter:
             write_json(self.root / "participants.json", _PARTICIPANTS_JSON)
         events_json = self.root / bids_name("events", ".json", task=self.task)
         if not events_json.is_file():
-            write_json(events_json, events_description(self.conditions))
+            write_json(events_json, events_description(self.conditions, self.heard))
         derivative_dir(self.root, PIPELINE, "Neuron masks and labels", BIDS_VERSION,
                        ignore=("*_statmap.*",))
 

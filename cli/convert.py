@@ -17,6 +17,13 @@ from .options import (SITES, device_options, former_name, gguf_file_option, mode
 @click.argument("output", type=click.Path(file_okay=False, path_type=Path))
 @model_options("the one scanned")
 @text_option("what the model reads", short=True, default_text="lee, 300 news articles")
+@option("--words", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="A BIDS events file of what human participants heard (onset, duration and the "
+             "words), instead of --text: one document each, read in the order given "
+             "(repeatable); the events gain each token's word_onset, word_duration and "
+             "stimulus_file, and the task label defaults to the file's task entity.")
+@option("--word-column", default="word", show_default=True,
+        help="The column of the --words files holding the words.")
 @site_option(value="mlp", describe=True)
 @option("--layers", default=None,
         help="Layer subset, e.g. 0-11 or 5,7 [default: every layer with these units].")
@@ -41,9 +48,9 @@ from .options import (SITES, device_options, former_name, gguf_file_option, mode
 @device_options()
 @former_name("--neurons", "site", click.Choice(list(SITES)))
 @former_name("--label", "participant")
-def convert(output, model, gguf_file, text, site, layers, experts, run_tokens, max_tokens, task, participant, encoding,
-            id_column, text_column, no_bos, compress, resume, overwrite, threads, cache_dir, quiet,
-            device, dtype, trust_remote_code):
+def convert(output, model, gguf_file, text, words, word_column, site, layers, experts, run_tokens,
+            max_tokens, task, participant, encoding, id_column, text_column, no_bos, compress,
+            resume, overwrite, threads, cache_dir, quiet, device, dtype, trust_remote_code):
     """Record a model reading text; write 4D NIfTI runs into the BIDS-like dataset OUTPUT.
 
     Each token is one volume (TR = 1 s), each MLP neuron one voxel (layer = z slice).
@@ -56,7 +63,8 @@ def convert(output, model, gguf_file, text, site, layers, experts, run_tokens, m
                compress=compress, resume=resume, overwrite=overwrite,
                trust_remote_code=trust_remote_code, encoding=encoding, bos=not no_bos,
                threads=threads, progress=not quiet, cache=cache_dir,
-               id_column=id_column, text_column=text_column, gguf_file=gguf_file)
+               id_column=id_column, text_column=text_column, gguf_file=gguf_file,
+               words=words, word_column=word_column)
     mask = res.root / "derivatives" / "llm2nifti" / f"sub-{res.participant}" / "anat" / \
         f"sub-{res.participant}_desc-{res.layout.site.kind}_mask.nii"
     done = len(res.runs) - len(res.skipped)

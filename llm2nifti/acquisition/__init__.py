@@ -15,6 +15,8 @@ _EXPORTS = {
         "MAX_RUN_TOKENS", "LOCALIZER", "builtin_corpus_path", "BUILTIN_CORPORA", "task_label",
         "separator_token")},
     "localizer_documents": ".localizer", "CONDITIONS": ".localizer",
+    **{name: ".listening" for name in (
+        "WordTimes", "read_word_events", "word_events_documents", "WORD_COLUMN")},
     **{name: ".words" for name in (
         "WORD_RULE", "POOLS", "word_spans", "token_spans", "token_words", "WordIndex",
         "word_index", "participant_words", "words_dataset", "PIPELINE_WORDS")},

@@ -151,6 +151,13 @@ class ScanSettings:
         Delete this participant's runs of this task and site first.
     progress : bool
         Show a progress bar over tokens.
+    words : sequence of path
+        BIDS events files of what human participants heard, instead of ``text``: each is one
+        document, read in the order given (see :mod:`llm2nifti.acquisition.listening`); the
+        events gain each token's ``word_onset``, ``word_duration`` and ``stimulus_file``, and
+        the task label defaults to the first file's ``task`` entity.
+    word_column : str
+        The events files' column holding the words.
     """
 
     output: Path
@@ -177,6 +184,8 @@ class ScanSettings:
     overwrite: bool = False
     progress: bool = True
     gguf_file: str | None = None
+    words: tuple = ()
+    word_column: str = "word"
 
     @classmethod
     def build(cls, output, model=None, text=None, *, participant=None, label=None, task=None,
@@ -187,6 +196,16 @@ class ScanSettings:
         label = participant if participant is not None else label
         name = DEFAULT_MODEL if model is None else str(model)
         participant = model_label(name) if label is None else _label(label, "--participant")
+        words = tuple(str(w) for w in options.pop("words", ()) or ())
+        if words:
+            from .listening import word_events_documents
+
+            if text is not None:
+                raise UsageError("give the text to read with --text or with --words, not both")
+            _, _, heard_task = word_events_documents(words, options.get("word_column", "word"))
+            if task is None:
+                task = heard_task or task_label(Path(words[0]).name.split(".")[0])
+            options["words"] = words
         task = _default_task(text) if task is None else _label(task, "--task")
         return cls(Path(output), name, text, participant, task, **options)
 
@@ -209,6 +228,7 @@ class _Plan:
     run_tokens: int
     writer: DatasetWriter
     record: dict  # the settings --resume compares, saved in code/llm2nifti/
+    heard: list | None = None  # convert --words: each document's WordTimes
 
 
 def scan(output, model=None, text=None, *, loaded=None, **options):
@@ -260,8 +280,14 @@ def plan_scan(settings, loaded=None):
     s = settings
     if s.threads is not None or s.device == "cpu":
         set_threads(s.threads)
-    documents = load_documents(s.text, encoding=s.encoding, id_column=s.id_column,
-                               text_column=s.text_column)
+    heard = None
+    if s.words:
+        from .listening import word_events_documents
+
+        documents, heard, _ = word_events_documents(s.words, s.word_column)
+    else:
+        documents = load_documents(s.text, encoding=s.encoding, id_column=s.id_column,
+                                   text_column=s.text_column)
     lm, tokenizer = loaded if loaded is not None else load_model(
         s.model, device=s.device, dtype=s.dtype, trust_remote_code=s.trust_remote_code,
         cache=s.cache, gguf_file=s.gguf_file)
@@ -278,7 +304,8 @@ def plan_scan(settings, loaded=None):
     runs = make_runs(len(stream), run_tokens, context, starts=starts)
     _check_memory(lm, layout, max(b - a for a, b in runs), run_tokens)
 
-    writer = DatasetWriter(s.output, s.participant, s.task, layout, conditions=conditions)
+    writer = DatasetWriter(s.output, s.participant, s.task, layout, conditions=conditions,
+                           heard=heard is not None)
     writer.check_layout()
     writer.check_documents(_documents_read(stream))
     record = {
@@ -288,7 +315,11 @@ def plan_scan(settings, loaded=None):
         "tokens_sha256": hashlib.sha256(stream.ids.tobytes()).hexdigest(),
         "source": _source_info(lm),
     }
-    plan = _Plan(s, lm, tokenizer, site, layout, stream, runs, int(run_tokens), writer, record)
+    if heard is not None:  # --resume goes on only with the same events files
+        record["words"] = [{"file": t.source, "onsets_sha256": hashlib.sha256(
+            t.onset.tobytes() + t.duration.tobytes()).hexdigest()} for t in heard]
+    plan = _Plan(s, lm, tokenizer, site, layout, stream, runs, int(run_tokens), writer, record,
+                 heard)
     _check_existing(plan)
     return plan
 
@@ -399,11 +430,16 @@ def _run_files(plan, common, token_text, doc_ids, r, start, stop):
     if plan.writer.conditions:  # the BOS token opening each item is the baseline (n/a)
         trial_types = [None if p == 0 and plan.settings.bos else stream.documents[d].condition
                        for d, p in zip(stream.document[start:stop], stream.position[start:stop])]
+    heard = None
+    if plan.heard is not None:
+        from .listening import token_word_times
+
+        heard = token_word_times(plan.heard, stream.document[start:stop], stream.word[start:stop])
     events = events_tsv(token_text[start:stop], stream.ids[start:stop],
                         [doc_ids[d] for d in stream.document[start:stop]],
                         stream.position[start:stop], tr=TR, trial_types=trial_types,
                         spans=(stream.char_start[start:stop], stream.char_end[start:stop],
-                               stream.word[start:stop]))
+                               stream.word[start:stop]), heard=heard)
     return sidecar, events
 
 
