@@ -8,7 +8,7 @@ from pathlib import Path
 __all__ = ["label", "participant_label", "bids_name", "inside", "parse_name", "ENTITY_ORDER", "components_name",
            "legacy_name", "existing"]
 
-ENTITY_ORDER = ("sub", "ses", "task", "acq", "run", "desc", "stat")
+ENTITY_ORDER = ("sub", "ses", "task", "acq", "run", "space", "desc", "stat")
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")
 MAX_LABEL = 64  # file names stay far below the 255 bytes file systems allow
 

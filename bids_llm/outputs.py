@@ -172,6 +172,9 @@ DERIVATIVES = {
                 "**/*_diff.json", "**/*_components.*", "**/*_stability.tsv",
                 "**/*_estimates.tsv")),
     "words": Derivative("llm2nifti-words", "Word-level runs"),
+    "encoding": Derivative(
+        "llm2nifti-encoding", "Encoding models: a language model's networks predicting fMRI",
+        level="func", ignore=("**/*_encoding.*",)),
     "report": Derivative("llm2nifti-report", "HTML reports, one page per participant",
                          ignore=("*.html",)),
     "evaluation": Derivative("*", "llm2nifti evaluate"),

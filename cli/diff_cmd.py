@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from .group import main
-from .options import (candidate_option, dataset_option, decomposition_options,
+from .options import (candidate_option, dataset_option, decomposition_options, fwe_alpha_option,
                       max_doc_tokens_option, n_docs_option, n_permutations_option, option,
                       output_option, quiet_option, reference_option, seeds_option, site_option,
                       task_option, text_option, threads_option)
@@ -22,8 +22,7 @@ from .options import (candidate_option, dataset_option, decomposition_options,
 @task_option()
 @decomposition_options("diff", without=("method", "alpha"))
 @n_permutations_option("sign flips of whole documents behind every FWE-corrected p")
-@option("--alpha", type=float, default=0.05, show_default=True,
-        help="FWE level of the units written to units.tsv.")
+@fwe_alpha_option("the units written to units.tsv")
 @threads_option
 @output_option("DATASET/derivatives/llm2nifti-diff")
 @quiet_option

@@ -80,6 +80,7 @@ def main(verbose):
     llm2nifti derive OUTPUT --kind KIND         variants of known lineage (fine-tuned, amplified, ...)
     llm2nifti diff DATASET -r BASE -c VARIANT   what changed between two checkpoints, unit by unit
     llm2nifti patch UNITS_TSV -d DATASET ...    do the changed units carry the change?
+    llm2nifti encode SCAN --fmri FMRI           the networks predict human fMRI of the same story
     llm2nifti report DATASET                    one HTML page per participant
     """
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import sys
 
-from . import (compare_cmd, convert, decompose_cmd, diff_cmd, evaluate_cmd,  # noqa: F401
-               localize_cmd, report_cmd)
+from . import (compare_cmd, convert, decompose_cmd, diff_cmd, encode_cmd,  # noqa: F401
+               evaluate_cmd, localize_cmd, report_cmd)
 from .group import main
 
 __all__ = ["main"]

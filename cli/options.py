@@ -186,6 +186,12 @@ def min_stability_option(choices=False):
                   **kwargs)
 
 
+def fwe_alpha_option(what):
+    """``--alpha``: the family-wise error level of what a command counts or keeps."""
+    return option("--alpha", type=float, default=0.05, show_default=True,
+                  help=f"FWE level of {what}.")
+
+
 def heldout_option(f):
     """``--heldout``: the text whose perplexity is compared."""
     return option("--heldout", default="lee-test", show_default=True,
@@ -237,6 +243,14 @@ def trust_remote_code_option(f):
                        "trust).")(f)
 
 
+def device_option(what="", choices=None):
+    """``--device``: the torch device a command computes on."""
+    kind = click.Choice(list(choices)) if choices else None
+    forms = "" if choices else ": cpu, cuda, cuda:N or auto"
+    return option("--device", type=kind, default="cpu", show_default=True,
+                  help=f"torch device{what}{forms}.")
+
+
 def device_options(trust_remote_code=True):
     """``--device``, ``--dtype`` (and ``--trust-remote-code``): how the model runs."""
     def decorate(f):
@@ -244,10 +258,15 @@ def device_options(trust_remote_code=True):
             f = trust_remote_code_option(f)
         f = option("--dtype", type=click.Choice(list(DTYPES)), default="auto", show_default=True,
                    help="Weights' precision; recorded activations are float32.")(f)
-        f = option("--device", default="cpu", show_default=True,
-                   help="torch device: cpu, cuda, cuda:N or auto.")(f)
-        return f
+        return device_option()(f)
     return decorate
+
+
+def random_state_option(f):
+    """``--random-state``: the seed of a command's nulls (a decomposition has its own, in
+    :func:`decomposition_options`)."""
+    return option("--random-state", type=int, default=0, show_default=True,
+                  help="Seed: the same seed gives identical output.")(f)
 
 
 def threads_option(f):

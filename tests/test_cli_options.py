@@ -33,6 +33,7 @@ WORKFLOWS = {
     "patch": "llm2nifti.intervention.patching:patch_gap",
     "derive": "llm2nifti.intervention.variants:derive",
     "convert": "llm2nifti.acquisition.convert:scan",
+    "encode": "llm2nifti.analysis.encoding:encode",
 }
 # The estimator each command builds: (workflow of WORKFLOW_DECOMPOSITIONS, keyword it is passed as)
 ESTIMATORS = {"decompose": "decompose", "recurrence": "recurrence", "fingerprint": "fingerprint",

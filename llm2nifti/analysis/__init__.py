@@ -34,6 +34,9 @@ _EXPORTS = {
     **{name: ".reduction" for name in ("RunReductions",)},
     **{name: ".diffs" for name in ("diff", "DiffResult", "PIPELINE_DIFF")},
     **{name: ".dualreg" for name in ("dual_regression",)},
+    **{name: ".encoding" for name in (
+        "encode", "EncodingResult", "HumanRun", "fmri_runs", "word_times", "features_at_tr",
+        "PIPELINE_ENCODING")},
     **{name: ".permutation" for name in ("max_t_fwe", "PermutationResult")},
     **{name: ".stability" for name in (
         "icasso", "read_stability", "stability_paths")},

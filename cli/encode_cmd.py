@@ -1,0 +1,68 @@
+"""``llm2nifti encode``: a model's networks predicting the fMRI of people who heard the story."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .group import main
+from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
+                      n_permutations_option, option, output_option, participant_option,
+                      quiet_option, random_state_option, site_option, task_option, threads_option)
+
+
+@main.command()
+@click.argument("scan", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@option("--fmri", required=True, type=click.Path(exists=True, file_okay=False, path_type=Path),
+        help="The human BIDS dataset: raw events files and fMRIPrep's derivatives.")
+@option("--features", "networks", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None, help="The networks.tsv whose networks are the features [default: the "
+                           "scan's only one].")
+@participant_option("the scan's only one")
+@task_option()
+@site_option()
+@option("--fmri-participant", "fmri_participants", type=PARTICIPANT, multiple=True,
+        help="A human participant (repeatable) [default: every one with runs of the task].")
+@option("--space", default=None, help="fMRIPrep's output space [default: the only one].")
+@option("--confounds", type=CommaList(), default="",
+        help="Columns of fMRIPrep's confounds table regressed out, e.g. trans_x,trans_y,trans_z.")
+@option("--hrf", type=click.Choice(["glover", "spm"]), default="glover", show_default=True,
+        help="nilearn's HRF the word features are convolved with.")
+@option("--trim", type=float, default=10.0, show_default=True,
+        help="Seconds left out at each end of each run.")
+@n_permutations_option("circular shifts of the held-out predictions (FWE over voxels)")
+@option("--min-shift", type=float, default=20.0, show_default=True,
+        help="Shortest circular shift of the null, in seconds (longer than the HRF).")
+@fwe_alpha_option("the voxels each network's row counts")
+@random_state_option
+@device_option(" of the ridge regressions (himalaya's numpy or torch CUDA backend)",
+               choices=("cpu", "cuda"))
+@threads_option
+@output_option("FMRI/derivatives/llm2nifti-encoding")
+@quiet_option
+def encode(scan, fmri, networks, participant, task, site, fmri_participants, space, confounds, hrf,
+           trim, n_permutations, min_shift, alpha, random_state, device, threads, output, quiet):
+    """Encoding models: the scan's networks (word series at the words' onsets, convolved with
+    an HRF) predict each voxel of each participant who heard the story (ridge, one alpha per
+    voxel, leave one run out); held-out r, R^2, FWE p from circular shifts, and the network
+    each voxel's prediction rests on most.
+
+    \b
+    SCAN was converted with --words on the story's events files. Writes under
+    FMRI/derivatives/llm2nifti-encoding/sub-<label>/func/:
+      *_space-<s>_desc-networks_stat-{r,r2,pfwe}_statmap.nii.gz
+      *_space-<s>_desc-bestnetwork_dseg.nii.gz (+ .tsv labels)
+      *_space-<s>_desc-networks_encoding.tsv   per network: voxels past FWE it predicts best
+    """
+    from llm2nifti.analysis.encoding import encode as run
+
+    res = run(scan, fmri, networks=networks, participant=participant, task=task, site=site,
+              fmri_participants=fmri_participants, space=space, confounds=confounds, hrf=hrf,
+              trim=trim, n_permutations=n_permutations, min_shift=min_shift, alpha=alpha,
+              random_state=random_state, backend="torch_cuda" if device == "cuda" else "numpy",
+              output=output, threads=threads)
+    for who, r in res.participants.items():
+        past = r["p_fwe"] <= alpha
+        click.echo(f"sub-{who}: {int(past.sum()):,} of {len(past):,} voxels past FWE {alpha:g} "
+                   f"(max r {r['r'].max():.3f}); {r['paths']['r'].parent}")

@@ -1,0 +1,449 @@
+"""Encoding models: a language model's networks predict the fMRI of people who heard the story.
+
+Participants listened to a story in the scanner; the model read the same words (``convert
+--words`` on the story's events files, so that each token knows when its word was heard).
+Each network's word series (the signed mean of its units, as ``connectivity --signals mean``,
+each word's value its last token's, as encoding studies pool) is placed at the words' onsets,
+convolved with an HRF and sampled at each volume's slice-time reference (nilearn's
+``compute_regressor``), with two nuisance regressors a reviewer asks for (word rate, word
+length) and the fMRIPrep confounds the user names. The first and last ``trim`` seconds of each
+run are left out and each run is z-scored. himalaya's ``RidgeCV`` fits one alpha per voxel
+(a log grid, chosen by leave-one-run-out inside the training runs); the outer
+cross-validation leaves one run out, the same folds for every voxel.
+
+Per voxel: the held-out Pearson r and R^2 averaged over folds; the network whose part of the
+prediction (its regressor times its weight) correlates best with the held-out data; a null
+from circular shifts of the held-out prediction against the data (at least ``min_shift``
+seconds, longer than the HRF; for a linear model this is the prediction of circularly shifted
+features), with family-wise error over voxels from the maximum r of each shift.
+
+Written under ``FMRI/derivatives/llm2nifti-encoding/sub-<label>/func/`` in the human data's
+space: ``..._stat-r_statmap.nii.gz``, ``..._stat-r2_statmap.nii.gz``,
+``..._stat-pfwe_statmap.nii.gz``, ``..._desc-bestnetwork_dseg.nii.gz`` (with its labels
+``.tsv``) and ``..._desc-networks_encoding.tsv`` (per network: the voxels past FWE it
+predicts best and their r); every sidecar carries the parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bids_llm.outputs import DERIVATIVES
+
+from ..errors import UsageError
+
+__all__ = ["encode", "EncodingResult", "HumanRun", "fmri_runs", "word_times", "features_at_tr",
+           "PIPELINE_ENCODING"]
+
+log = logging.getLogger(__name__)
+
+PIPELINE_ENCODING = DERIVATIVES["encoding"].pipeline
+ALPHAS = np.logspace(-2, 8, 21)
+
+
+@dataclass
+class HumanRun:
+    """One preprocessed fMRI run of one participant, and what it needs.
+
+    Attributes
+    ----------
+    participant : str
+    bold, mask, events, confounds : Path or None
+        fMRIPrep's ``desc-preproc_bold``, its ``desc-brain_mask``, the raw ``events.tsv``, and
+        fMRIPrep's ``desc-confounds_timeseries.tsv``.
+    tr : float
+    key : str
+        The events file's name without ``sub-``/``ses-`` entities: pairs the run with the
+        scan's words of the same events file (``task-pieman_run-1_events.tsv``).
+    """
+
+    participant: str
+    bold: Path
+    mask: Path | None
+    events: Path
+    confounds: Path | None
+    tr: float
+    key: str
+
+
+def _key(name):
+    """An events file's name without the entities that differ between participants."""
+    parts = [p for p in Path(name).name.split("_") if not p.startswith(("sub-", "ses-"))]
+    return "_".join(parts)
+
+
+def _tr(bold):
+    import nibabel as nib
+
+    sidecar = Path(str(bold).split(".nii")[0] + ".json")
+    if sidecar.is_file():
+        tr = json.loads(sidecar.read_text()).get("RepetitionTime")
+        if tr:
+            return float(tr)
+    zooms = nib.load(str(bold)).header.get_zooms()
+    if len(zooms) < 4 or not zooms[3] > 0:
+        raise UsageError(f"{Path(bold).name}: no RepetitionTime in its sidecar or header")
+    return float(zooms[3])
+
+
+def fmri_runs(fmri, task, space=None, participants=None):
+    """The preprocessed runs of a human BIDS dataset with fMRIPrep derivatives.
+
+    Parameters
+    ----------
+    fmri : path
+        The raw dataset (``sub-*/func/*_events.tsv``); fMRIPrep's outputs under
+        ``derivatives/`` (any pipeline folder holding ``*_desc-preproc_bold.nii*``).
+    task : str
+    space : str, optional
+        fMRIPrep's output space (default: the only one).
+    participants : sequence of str, optional
+        Default: every participant with runs of the task.
+
+    Returns
+    -------
+    list of HumanRun
+    """
+    from bids_llm.naming import parse_name, participant_label
+
+    root = Path(fmri)
+    found = sorted((root / "derivatives").glob(f"*/sub-*/**/sub-*_task-{task}_*desc-preproc_bold.nii*"))
+    if not found:
+        raise UsageError(f"no fMRIPrep runs of task {task!r} under {root / 'derivatives'}: give "
+                         "the raw dataset whose derivatives/ holds fMRIPrep's "
+                         "*_desc-preproc_bold.nii.gz")
+    spaces = sorted({parse_name(p.name)[0].get("space", "") for p in found})
+    if space is None:
+        if len(spaces) > 1:
+            raise UsageError(f"runs in several spaces ({', '.join(spaces)}): choose one with --space")
+        space = spaces[0]
+    wanted = None if not participants else {participant_label(p) for p in participants}
+    runs = []
+    for bold in found:
+        ents, _ = parse_name(bold.name)
+        if ents.get("space", "") != space or (wanted and ents["sub"] not in wanted):
+            continue
+        stem = bold.name.split("_space-")[0]
+        sub_dir = [f"sub-{ents['sub']}"] + ([f"ses-{ents['ses']}"] if "ses" in ents else [])
+        events = root.joinpath(*sub_dir, "func", f"{stem}_events.tsv")
+        if not events.is_file():
+            raise UsageError(f"{bold.name} has no events file ({events.relative_to(root)}): the "
+                             "words each run heard are read there")
+        mask = bold.with_name(bold.name.replace("_desc-preproc_bold", "_desc-brain_mask"))
+        confounds = bold.parent / f"{stem}_desc-confounds_timeseries.tsv"
+        runs.append(HumanRun(ents["sub"], bold, mask if mask.is_file() else None, events,
+                             confounds if confounds.is_file() else None, _tr(bold),
+                             _key(events.name)))
+    if not runs:
+        raise UsageError(f"no runs of task {task!r} in space {space!r} for participants "
+                         f"{sorted(wanted) if wanted else 'any'}")
+    return runs, space
+
+
+def word_times(nets):
+    """When each word of a scan's networks was heard: ``onset``, ``duration``, ``key``.
+
+    ``nets`` is a :class:`~llm2nifti.analysis.fingerprints.ParticipantNetworks` of a scan
+    converted with ``--words`` (its events hold ``word_onset`` and ``stimulus_file``).
+    """
+    import pandas as pd
+
+    events = pd.concat([r.events() for r in nets.runs], ignore_index=True)
+    if "word_onset" not in events:
+        raise UsageError("the scan was not converted from events files: convert it with "
+                         "`llm2nifti convert SCAN --words EVENTS.tsv ...` so that each token "
+                         "knows when its word was heard")
+    first = nets.index.table["first_token"].to_numpy()
+    return pd.DataFrame({"onset": events["word_onset"].to_numpy(float)[first],
+                         "duration": events["word_duration"].to_numpy(float)[first],
+                         "key": [_key(s) for s in events["stimulus_file"].to_numpy()[first]],
+                         "length": nets.words["word"].str.len().to_numpy()})
+
+
+def features_at_tr(values, onsets, durations, n_scans, tr, hrf="glover", slice_time_ref=0.5):
+    """Word features as BOLD regressors: impulses at the words' onsets scaled by each feature,
+    convolved with ``hrf`` and sampled at each volume's ``slice_time_ref`` (nilearn).
+
+    Returns
+    -------
+    ndarray of shape (n_scans, n_features)
+    """
+    from nilearn.glm.first_level import compute_regressor
+
+    frame_times = (np.arange(n_scans) + slice_time_ref) * tr
+    out = np.zeros((n_scans, values.shape[1]))
+    for j in range(values.shape[1]):
+        condition = np.vstack([onsets, durations, values[:, j]])
+        out[:, j] = compute_regressor(condition, hrf, frame_times, con_id=str(j),
+                                      oversampling=16)[0][:, 0]
+    return out
+
+
+def _zscore(a):
+    a = a - a.mean(axis=0)
+    sd = a.std(axis=0)
+    return a / np.where(sd > 0, sd, 1.0)
+
+
+@dataclass
+class EncodingResult:
+    """What :func:`encode` found per human participant.
+
+    Attributes
+    ----------
+    participants : dict
+        Participant -> dict of ``r``, ``r2``, ``p_fwe`` (per voxel), ``best`` (index of the
+        network each voxel's prediction rests on most), ``alphas``, ``table`` and ``paths``.
+    names : list of str
+        The feature networks.
+    """
+
+    participants: dict = field(default_factory=dict)
+    names: list = field(default_factory=list)
+
+
+def _fold_scores(X, Y, groups, alphas, n_features):
+    """Leave-one-run-out: held-out r and R^2 per voxel, each network's part's r, and the
+    held-out predictions (for the null)."""
+    from himalaya.backend import get_backend
+    from himalaya.ridge import RidgeCV
+    from sklearn.model_selection import KFold, LeaveOneGroupOut
+
+    to_numpy = get_backend().to_numpy
+
+    r, r2, part, held, alphas_chosen = [], [], [], [], []
+    for train, test in LeaveOneGroupOut().split(X, Y, groups):
+        inner = (list(LeaveOneGroupOut().split(X[train], Y[train], groups[train]))
+                 if len(np.unique(groups[train])) > 1 else KFold(5).split(X[train]))
+        model = RidgeCV(alphas=alphas, cv=list(inner)).fit(X[train], Y[train])
+        pred = to_numpy(model.predict(X[test]))
+        y = _zscore(Y[test])
+        p = _zscore(pred)
+        r.append((p * y).mean(axis=0))
+        r2.append(1 - ((Y[test] - pred) ** 2).sum(0) / np.maximum((Y[test] ** 2).sum(0), 1e-12))
+        coef = to_numpy(model.coef_)
+        part.append(np.stack([(_zscore(X[test][:, [j]] * coef[j]) * y).mean(axis=0)
+                              for j in range(n_features)]))
+        held.append((p, y))
+        alphas_chosen.append(to_numpy(model.best_alphas_))
+    return (np.mean(r, axis=0), np.mean(r2, axis=0), np.mean(part, axis=0), held,
+            np.exp(np.mean(np.log(alphas_chosen), axis=0)))
+
+
+def _null_max(held, n_permutations, min_shift, random_state, chunk=20000):
+    """Maximum over voxels of the fold-averaged r of circularly shifted predictions."""
+    rng = np.random.default_rng(random_state)
+    lengths = [len(y) for _, y in held]
+    if min(lengths) <= 2 * min_shift:
+        raise UsageError(f"held-out runs of {min(lengths)} volumes are too short for circular "
+                         f"shifts of at least {min_shift} volumes: lower --min-shift or trim less")
+    shifts = np.stack([rng.integers(min_shift, n - min_shift + 1, n_permutations)
+                       for n in lengths], axis=1)
+    n_vox = held[0][1].shape[1]
+    best = np.full(n_permutations, -np.inf)
+    for a in range(0, n_vox, chunk):
+        acc = np.zeros((n_permutations, min(chunk, n_vox - a)))
+        for f, (p, y) in enumerate(held):
+            n = len(y)
+            cc = np.fft.irfft(np.fft.rfft(p[:, a:a + chunk], axis=0)
+                              * np.conj(np.fft.rfft(y[:, a:a + chunk], axis=0)), n=n, axis=0) / n
+            acc += cc[shifts[:, f]]
+        best = np.maximum(best, (acc / len(held)).max(axis=1))
+    return best
+
+
+def _participant_data(runs, scan_times, values, extra_confounds, trim, hrf, slice_time_ref):
+    """Design and BOLD matrices of one participant's runs, trimmed and z-scored per run."""
+    import nibabel as nib
+    import pandas as pd
+    from nilearn.maskers import NiftiMasker
+
+    masks = [r.mask for r in runs if r.mask is not None]
+    mask = None
+    if masks:
+        from nilearn.masking import intersect_masks
+
+        mask = intersect_masks([str(m) for m in masks], threshold=1, connected=False)
+    masker = NiftiMasker(mask_img=mask, standardize=None).fit(None if mask else str(runs[0].bold))
+    Xs, Ys, groups = [], [], []
+    for g, run in enumerate(runs):
+        words = scan_times[scan_times["key"] == run.key]
+        if words.empty:
+            raise UsageError(f"{run.events.name} matches no events file the scan read "
+                             f"({', '.join(sorted(set(scan_times['key'])))}): convert with "
+                             "--words on this story's events files")
+        n_scans = nib.load(str(run.bold)).shape[3]
+        X = features_at_tr(values[words.index.to_numpy()], words["onset"].to_numpy(),
+                           words["duration"].to_numpy(), n_scans, run.tr, hrf, slice_time_ref)
+        confounds = None
+        if extra_confounds:
+            if run.confounds is None:
+                raise UsageError(f"--confounds: {run.bold.name} has no fMRIPrep confounds table")
+            table = pd.read_csv(run.confounds, sep="\t")
+            missing = [c for c in extra_confounds if c not in table]
+            if missing:
+                raise UsageError(f"--confounds {', '.join(missing)}: not columns of "
+                                 f"{run.confounds.name}")
+            confounds = table[list(extra_confounds)].fillna(0.0).to_numpy()
+        Y = masker.transform(str(run.bold), confounds=confounds)
+        keep = slice(int(round(trim / run.tr)), n_scans - int(round(trim / run.tr)))
+        if keep.stop - keep.start < 10:
+            raise UsageError(f"{run.bold.name}: {n_scans} volumes leave fewer than 10 after "
+                             f"trimming {trim} s at each end: lower --trim")
+        Xs.append(_zscore(X[keep]))
+        Ys.append(_zscore(Y[keep].astype(np.float64)))
+        groups.append(np.full(keep.stop - keep.start, g))
+    return np.vstack(Xs), np.vstack(Ys), np.concatenate(groups), masker
+
+
+def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
+           fmri_participants=None, space=None, confounds=(), hrf="glover", slice_time_ref=0.5,
+           trim=10.0, alphas=ALPHAS, n_permutations=1000, min_shift=20.0, alpha=0.05,
+           random_state=0, backend="numpy", output=None, threads=None):
+    """Fit, per human participant, an encoding model from the scan's networks to their fMRI.
+
+    Parameters
+    ----------
+    scan : path or Dataset
+        A scan converted with ``--words`` on the story's events files.
+    fmri : path
+        The human BIDS dataset (raw events, fMRIPrep derivatives).
+    networks : path, optional
+        The ``networks.tsv`` whose networks are the features (default: the scan's only one).
+    participant, task, site : str, optional
+        The scan's model, task and unit site (default: the only ones).
+    fmri_participants : sequence of str, optional
+        Human participants (default: all with runs of the task).
+    space : str, optional
+        fMRIPrep's output space (default: the only one).
+    confounds : sequence of str
+        Columns of fMRIPrep's confounds table regressed out of the BOLD (e.g. ``trans_x``).
+    hrf : str
+        nilearn's HRF model (``"glover"``, ``"spm"``).
+    slice_time_ref : float
+        Where in each volume it is sampled (fMRIPrep's slice-timing reference is 0.5).
+    trim : float
+        Seconds left out at each end of each run.
+    alphas : array
+        Ridge penalties searched per voxel.
+    n_permutations : int
+        Circular shifts of the null.
+    min_shift : float
+        Shortest shift of the null, in seconds.
+    alpha : float
+        FWE level of the voxels the table counts.
+    random_state : int
+    backend : {"numpy", "torch", "torch_cuda"}
+        himalaya's backend.
+    output : path, optional
+        Default ``FMRI/derivatives/llm2nifti-encoding``.
+    threads : int, optional
+        torch CPU threads.
+
+    Returns
+    -------
+    EncodingResult
+    """
+    from himalaya.backend import set_backend
+
+    from bids_llm.dataset import Dataset
+
+    from ..models import set_threads
+    from .fingerprints import participant_networks
+
+    set_threads(threads)
+    if n_permutations < 1:
+        raise UsageError(f"n_permutations={n_permutations}: give at least 1 (1000 for a p-value)")
+    if not 0 < alpha < 1:
+        raise UsageError(f"alpha={alpha}: give a level between 0 and 1, e.g. 0.05")
+    set_backend(backend, on_error="raise")
+    ds = scan if isinstance(scan, Dataset) else Dataset(scan)
+    if networks is None:
+        found = DERIVATIVES["networks"].find(ds.root, "_networks.tsv", participant)
+        if len(found) != 1:
+            raise UsageError(f"{len(found)} networks tables for the scan: choose one with "
+                             "--networks (from `llm2nifti networks`)")
+        networks = found[0]
+    from ..acquisition import participant_words
+
+    runs, _, _ = participant_words(ds, participant, task, site)
+    participant, task, site = runs[0].participant, runs[0].task, runs[0].site_kind
+    nets = participant_networks(ds, participant, task, site, pool="last", networks_tsv=networks)
+    times = word_times(nets)
+    values = np.column_stack([_zscore(nets.values), np.ones(len(times)),
+                              _zscore(times[["length"]].to_numpy(float))])
+    names = list(nets.names) + ["word_rate", "word_length"]
+    humans, space = fmri_runs(fmri, task, space, fmri_participants)
+    result = EncodingResult(names=list(nets.names))
+    for who in sorted({r.participant for r in humans}):
+        mine = [r for r in humans if r.participant == who]
+        if len(mine) < 2:
+            raise UsageError(f"sub-{who} has {len(mine)} run(s) of task {task}: leave-one-run-out "
+                             "needs at least 2")
+        X, Y, groups, masker = _participant_data(mine, times, values, tuple(confounds), trim,
+                                                 hrf, slice_time_ref)
+        r, r2, part, held, chosen = _fold_scores(X, Y, groups, np.asarray(alphas, float),
+                                                 len(names))
+        tr = mine[0].tr
+        null = _null_max(held, n_permutations, max(1, int(round(min_shift / tr))), random_state)
+        p_fwe = (1 + (null[:, None] >= r[None, :]).sum(axis=0)) / (1 + n_permutations)
+        best = part[: len(nets.names)].argmax(axis=0)
+        result.participants[who] = {"r": r, "r2": r2, "p_fwe": p_fwe, "best": best,
+                                    "alphas": chosen, "null_max": null}
+        result.participants[who]["paths"] = _write(
+            who, task, space, masker, result, nets, mine, alpha, output, fmri, dict(
+                networks=str(networks), scan=str(ds.root), model_participant=participant,
+                site=site, hrf=hrf, slice_time_ref=slice_time_ref, trim_s=trim,
+                alphas=[float(a) for a in alphas], n_permutations=n_permutations,
+                min_shift_s=min_shift, alpha=alpha, random_state=random_state,
+                confounds=list(confounds), features=names, backend=backend,
+                folds="leave one run out", runs=[r.bold.name for r in mine]))
+    return result
+
+
+def _write(who, task, space, masker, result, nets, runs, alpha, output, fmri, params):
+    """The participant's statistical maps, best-network labels and table."""
+    import pandas as pd
+
+    from bids_llm.io import save_img, write_json
+    from bids_llm.outputs import software
+    from bids_llm.tsv import write_frame
+
+    res = result.participants[who]
+    root = DERIVATIVES["encoding"].create(fmri, output)
+    ents = dict(sub=who, task=task, space=space or None, desc="networks")
+    path = DERIVATIVES["encoding"].path
+    paths = {}
+    common = {"Parameters": params, "Software": software("nilearn", "himalaya", "scikit-learn")}
+    for stat, values, what in (("r", res["r"], "held-out Pearson r, mean over folds"),
+                               ("r2", res["r2"], "held-out R^2, mean over folds"),
+                               ("pfwe", res["p_fwe"], "FWE-corrected p of r (max-statistic "
+                                                      "null of circular shifts)")):
+        paths[stat] = path(root, "statmap.nii.gz", stat=stat, **ents)
+        save_img(masker.inverse_transform(values.astype(np.float32)), paths[stat])
+        write_json(paths[stat].with_name(paths[stat].name.replace(".nii.gz", ".json")),
+                   {"Description": what, **common})
+    significant = res["p_fwe"] <= alpha
+    labels = np.where(significant, res["best"] + 1, 0)
+    paths["best"] = path(root, "dseg.nii.gz", **{**ents, "desc": "bestnetwork"})
+    save_img(masker.inverse_transform(labels.astype(np.int16)), paths["best"])
+    write_frame(paths["best"].with_name(paths["best"].name.replace(".nii.gz", ".tsv")),
+                pd.DataFrame({"index": np.arange(1, len(result.names) + 1), "name": result.names}),
+                index=False)
+    rows = []
+    for j, name in enumerate(result.names):
+        mine = significant & (res["best"] == j)
+        rows.append({"network": name, "n_voxels": int(mine.sum()),
+                     "max_r": round(float(res["r"][mine].max()), 6) if mine.any() else "n/a",
+                     "mean_r": round(float(res["r"][mine].mean()), 6) if mine.any() else "n/a"})
+    paths["table"] = path(root, "encoding.tsv", **ents)
+    write_frame(paths["table"], pd.DataFrame(rows), index=False)
+    write_json(paths["table"].with_name(paths["table"].name.replace(".tsv", ".json")), {
+        "Description": f"Per network: the voxels past FWE {alpha:g} whose prediction rests on it "
+                       "most", "NVoxelsPastFWE": int(significant.sum()), **common})
+    return paths

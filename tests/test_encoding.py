@@ -1,0 +1,125 @@
+"""encode: a scan's networks predict planted human fMRI of the same story."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from llm2nifti.acquisition.convert import scan
+from llm2nifti.analysis.encoding import encode, features_at_tr, word_times
+from llm2nifti.analysis.fingerprints import participant_networks
+from llm2nifti.cli.main import main
+from llm2nifti.neuronset import NeuronSet
+from bids_llm.dataset import Dataset
+
+TR = 1.5
+SPACE = "MNI152NLin2009cAsym"
+N_PLANTED = 60  # voxels 0..59 follow network (voxel % 3); the others are noise
+SHAPE = (6, 6, 6)
+
+
+def _story(rng, n_words=200, step=0.45):
+    vocab = ["the", "dog", "ran", "home", "quickly", "while", "a", "storm", "was", "coming",
+             "and", "she", "laughed", "at", "its", "wet", "fur", "café", "NA", "night"]
+    words = rng.choice(vocab, n_words)
+    onsets = 1.0 + step * np.arange(n_words)
+    return words, onsets
+
+
+def _events(path, words, onsets):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [f"{o:.3f}\t0.3\t{w}" for w, o in zip(words, onsets)]
+    path.write_text("onset\tduration\tword\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def listening(tmp_path_factory, tokenizer):
+    """A scan of the story's two runs, three networks, and two participants' planted fMRI."""
+    from conftest import tiny_llama
+
+    tmp = tmp_path_factory.mktemp("encoding")
+    rng = np.random.default_rng(0)
+    story = [_story(rng) for _ in range(2)]
+    fmri = tmp / "fmri"
+    heard = [_events(fmri / "sub-01" / "func" / f"sub-01_task-story_run-{i + 1}_events.tsv", *s)
+             for i, s in enumerate(story)]
+    res = scan(tmp / "scan", "tinyllama", words=heard, loaded=(tiny_llama(), tokenizer),
+               run_tokens=400, progress=False, threads=1)
+    units = rng.permutation(256)[:24]
+    nset = NeuronSet.from_pairs({f"FN{j:02d}": [(u // 128, u % 128) for u in units[8 * j: 8 * j + 8]]
+                                 for j in range(3)})
+    tsv = tmp / "networks.tsv"
+    nset.to_tsv(tsv)
+    ds = Dataset(res.root)
+    nets = participant_networks(ds, res.participant, res.task, "mlp", pool="last", networks_tsv=tsv)
+    times = word_times(nets)
+    values = (nets.values - nets.values.mean(0)) / nets.values.std(0)
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    for sub in ("01", "02"):
+        for i, (words, onsets) in enumerate(story):
+            key = f"task-story_run-{i + 1}"
+            _events(fmri / f"sub-{sub}" / "func" / f"sub-{sub}_{key}_events.tsv", words, onsets)
+            n_scans = int((onsets[-1] + 12) / TR)
+            rows = times.index[times["key"] == f"{key}_events.tsv"].to_numpy()
+            X = features_at_tr(values[rows], times["onset"].to_numpy()[rows],
+                               times["duration"].to_numpy()[rows], n_scans, TR)
+            X = (X - X.mean(0)) / X.std(0)
+            data = rng.normal(0, 0.5, (n_scans, np.prod(SHAPE)))
+            data[:, :N_PLANTED] += X[:, np.arange(N_PLANTED) % 3]
+            func = fmri / "derivatives" / "fmriprep" / f"sub-{sub}" / "func"
+            func.mkdir(parents=True, exist_ok=True)
+            stem = f"sub-{sub}_{key}_space-{SPACE}"
+            img = nib.Nifti1Image(data.T.reshape(*SHAPE, n_scans).astype(np.float32), affine)
+            img.header.set_zooms((2.0, 2.0, 2.0, TR))
+            nib.save(img, func / f"{stem}_desc-preproc_bold.nii.gz")
+            nib.save(nib.Nifti1Image(np.ones(SHAPE, np.uint8), affine),
+                     func / f"{stem}_desc-brain_mask.nii.gz")
+    return res, tsv, fmri
+
+
+def test_planted_voxels_are_found_with_their_network_and_the_rest_stay_null(listening):
+    res, tsv, fmri = listening
+    out = encode(res.root, fmri, networks=tsv, trim=6.0, n_permutations=200, min_shift=15.0)
+    assert sorted(out.participants) == ["01", "02"] and out.names == ["FN00", "FN01", "FN02"]
+    planted = np.arange(np.prod(SHAPE)) < N_PLANTED
+    for who, r in out.participants.items():
+        found = r["p_fwe"] <= 0.05
+        # signal 1 against noise 0.5: held-out r near 0.9 where planted, near 0 elsewhere
+        assert found[planted].mean() >= 0.9, who
+        assert found[~planted].sum() <= 2, who  # FWE 5% over the null voxels
+        right = r["best"][planted & found] == (np.arange(N_PLANTED) % 3)[found[planted]]
+        assert right.mean() >= 0.9, who
+        assert r["r"][planted].mean() > 0.6 > 0.2 > abs(r["r"][~planted].mean())
+        # the maps are images in the human data's space, read back by nibabel
+        img = nib.load(r["paths"]["r"])
+        assert img.shape == SHAPE and np.allclose(img.get_fdata().ravel(), r["r"], atol=1e-6)
+        assert f"_space-{SPACE}_" in r["paths"]["r"].name
+        table = pd.read_csv(r["paths"]["table"], sep="\t")
+        assert table["n_voxels"].sum() == found.sum()
+        sidecar = json.loads(r["paths"]["r"].with_name(
+            r["paths"]["r"].name.replace(".nii.gz", ".json")).read_text())
+        assert sidecar["Parameters"]["n_permutations"] == 200
+        assert sidecar["Parameters"]["features"][-2:] == ["word_rate", "word_length"]
+
+
+def test_encode_on_the_command_line_and_its_refusals(listening, tmp_path):
+    res, tsv, fmri = listening
+    out = tmp_path / "enc"
+    r = CliRunner().invoke(main, ["encode", str(res.root), "--fmri", str(fmri), "--features",
+                                  str(tsv), "--trim", "6", "--n-permutations", "50",
+                                  "--fmri-participant", "sub-01", "-o", str(out), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "sub-01" in r.output and (out / "sub-01" / "func").is_dir()
+    assert not (out / "sub-02").exists()
+    r = CliRunner().invoke(main, ["encode", str(res.root), "--fmri", str(fmri), "--features",
+                                  str(tsv), "--confounds", "trans_x", "-q", "-o", str(out)])
+    assert r.exit_code == 2 and "no fMRIPrep confounds table" in r.output, r.output
+    r = CliRunner().invoke(main, ["encode", str(res.root), "--fmri", str(fmri), "--features",
+                                  str(tsv), "--trim", "60", "-q", "-o", str(out)])
+    assert r.exit_code == 2 and "--trim" in r.output and len(r.output.strip().splitlines()) == 1
