@@ -45,7 +45,8 @@ NUMERICAL_TESTS = tests/test_decomposition.py tests/test_networks.py tests/test_
 	tests/test_edges.py tests/test_bench_scale.py tests/test_intervention.py tests/test_prune.py \
 	tests/test_unit_sites.py tests/test_words.py tests/test_layout.py tests/test_tasks.py \
 	tests/test_cli_analysis.py tests/test_cli_networks.py tests/test_cli_evaluate.py \
-	tests/test_architectures.py tests/test_sites.py tests/test_unitstats.py
+	tests/test_architectures.py tests/test_sites.py tests/test_unitstats.py tests/test_encoding.py \
+	tests/test_cli_options.py
 
 numerical-tests:
 	@echo $(NUMERICAL_TESTS)
