@@ -62,10 +62,13 @@ def localize(dataset, model, gguf_file, stimuli, contrasts, top_percent, z_thres
                "space_label='neurons', derivatives_folder='derivatives/llm2nifti-space', ...)")
 
 
+_MEASURES = CommaList(replace={"partial-correlation": "partial correlation"})
+
+
 @main.command()
 @click.argument("components", type=click.Path(dir_okay=False, path_type=Path))
 @dataset_option("the scan COMPONENTS was decomposed from")
-@option("--measure", "kinds", type=CommaList(replace={"partial-correlation": "partial correlation"}),
+@option("--measure", "kinds", type=_MEASURES,
         default="correlation", show_default=True,
         help="Connectivity measures (nilearn's kind), comma-separated: correlation, "
              "partial-correlation, tangent.")
@@ -87,7 +90,7 @@ def localize(dataset, model, gguf_file, stimuli, contrasts, top_percent, z_thres
         help="Matched pairs below this IoU are left out of the comparison.")
 @output_option("DATASET/derivatives/llm2nifti-connectivity")
 @quiet_option
-@former_name("--kind", "kinds")
+@former_name("--kind", "kinds", _MEASURES)
 def connectivity(components, dataset, kinds, signals, estimator, threshold, participant, task,
                  site, compare, compare_dataset, compare_task, min_iou, output, quiet):
     """Connectomes between the networks of COMPONENTS over DATASET's runs (nilearn).

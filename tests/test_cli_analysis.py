@@ -41,7 +41,7 @@ def test_localize_connectivity_report(tmp_path, tiny_model_dir):
                    "--n-init", "2", "--threads", "1"])
     assert r.exit_code == 0, r.output
     zmaps = next((ds / "derivatives" / "llm2nifti-canica").rglob("*desc-canica_stat-z_components.nii"))
-    r = run(main, ["connectivity", str(zmaps), "-d", str(ds), "--kind", "correlation,tangent",
+    r = run(main, ["connectivity", str(zmaps), "-d", str(ds), "--measure", "correlation,tangent",
                    "--compare", str(zmaps), "--min-iou", "0", "-q"])
     assert r.exit_code == 0, r.output
     assert "3 networks matched" in r.output and "r = 1.000" in r.output
