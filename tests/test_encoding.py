@@ -123,3 +123,23 @@ def test_encode_on_the_command_line_and_its_refusals(listening, tmp_path):
     r = CliRunner().invoke(main, ["encode", str(res.root), "--fmri", str(fmri), "--features",
                                   str(tsv), "--trim", "60", "-q", "-o", str(out)])
     assert r.exit_code == 2 and "--trim" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_voxel_chunks_change_nothing_and_the_memory_guard_refuses_first(listening, tmp_path,
+                                                                        monkeypatch):
+    from llm2nifti.analysis.encoding import ALPHAS, _fold_scores
+    from llm2nifti.errors import UsageError
+
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(80, 3))
+    Y = X @ rng.normal(size=(3, 50)) + rng.normal(size=(80, 50))
+    groups = np.repeat([0, 1], 40)
+    whole = _fold_scores(X, Y, groups, ALPHAS, 3)
+    chunked = _fold_scores(X, Y, groups, ALPHAS, 3, chunk=7)
+    for a, b in zip(whole[:3], chunked[:3]):  # the same arithmetic per voxel, in float64
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    res, tsv, fmri = listening
+    monkeypatch.setenv("LLM2NIFTI_MEMORY_LIMIT", "100KB")
+    with pytest.raises(UsageError, match="voxels x .* volumes needs about"):
+        encode(res.root, fmri, networks=tsv, trim=6.0, output=tmp_path / "enc")
+    assert not (tmp_path / "enc").exists()

@@ -207,32 +207,47 @@ class EncodingResult:
     names: list = field(default_factory=list)
 
 
-def _fold_scores(X, Y, groups, alphas, n_features):
-    """Leave-one-run-out: held-out r and R^2 per voxel, each network's part's r, and the
-    held-out predictions (for the null)."""
+def _fit_fold(X, Y, train, test, inner, alphas, n_features, chunk):
+    """One outer fold, in voxel chunks (each voxel's ridge is its own: chunks change nothing
+    but the memory): held-out r, R^2, each feature's part's r, the z-scored held-out
+    prediction and data, and the alphas chosen."""
     from himalaya.backend import get_backend
     from himalaya.ridge import RidgeCV
-    from sklearn.model_selection import KFold, LeaveOneGroupOut
 
     to_numpy = get_backend().to_numpy
+    n_vox = Y.shape[1]
+    r, r2, chosen = np.zeros(n_vox), np.zeros(n_vox), np.zeros(n_vox)
+    part = np.zeros((n_features, n_vox))
+    p_all, y_all = np.zeros((len(test), n_vox)), np.zeros((len(test), n_vox))
+    for a in range(0, n_vox, chunk):
+        b = min(a + chunk, n_vox)
+        model = RidgeCV(alphas=alphas, cv=inner).fit(X[train], Y[train, a:b])
+        pred = to_numpy(model.predict(X[test]))
+        y, p = _zscore(Y[test, a:b]), _zscore(pred)
+        r[a:b] = (p * y).mean(axis=0)
+        r2[a:b] = 1 - (((Y[test, a:b] - pred) ** 2).sum(0)
+                       / np.maximum((Y[test, a:b] ** 2).sum(0), 1e-12))
+        coef = to_numpy(model.coef_)
+        part[:, a:b] = np.stack([(_zscore(X[test][:, [j]] * coef[j]) * y).mean(axis=0)
+                                 for j in range(n_features)])
+        p_all[:, a:b], y_all[:, a:b] = p, y
+        chosen[a:b] = to_numpy(model.best_alphas_)
+    return r, r2, part, (p_all, y_all), chosen
 
-    r, r2, part, held, alphas_chosen = [], [], [], [], []
+
+def _fold_scores(X, Y, groups, alphas, n_features, chunk=20000):
+    """Leave-one-run-out: held-out r and R^2 per voxel, each network's part's r, and the
+    held-out predictions (for the null)."""
+    from sklearn.model_selection import KFold, LeaveOneGroupOut
+
+    folds = []
     for train, test in LeaveOneGroupOut().split(X, Y, groups):
         inner = (list(LeaveOneGroupOut().split(X[train], Y[train], groups[train]))
-                 if len(np.unique(groups[train])) > 1 else KFold(5).split(X[train]))
-        model = RidgeCV(alphas=alphas, cv=list(inner)).fit(X[train], Y[train])
-        pred = to_numpy(model.predict(X[test]))
-        y = _zscore(Y[test])
-        p = _zscore(pred)
-        r.append((p * y).mean(axis=0))
-        r2.append(1 - ((Y[test] - pred) ** 2).sum(0) / np.maximum((Y[test] ** 2).sum(0), 1e-12))
-        coef = to_numpy(model.coef_)
-        part.append(np.stack([(_zscore(X[test][:, [j]] * coef[j]) * y).mean(axis=0)
-                              for j in range(n_features)]))
-        held.append((p, y))
-        alphas_chosen.append(to_numpy(model.best_alphas_))
-    return (np.mean(r, axis=0), np.mean(r2, axis=0), np.mean(part, axis=0), held,
-            np.exp(np.mean(np.log(alphas_chosen), axis=0)))
+                 if len(np.unique(groups[train])) > 1 else list(KFold(5).split(X[train])))
+        folds.append(_fit_fold(X, Y, train, test, inner, alphas, n_features, chunk))
+    r, r2, part, held, chosen = zip(*folds)
+    return (np.mean(r, axis=0), np.mean(r2, axis=0), np.mean(part, axis=0), list(held),
+            np.exp(np.mean(np.log(chosen), axis=0)))
 
 
 def _null_max(held, n_permutations, min_shift, random_state, chunk=20000):
@@ -255,6 +270,23 @@ def _null_max(held, n_permutations, min_shift, random_state, chunk=20000):
             acc += cc[shifts[:, f]]
         best = np.maximum(best, (acc / len(held)).max(axis=1))
     return best
+
+
+def _check_memory(who, runs):
+    """Refuse, from the headers, a participant whose voxels x volumes would not fit."""
+    import nibabel as nib
+
+    from ..memory import check_fits
+
+    shapes = [nib.load(str(r.bold)).shape for r in runs]
+    n_vox = int(np.prod(shapes[0][:3]))
+    n_scans = sum(s[3] for s in shapes)
+    # the BOLD (float32 as read, float64 z-scored), the held-out predictions and data, and
+    # one chunk's ridge buffers
+    check_fits(n_vox * n_scans * (4 + 8 + 16) + min(n_vox, 20000) * n_scans * 8 * 4,
+               f"sub-{who}'s {len(runs)} runs of {n_vox:,} voxels x {n_scans:,} volumes",
+               "encode fewer participants at a time (--fmri-participant), or runs in a coarser "
+               "space (--space)")
 
 
 def _participant_data(runs, scan_times, values, extra_confounds, trim, hrf, slice_time_ref):
@@ -373,12 +405,14 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
 
     runs, _, _ = participant_words(ds, participant, task, site)
     participant, task, site = runs[0].participant, runs[0].task, runs[0].site_kind
+    humans, space = fmri_runs(fmri, task, space, fmri_participants)
+    for who in sorted({r.participant for r in humans}):  # before any work
+        _check_memory(who, [r for r in humans if r.participant == who])
     nets = participant_networks(ds, participant, task, site, pool="last", networks_tsv=networks)
     times = word_times(nets)
     values = np.column_stack([_zscore(nets.values), np.ones(len(times)),
                               _zscore(times[["length"]].to_numpy(float))])
     names = list(nets.names) + ["word_rate", "word_length"]
-    humans, space = fmri_runs(fmri, task, space, fmri_participants)
     result = EncodingResult(names=list(nets.names))
     for who in sorted({r.participant for r in humans}):
         mine = [r for r in humans if r.participant == who]
