@@ -9,7 +9,8 @@ import click
 from .group import main
 from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
                       n_permutations_option, option, output_option, participant_option,
-                      quiet_option, random_state_option, site_option, task_option, threads_option)
+                      quiet_option, random_state_option, site_option, task_option, threads_option,
+                      top_percent_option)
 
 
 @main.command()
@@ -35,6 +36,11 @@ from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
 @option("--min-shift", type=float, default=20.0, show_default=True,
         help="Shortest circular shift of the null, in seconds (longer than the HRF).")
 @fwe_alpha_option("the voxels each network's row counts")
+@option("--region", "regions", multiple=True,
+        type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        help="A mask in the human data's space (repeatable): the units whose weights carry its "
+             "prediction are written as a networks.tsv that `evaluate` reads.")
+@top_percent_option("per --region, by their weight in the region's mean prediction")
 @random_state_option
 @device_option(" of the ridge regressions (himalaya's numpy or torch CUDA backend)",
                choices=("cpu", "cuda"))
@@ -42,7 +48,8 @@ from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
 @output_option("FMRI/derivatives/llm2nifti-encoding")
 @quiet_option
 def encode(scan, fmri, networks, participant, task, site, fmri_participants, space, confounds, hrf,
-           trim, n_permutations, min_shift, alpha, random_state, device, threads, output, quiet):
+           trim, n_permutations, min_shift, alpha, regions, top_percent, random_state, device,
+           threads, output, quiet):
     """Encoding models: the scan's networks (word series at the words' onsets, convolved with
     an HRF) predict each voxel of each participant who heard the story (ridge, one alpha per
     voxel, leave one run out); held-out r, R^2, FWE p from circular shifts, and the network
@@ -61,8 +68,10 @@ def encode(scan, fmri, networks, participant, task, site, fmri_participants, spa
               fmri_participants=fmri_participants, space=space, confounds=confounds, hrf=hrf,
               trim=trim, n_permutations=n_permutations, min_shift=min_shift, alpha=alpha,
               random_state=random_state, backend="torch_cuda" if device == "cuda" else "numpy",
-              output=output, threads=threads)
+              output=output, threads=threads, regions=regions, top_percent=top_percent)
     for who, r in res.participants.items():
         past = r["p_fwe"] <= alpha
         click.echo(f"sub-{who}: {int(past.sum()):,} of {len(past):,} voxels past FWE {alpha:g} "
                    f"(max r {r['r'].max():.3f}); {r['paths']['r'].parent}")
+        for label, tsv in r.get("units", {}).items():
+            click.echo(f"  units carrying {label}: {tsv}  (llm2nifti evaluate {tsv} -d {scan})")

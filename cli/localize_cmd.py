@@ -9,7 +9,7 @@ import click
 from .group import main
 from .options import (CommaList, dataset_option, device_options, former_name, model_options, option,
                       output_option, participant_option, quiet_option, run_tokens_option,
-                      site_option, task_option, threads_option, threshold_option)
+                      site_option, task_option, threads_option, threshold_option, top_percent_option)
 
 
 @main.command()
@@ -21,8 +21,7 @@ from .options import (CommaList, dataset_option, device_options, former_name, mo
 @option("--contrast", "-c", "contrasts", multiple=True,
         help="Contrast over the conditions, e.g. 'sentences - nonwords' (repeatable) "
              "[default: sentences - nonwords].")
-@option("--top", "top_percent", type=float, default=1.0, show_default=True,
-        help="Keep the top PERCENT of units by t (the paper's 1%).")
+@top_percent_option("by t")
 @option("--z-threshold", type=float, default=None,
         help="Instead, keep units with z above this (e.g. 3.1).")
 @task_option("localizer, or the table's name")

@@ -192,6 +192,12 @@ def fwe_alpha_option(what):
                   help=f"FWE level of {what}.")
 
 
+def top_percent_option(why):
+    """``--top``: the top PERCENT of units a command keeps."""
+    return option("--top", "top_percent", type=float, default=1.0, show_default=True,
+                  help=f"Keep the top PERCENT of units {why} (the paper's 1%).")
+
+
 def heldout_option(f):
     """``--heldout``: the text whose perplexity is compared."""
     return option("--heldout", default="lee-test", show_default=True,

@@ -15,7 +15,7 @@ BACKENDS = ("nilearn", "fast")
 N_COMPONENTS = 20  # networks per decomposition (the paper's k)
 N_INIT = 10  # FastICA starts of a decomposition on its own (nilearn's CanICA default)
 MAX_ITER = 200  # FastICA iterations per start (scikit-learn's, which nilearn's CanICA runs)
-#: The |z| a unit's map value must pass to belong to a network (the paper's, two-sided).
+#: The ``|z|`` a unit's map value must pass to belong to a network (the paper's, two-sided).
 Z_THRESHOLD = 3.6
 
 #: The decomposition each workflow runs when given none: its backend, how many decompositions

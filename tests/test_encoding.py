@@ -143,3 +143,23 @@ def test_voxel_chunks_change_nothing_and_the_memory_guard_refuses_first(listenin
     with pytest.raises(UsageError, match="voxels x .* volumes needs about"):
         encode(res.root, fmri, networks=tsv, trim=6.0, output=tmp_path / "enc")
     assert not (tmp_path / "enc").exists()
+
+
+def test_the_units_a_region_rests_on_are_its_network_and_evaluate_reads_them(listening, tmp_path):
+    """A region made of the voxels planted with FN01: its top units are FN01's eight units, in
+    a networks.tsv that evaluate's reader takes."""
+    res, tsv, fmri = listening
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    region = np.zeros(np.prod(SHAPE), np.uint8)
+    region[np.flatnonzero((np.arange(np.prod(SHAPE)) < N_PLANTED)
+                          & (np.arange(np.prod(SHAPE)) % 3 == 1))] = 1
+    mask = tmp_path / "sub-01_desc-fn01_mask.nii.gz"
+    nib.save(nib.Nifti1Image(region.reshape(SHAPE), affine), mask)
+    out = encode(res.root, fmri, networks=tsv, fmri_participants=["01"], trim=6.0,
+                 n_permutations=50, min_shift=15.0, regions=[mask], top_percent=100 * 8 / 256,
+                 output=tmp_path / "enc")
+    written = out.participants["01"]["units"]["fn01"]
+    units = NeuronSet.from_tsv(written)
+    planted = NeuronSet.from_tsv(tsv).select(["FN01"])
+    assert set(map(tuple, units.pairs().tolist())) == set(map(tuple, planted.pairs().tolist()))
+    assert written.parent == out.participants["01"]["paths"]["r"].parent

@@ -38,7 +38,7 @@ from bids_llm.outputs import DERIVATIVES
 from ..errors import UsageError
 
 __all__ = ["encode", "EncodingResult", "HumanRun", "fmri_runs", "word_times", "features_at_tr",
-           "PIPELINE_ENCODING"]
+           "region_units", "PIPELINE_ENCODING"]
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ def _fit_fold(X, Y, train, test, inner, alphas, n_features, chunk):
     to_numpy = get_backend().to_numpy
     n_vox = Y.shape[1]
     r, r2, chosen = np.zeros(n_vox), np.zeros(n_vox), np.zeros(n_vox)
-    part = np.zeros((n_features, n_vox))
+    part, weights = np.zeros((n_features, n_vox)), np.zeros((n_features, n_vox))
     p_all, y_all = np.zeros((len(test), n_vox)), np.zeros((len(test), n_vox))
     for a in range(0, n_vox, chunk):
         b = min(a + chunk, n_vox)
@@ -228,11 +228,12 @@ def _fit_fold(X, Y, train, test, inner, alphas, n_features, chunk):
         r2[a:b] = 1 - (((Y[test, a:b] - pred) ** 2).sum(0)
                        / np.maximum((Y[test, a:b] ** 2).sum(0), 1e-12))
         coef = to_numpy(model.coef_)
+        weights[:, a:b] = coef
         part[:, a:b] = np.stack([(_zscore(X[test][:, [j]] * coef[j]) * y).mean(axis=0)
                                  for j in range(n_features)])
         p_all[:, a:b], y_all[:, a:b] = p, y
         chosen[a:b] = to_numpy(model.best_alphas_)
-    return r, r2, part, (p_all, y_all), chosen
+    return r, r2, part, (p_all, y_all), chosen, weights
 
 
 def _fold_scores(X, Y, groups, alphas, n_features, chunk=20000):
@@ -245,9 +246,9 @@ def _fold_scores(X, Y, groups, alphas, n_features, chunk=20000):
         inner = (list(LeaveOneGroupOut().split(X[train], Y[train], groups[train]))
                  if len(np.unique(groups[train])) > 1 else list(KFold(5).split(X[train])))
         folds.append(_fit_fold(X, Y, train, test, inner, alphas, n_features, chunk))
-    r, r2, part, held, chosen = zip(*folds)
+    r, r2, part, held, chosen, weights = zip(*folds)
     return (np.mean(r, axis=0), np.mean(r2, axis=0), np.mean(part, axis=0), list(held),
-            np.exp(np.mean(np.log(chosen), axis=0)))
+            np.exp(np.mean(np.log(chosen), axis=0)), np.mean(weights, axis=0))
 
 
 def _null_max(held, n_permutations, min_shift, random_state, chunk=20000):
@@ -336,7 +337,8 @@ def _participant_data(runs, scan_times, values, extra_confounds, trim, hrf, slic
 def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
            fmri_participants=None, space=None, confounds=(), hrf="glover", slice_time_ref=0.5,
            trim=10.0, alphas=ALPHAS, n_permutations=1000, min_shift=20.0, alpha=0.05,
-           random_state=0, backend="numpy", output=None, threads=None):
+           random_state=0, backend="numpy", output=None, threads=None, regions=(),
+           top_percent=1.0):
     """Fit, per human participant, an encoding model from the scan's networks to their fMRI.
 
     Parameters
@@ -376,6 +378,12 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
         Default ``FMRI/derivatives/llm2nifti-encoding``.
     threads : int, optional
         torch CPU threads.
+    regions : sequence of path
+        Masks in the human data's space: for each, the units whose weights carry the region's
+        prediction (see :func:`region_units`), written as a ``networks.tsv`` that ``evaluate``
+        reads.
+    top_percent : float
+        Share of the model's units kept per region.
 
     Returns
     -------
@@ -421,14 +429,14 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
                              "needs at least 2")
         X, Y, groups, masker = _participant_data(mine, times, values, tuple(confounds), trim,
                                                  hrf, slice_time_ref)
-        r, r2, part, held, chosen = _fold_scores(X, Y, groups, np.asarray(alphas, float),
-                                                 len(names))
+        r, r2, part, held, chosen, coef = _fold_scores(X, Y, groups, np.asarray(alphas, float),
+                                                       len(names))
         tr = mine[0].tr
         null = _null_max(held, n_permutations, max(1, int(round(min_shift / tr))), random_state)
         p_fwe = (1 + (null[:, None] >= r[None, :]).sum(axis=0)) / (1 + n_permutations)
         best = part[: len(nets.names)].argmax(axis=0)
         result.participants[who] = {"r": r, "r2": r2, "p_fwe": p_fwe, "best": best,
-                                    "alphas": chosen, "null_max": null}
+                                    "alphas": chosen, "null_max": null, "coef": coef}
         result.participants[who]["paths"] = _write(
             who, task, space, masker, result, nets, mine, alpha, output, fmri, dict(
                 networks=str(networks), scan=str(ds.root), model_participant=participant,
@@ -437,7 +445,76 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
                 min_shift_s=min_shift, alpha=alpha, random_state=random_state,
                 confounds=list(confounds), features=names, backend=backend,
                 folds="leave one run out", runs=[r.bold.name for r in mine]))
+        if regions:
+            result.participants[who]["units"] = _region_units(
+                ds, participant, site, networks, nets, masker, coef, regions, top_percent,
+                result.participants[who]["paths"]["r"], who)
     return result
+
+
+def _region_label(path):
+    """A region's label: its mask's ``desc`` entity, else its file name, letters and digits."""
+    from bids_llm.naming import parse_name
+
+    name = Path(path).name
+    desc = parse_name(name)[0].get("desc") if "_desc-" in name else None
+    return "".join(ch for ch in (desc or name.split(".")[0]) if ch.isalnum())[:32] or "region"
+
+
+def region_units(weights, sigma, coef, region, top_percent):
+    """The units whose weights carry a region's prediction, best first.
+
+    Each network's feature is the signed mean of its units (``weights``, networks x units),
+    z-scored (``sigma``: its standard deviation); the region's mean ridge weight of each
+    network (``coef``, features x voxels, over the ``region`` voxels) gives each unit its weight
+    in the region's mean prediction, ``sum_j coef_j w_ju / sigma_j``. The ``top_percent`` of
+    units by its absolute value (ties by index; units of no network are never chosen).
+
+    Returns
+    -------
+    ndarray of int
+        Global unit indices (layer-major).
+    """
+    beta = coef[: len(weights)][:, region].mean(axis=1)
+    score = np.abs((beta / np.where(sigma > 0, sigma, 1.0)) @ weights)
+    n = max(1, int(np.ceil(top_percent / 100 * weights.shape[1])))
+    order = np.lexsort((np.arange(len(score)), -score))
+    return np.array([u for u in order[:n] if score[u] > 0], dtype=np.int64)
+
+
+def _region_units(ds, participant, site, networks, nets, masker, coef, regions, top_percent,
+                  like, who):
+    """A neuron-set TSV per region, beside the maps: what ``evaluate`` reads."""
+    from nilearn.image import resample_to_img
+
+    from bids_llm.io import write_json
+
+    from ..neuronset import NeuronSet
+    from .connectomes import network_weights
+
+    layout = ds.layout(participant, site)
+    weights = network_weights(NeuronSet.from_tsv(networks), layout, list(nets.names))
+    sigma = nets.values.std(axis=0)
+    out = {}
+    for path in regions:
+        region_img = resample_to_img(str(path), masker.mask_img_, interpolation="nearest",
+                                     force_resample=True, copy_header=True)
+        region = masker.transform(region_img).ravel() > 0.5
+        if not region.any():
+            raise UsageError(f"--region {Path(path).name} has no voxel inside the runs' brain "
+                             "mask: give a mask in the human data's space")
+        units = region_units(weights, sigma, coef, region, top_percent)
+        label = _region_label(path)
+        tsv = like.with_name(like.name.split("_desc-")[0] + f"_desc-{label}_networks.tsv")
+        NeuronSet.from_global(layout, units, name=f"region{label}").to_tsv(tsv)
+        write_json(tsv.with_suffix(".json"), {
+            "Description": f"The {top_percent:g}% of sub-{participant}'s units whose weights "
+                           f"carry sub-{who}'s predicted BOLD in {Path(path).name} (its mean ridge "
+                           "weight per network, through each unit's weight in its networks)",
+            "Region": str(path), "NVoxels": int(region.sum()), "TopPercent": top_percent,
+            "Networks": str(networks)})
+        out[label] = tsv
+    return out
 
 
 def _write(who, task, space, masker, result, nets, runs, alpha, output, fmri, params):
