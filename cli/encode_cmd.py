@@ -28,8 +28,12 @@ from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
 @option("--space", default=None, help="fMRIPrep's output space [default: the only one].")
 @option("--confounds", type=CommaList(), default="",
         help="Columns of fMRIPrep's confounds table regressed out, e.g. trans_x,trans_y,trans_z.")
-@option("--hrf", type=click.Choice(["glover", "spm"]), default="glover", show_default=True,
-        help="nilearn's HRF the word features are convolved with.")
+@option("--hrf", type=click.Choice(["glover", "spm", "fir"]), default="glover", show_default=True,
+        help="nilearn's HRF the word features are convolved with; fir: the features resampled "
+             "to the volumes (Lanczos) at each of --delays, so that the ridge learns each "
+             "voxel's response shape.")
+@option("--delays", type=CommaList(int), default="1,2,3,4", show_default=True,
+        help="--hrf fir: the delays, in volumes.")
 @option("--trim", type=float, default=10.0, show_default=True,
         help="Seconds left out at each end of each run.")
 @n_permutations_option("circular shifts of the held-out predictions (FWE over voxels)")
@@ -48,7 +52,7 @@ from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
 @output_option("FMRI/derivatives/llm2nifti-encoding")
 @quiet_option
 def encode(scan, fmri, networks, participant, task, site, fmri_participants, space, confounds, hrf,
-           trim, n_permutations, min_shift, alpha, regions, top_percent, random_state, device,
+           delays, trim, n_permutations, min_shift, alpha, regions, top_percent, random_state, device,
            threads, output, quiet):
     """Encoding models: the scan's networks (word series at the words' onsets, convolved with
     an HRF) predict each voxel of each participant who heard the story (ridge, one alpha per
@@ -68,7 +72,8 @@ def encode(scan, fmri, networks, participant, task, site, fmri_participants, spa
               fmri_participants=fmri_participants, space=space, confounds=confounds, hrf=hrf,
               trim=trim, n_permutations=n_permutations, min_shift=min_shift, alpha=alpha,
               random_state=random_state, backend="torch_cuda" if device == "cuda" else "numpy",
-              output=output, threads=threads, regions=regions, top_percent=top_percent)
+              output=output, threads=threads, regions=regions, top_percent=top_percent,
+              delays=tuple(delays) or (1, 2, 3, 4))
     for who, r in res.participants.items():
         past = r["p_fwe"] <= alpha
         click.echo(f"sub-{who}: {int(past.sum()):,} of {len(past):,} voxels past FWE {alpha:g} "

@@ -5,7 +5,9 @@ Participants listened to a story in the scanner; the model read the same words (
 Each network's word series (the signed mean of its units, as ``connectivity --signals mean``,
 each word's value its last token's, as encoding studies pool) is placed at the words' onsets,
 convolved with an HRF and sampled at each volume's slice-time reference (nilearn's
-``compute_regressor``), with two nuisance regressors a reviewer asks for (word rate, word
+``compute_regressor``), or resampled to the volumes (Lanczos) and repeated at delays of 1-4
+volumes (finite impulse response: each voxel's response shape is learnt), with two nuisance
+regressors a reviewer asks for (word rate, word
 length) and the fMRIPrep confounds the user names. The first and last ``trim`` seconds of each
 run are left out and each run is z-scored. himalaya's ``RidgeCV`` fits one alpha per voxel
 (a log grid, chosen by leave-one-run-out inside the training runs); the outer
@@ -38,7 +40,7 @@ from bids_llm.outputs import DERIVATIVES
 from ..errors import UsageError
 
 __all__ = ["encode", "EncodingResult", "HumanRun", "fmri_runs", "word_times", "features_at_tr",
-           "region_units", "PIPELINE_ENCODING"]
+           "lanczos_at_tr", "region_units", "PIPELINE_ENCODING"]
 
 log = logging.getLogger(__name__)
 
@@ -165,14 +167,44 @@ def word_times(nets):
                          "length": nets.words["word"].str.len().to_numpy()})
 
 
-def features_at_tr(values, onsets, durations, n_scans, tr, hrf="glover", slice_time_ref=0.5):
-    """Word features as BOLD regressors: impulses at the words' onsets scaled by each feature,
-    convolved with ``hrf`` and sampled at each volume's ``slice_time_ref`` (nilearn).
+def lanczos_at_tr(values, onsets, n_scans, tr, window=3, slice_time_ref=0.5):
+    """Word features resampled to the volumes with a Lanczos kernel (cut-off at the TR's
+    Nyquist frequency, ``window`` lobes), as encoding studies resample before FIR delays.
 
     Returns
     -------
     ndarray of shape (n_scans, n_features)
     """
+    times = (np.arange(n_scans) + slice_time_ref) * tr
+    d = (times[:, None] - np.asarray(onsets)[None, :]) / tr
+    kernel = np.where(np.abs(d) < window, np.sinc(d) * np.sinc(d / window), 0.0)
+    return kernel @ np.asarray(values, float)
+
+
+def features_at_tr(values, onsets, durations, n_scans, tr, hrf="glover", slice_time_ref=0.5,
+                   delays=None):
+    """Word features as BOLD regressors.
+
+    ``hrf`` (a nilearn HRF model): impulses at the words' onsets scaled by each feature,
+    convolved with the HRF and sampled at each volume's ``slice_time_ref`` (nilearn's
+    ``compute_regressor``). ``hrf="fir"``: the features resampled to the volumes
+    (:func:`lanczos_at_tr`) and repeated at each of ``delays`` (in volumes, default 1-4), so
+    that the ridge learns each voxel's response shape.
+
+    Returns
+    -------
+    ndarray of shape (n_scans, n_features) or (n_scans, n_features * n_delays)
+        With delays, feature ``j`` at delay ``delays[k]`` is column ``k * n_features + j``.
+    """
+    values = np.asarray(values, float)
+    if hrf == "fir":
+        base = lanczos_at_tr(values, onsets, n_scans, tr, slice_time_ref=slice_time_ref)
+        out = []
+        for d in (delays or (1, 2, 3, 4)):
+            shifted = np.zeros_like(base)
+            shifted[d:] = base[: n_scans - d]
+            out.append(shifted)
+        return np.hstack(out)
     from nilearn.glm.first_level import compute_regressor
 
     frame_times = (np.arange(n_scans) + slice_time_ref) * tr
@@ -207,7 +239,7 @@ class EncodingResult:
     names: list = field(default_factory=list)
 
 
-def _fit_fold(X, Y, train, test, inner, alphas, n_features, chunk):
+def _fit_fold(X, Y, train, test, inner, alphas, columns, chunk):
     """One outer fold, in voxel chunks (each voxel's ridge is its own: chunks change nothing
     but the memory): held-out r, R^2, each feature's part's r, the z-scored held-out
     prediction and data, and the alphas chosen."""
@@ -217,6 +249,7 @@ def _fit_fold(X, Y, train, test, inner, alphas, n_features, chunk):
     to_numpy = get_backend().to_numpy
     n_vox = Y.shape[1]
     r, r2, chosen = np.zeros(n_vox), np.zeros(n_vox), np.zeros(n_vox)
+    n_features = len(columns)
     part, weights = np.zeros((n_features, n_vox)), np.zeros((n_features, n_vox))
     p_all, y_all = np.zeros((len(test), n_vox)), np.zeros((len(test), n_vox))
     for a in range(0, n_vox, chunk):
@@ -228,24 +261,35 @@ def _fit_fold(X, Y, train, test, inner, alphas, n_features, chunk):
         r2[a:b] = 1 - (((Y[test, a:b] - pred) ** 2).sum(0)
                        / np.maximum((Y[test, a:b] ** 2).sum(0), 1e-12))
         coef = to_numpy(model.coef_)
-        weights[:, a:b] = coef
-        part[:, a:b] = np.stack([(_zscore(X[test][:, [j]] * coef[j]) * y).mean(axis=0)
-                                 for j in range(n_features)])
+        # a feature's weight: summed over its delays (the area of its response)
+        weights[:, a:b] = np.stack([coef[c].sum(axis=0) for c in columns])
+        part[:, a:b] = np.stack([(_zscore(X[test][:, c] @ coef[c]) * y).mean(axis=0)
+                                 for c in columns])
         p_all[:, a:b], y_all[:, a:b] = p, y
         chosen[a:b] = to_numpy(model.best_alphas_)
     return r, r2, part, (p_all, y_all), chosen, weights
 
 
 def _fold_scores(X, Y, groups, alphas, n_features, chunk=20000):
-    """Leave-one-run-out: held-out r and R^2 per voxel, each network's part's r, and the
-    held-out predictions (for the null)."""
+    """Leave-one-run-out: held-out r and R^2 per voxel, each feature's part's r (its columns
+    of ``X``: ``n_features`` features, each at ``X.shape[1] / n_features`` delays), the mean
+    weights, and the held-out predictions (for the null)."""
+    return _fold_scores_of(X, Y, groups, alphas, _columns(X.shape[1], n_features), chunk)
+
+
+def _columns(n_columns, n_features):
+    """The columns of each feature: feature ``j`` at every delay."""
+    return [np.arange(j, n_columns, n_features) for j in range(n_features)]
+
+
+def _fold_scores_of(X, Y, groups, alphas, columns, chunk):
     from sklearn.model_selection import KFold, LeaveOneGroupOut
 
     folds = []
     for train, test in LeaveOneGroupOut().split(X, Y, groups):
         inner = (list(LeaveOneGroupOut().split(X[train], Y[train], groups[train]))
                  if len(np.unique(groups[train])) > 1 else list(KFold(5).split(X[train])))
-        folds.append(_fit_fold(X, Y, train, test, inner, alphas, n_features, chunk))
+        folds.append(_fit_fold(X, Y, train, test, inner, alphas, columns, chunk))
     r, r2, part, held, chosen, weights = zip(*folds)
     return (np.mean(r, axis=0), np.mean(r2, axis=0), np.mean(part, axis=0), list(held),
             np.exp(np.mean(np.log(chosen), axis=0)), np.mean(weights, axis=0))
@@ -290,7 +334,8 @@ def _check_memory(who, runs):
                "space (--space)")
 
 
-def _participant_data(runs, scan_times, values, extra_confounds, trim, hrf, slice_time_ref):
+def _participant_data(runs, scan_times, values, extra_confounds, trim, hrf, slice_time_ref,
+                      delays=None):
     """Design and BOLD matrices of one participant's runs, trimmed and z-scored per run."""
     import nibabel as nib
     import pandas as pd
@@ -312,7 +357,8 @@ def _participant_data(runs, scan_times, values, extra_confounds, trim, hrf, slic
                              "--words on this story's events files")
         n_scans = nib.load(str(run.bold)).shape[3]
         X = features_at_tr(values[words.index.to_numpy()], words["onset"].to_numpy(),
-                           words["duration"].to_numpy(), n_scans, run.tr, hrf, slice_time_ref)
+                           words["duration"].to_numpy(), n_scans, run.tr, hrf, slice_time_ref,
+                           delays)
         confounds = None
         if extra_confounds:
             if run.confounds is None:
@@ -338,7 +384,7 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
            fmri_participants=None, space=None, confounds=(), hrf="glover", slice_time_ref=0.5,
            trim=10.0, alphas=ALPHAS, n_permutations=1000, min_shift=20.0, alpha=0.05,
            random_state=0, backend="numpy", output=None, threads=None, regions=(),
-           top_percent=1.0):
+           top_percent=1.0, delays=(1, 2, 3, 4)):
     """Fit, per human participant, an encoding model from the scan's networks to their fMRI.
 
     Parameters
@@ -358,7 +404,10 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
     confounds : sequence of str
         Columns of fMRIPrep's confounds table regressed out of the BOLD (e.g. ``trans_x``).
     hrf : str
-        nilearn's HRF model (``"glover"``, ``"spm"``).
+        nilearn's HRF model (``"glover"``, ``"spm"``), or ``"fir"``: the features resampled to
+        the volumes (Lanczos) at each of ``delays`` (see :func:`features_at_tr`).
+    delays : sequence of int
+        ``hrf="fir"``: the delays, in volumes.
     slice_time_ref : float
         Where in each volume it is sampled (fMRIPrep's slice-timing reference is 0.5).
     trim : float
@@ -428,7 +477,7 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
             raise UsageError(f"sub-{who} has {len(mine)} run(s) of task {task}: leave-one-run-out "
                              "needs at least 2")
         X, Y, groups, masker = _participant_data(mine, times, values, tuple(confounds), trim,
-                                                 hrf, slice_time_ref)
+                                                 hrf, slice_time_ref, delays)
         r, r2, part, held, chosen, coef = _fold_scores(X, Y, groups, np.asarray(alphas, float),
                                                        len(names))
         tr = mine[0].tr
@@ -443,6 +492,7 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
                 site=site, hrf=hrf, slice_time_ref=slice_time_ref, trim_s=trim,
                 alphas=[float(a) for a in alphas], n_permutations=n_permutations,
                 min_shift_s=min_shift, alpha=alpha, random_state=random_state,
+                delays=list(delays) if hrf == "fir" else None,
                 confounds=list(confounds), features=names, backend=backend,
                 folds="leave one run out", runs=[r.bold.name for r in mine]))
         if regions:
