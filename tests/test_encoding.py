@@ -106,6 +106,10 @@ def test_planted_voxels_are_found_with_their_network_and_the_rest_stay_null(list
             r["paths"]["r"].name.replace(".nii.gz", ".json")).read_text())
         assert sidecar["Parameters"]["n_permutations"] == 200
         assert sidecar["Parameters"]["features"][-2:] == ["word_rate", "word_length"]
+        # noise ceiling: the other participant heard the same runs; the planted signal is
+        # shared (correlation 1 / 1.25 = 0.8 expected), the noise is not
+        assert r["isc"][planted].mean() > 0.6 > 0.1 > abs(r["isc"][~planted].mean())
+        assert "mean_isc" in table and r["paths"]["isc"].is_file()
 
 
 def test_encode_on_the_command_line_and_its_refusals(listening, tmp_path):

@@ -21,7 +21,9 @@ features), with family-wise error over voxels from the maximum r of each shift.
 
 Written under ``FMRI/derivatives/llm2nifti-encoding/sub-<label>/func/`` in the human data's
 space: ``..._stat-r_statmap.nii.gz``, ``..._stat-r2_statmap.nii.gz``,
-``..._stat-pfwe_statmap.nii.gz``, ``..._desc-bestnetwork_dseg.nii.gz`` (with its labels
+``..._stat-pfwe_statmap.nii.gz``, ``..._stat-isc_statmap.nii.gz`` (the noise ceiling: the
+correlation with the other participants who heard the same runs),
+``..._desc-bestnetwork_dseg.nii.gz`` (with its labels
 ``.tsv``) and ``..._desc-networks_encoding.tsv`` (per network: the voxels past FWE it
 predicts best and their r); every sidecar carries the parameters.
 """
@@ -334,6 +336,38 @@ def _check_memory(who, runs):
                "space (--space)")
 
 
+def intersubject_correlation(who, runs, others, masker, Y, trim):
+    """Each voxel's correlation between a participant's BOLD and the mean of the others who
+    heard the same runs (a noise ceiling: what of the signal is shared, hence predictable from
+    the story), on the same trimmed, z-scored volumes; None without another participant.
+
+    ``others``: their runs; a participant is used when it has every run of ``runs`` (by the
+    events file's name without ``sub-``) with the same number of volumes.
+    """
+    import nibabel as nib
+
+    keys = [r.key for r in runs]
+    lengths = [nib.load(str(r.bold)).shape[3] for r in runs]
+    total, n = None, 0
+    for q in sorted({r.participant for r in others} - {who}):
+        theirs = {r.key: r for r in others if r.participant == q}
+        if set(keys) - set(theirs) or any(nib.load(str(theirs[k].bold)).shape[3] != t
+                                          for k, t in zip(keys, lengths)):
+            log.info("sub-%s left out of sub-%s's noise ceiling: other runs", q, who)
+            continue
+        parts = []
+        for k, t in zip(keys, lengths):
+            drop = int(round(trim / theirs[k].tr))
+            parts.append(_zscore(masker.transform(str(theirs[k].bold))[drop:t - drop]
+                                 .astype(np.float64)))
+        data = np.vstack(parts)
+        total = data if total is None else total + data
+        n += 1
+    if not n:
+        return None
+    return (_zscore(Y) * _zscore(total / n)).mean(axis=0)
+
+
 def _participant_data(runs, scan_times, values, extra_confounds, trim, hrf, slice_time_ref,
                       delays=None):
     """Design and BOLD matrices of one participant's runs, trimmed and z-scored per run."""
@@ -484,8 +518,10 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
         null = _null_max(held, n_permutations, max(1, int(round(min_shift / tr))), random_state)
         p_fwe = (1 + (null[:, None] >= r[None, :]).sum(axis=0)) / (1 + n_permutations)
         best = part[: len(nets.names)].argmax(axis=0)
+        isc = intersubject_correlation(who, mine, humans, masker, Y, trim)
         result.participants[who] = {"r": r, "r2": r2, "p_fwe": p_fwe, "best": best,
-                                    "alphas": chosen, "null_max": null, "coef": coef}
+                                    "alphas": chosen, "null_max": null, "coef": coef,
+                                    "isc": isc}
         result.participants[who]["paths"] = _write(
             who, task, space, masker, result, nets, mine, alpha, output, fmri, dict(
                 networks=str(networks), scan=str(ds.root), model_participant=participant,
@@ -581,10 +617,14 @@ def _write(who, task, space, masker, result, nets, runs, alpha, output, fmri, pa
     path = DERIVATIVES["encoding"].path
     paths = {}
     common = {"Parameters": params, "Software": software("nilearn", "himalaya", "scikit-learn")}
-    for stat, values, what in (("r", res["r"], "held-out Pearson r, mean over folds"),
-                               ("r2", res["r2"], "held-out R^2, mean over folds"),
-                               ("pfwe", res["p_fwe"], "FWE-corrected p of r (max-statistic "
-                                                      "null of circular shifts)")):
+    stats = [("r", res["r"], "held-out Pearson r, mean over folds"),
+             ("r2", res["r2"], "held-out R^2, mean over folds"),
+             ("pfwe", res["p_fwe"], "FWE-corrected p of r (max-statistic null of circular "
+                                    "shifts)")]
+    if res["isc"] is not None:
+        stats.append(("isc", res["isc"], "noise ceiling: correlation with the mean of the other "
+                                         "participants who heard the same runs"))
+    for stat, values, what in stats:
         paths[stat] = path(root, "statmap.nii.gz", stat=stat, **ents)
         save_img(masker.inverse_transform(values.astype(np.float32)), paths[stat])
         write_json(paths[stat].with_name(paths[stat].name.replace(".nii.gz", ".json")),
@@ -599,9 +639,13 @@ def _write(who, task, space, masker, result, nets, runs, alpha, output, fmri, pa
     rows = []
     for j, name in enumerate(result.names):
         mine = significant & (res["best"] == j)
-        rows.append({"network": name, "n_voxels": int(mine.sum()),
-                     "max_r": round(float(res["r"][mine].max()), 6) if mine.any() else "n/a",
-                     "mean_r": round(float(res["r"][mine].mean()), 6) if mine.any() else "n/a"})
+        row = {"network": name, "n_voxels": int(mine.sum()),
+               "max_r": round(float(res["r"][mine].max()), 6) if mine.any() else "n/a",
+               "mean_r": round(float(res["r"][mine].mean()), 6) if mine.any() else "n/a"}
+        if res["isc"] is not None:  # the share of the shared signal the network predicts
+            row["mean_isc"] = (round(float(res["isc"][mine].mean()), 6) if mine.any()
+                               else "n/a")
+        rows.append(row)
     paths["table"] = path(root, "encoding.tsv", **ents)
     write_frame(paths["table"], pd.DataFrame(rows), index=False)
     write_json(paths["table"].with_name(paths["table"].name.replace(".tsv", ".json")), {
