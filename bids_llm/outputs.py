@@ -174,7 +174,8 @@ DERIVATIVES = {
     "words": Derivative("llm2nifti-words", "Word-level runs"),
     "encoding": Derivative(
         "llm2nifti-encoding", "Encoding models: a language model's networks predicting fMRI",
-        level="func", ignore=("**/*_encoding.*",)),
+        level="func", ignore=("**/*_statmap.*", "**/*_encoding.*", "**/*_networks.*",
+                              "**/*_dseg.*")),
     "report": Derivative("llm2nifti-report", "HTML reports, one page per participant",
                          ignore=("*.html",)),
     "evaluation": Derivative("*", "llm2nifti evaluate"),
