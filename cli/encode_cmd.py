@@ -34,6 +34,10 @@ from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
              "voxel's response shape.")
 @option("--delays", type=CommaList(int), default="1,2,3,4", show_default=True,
         help="--hrf fir: the delays, in volumes.")
+@option("--banded", type=int, default=0, show_default=True,
+        help="Banded ridge with one band per network, N random-search iterations (0: one ridge "
+             "per voxel): each network's unique variance is written as a map and decides the "
+             "network each voxel rests on.")
 @option("--trim", type=float, default=10.0, show_default=True,
         help="Seconds left out at each end of each run.")
 @n_permutations_option("circular shifts of the held-out predictions (FWE over voxels)")
@@ -52,7 +56,7 @@ from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
 @output_option("FMRI/derivatives/llm2nifti-encoding")
 @quiet_option
 def encode(scan, fmri, networks, participant, task, site, fmri_participants, space, confounds, hrf,
-           delays, trim, n_permutations, min_shift, alpha, regions, top_percent, random_state, device,
+           delays, banded, trim, n_permutations, min_shift, alpha, regions, top_percent, random_state, device,
            threads, output, quiet):
     """Encoding models: the scan's networks (word series at the words' onsets, convolved with
     an HRF) predict each voxel of each participant who heard the story (ridge, one alpha per
@@ -73,7 +77,7 @@ def encode(scan, fmri, networks, participant, task, site, fmri_participants, spa
               trim=trim, n_permutations=n_permutations, min_shift=min_shift, alpha=alpha,
               random_state=random_state, backend="torch_cuda" if device == "cuda" else "numpy",
               output=output, threads=threads, regions=regions, top_percent=top_percent,
-              delays=tuple(delays) or (1, 2, 3, 4))
+              delays=tuple(delays) or (1, 2, 3, 4), banded=banded)
     for who, r in res.participants.items():
         past = r["p_fwe"] <= alpha
         click.echo(f"sub-{who}: {int(past.sum()):,} of {len(past):,} voxels past FWE {alpha:g} "

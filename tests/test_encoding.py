@@ -185,3 +185,20 @@ def test_fir_delays_learn_each_voxels_response(listening, tmp_path):
     sidecar = json.loads(r["paths"]["r"].with_name(
         r["paths"]["r"].name.replace(".nii.gz", ".json")).read_text())
     assert sidecar["Parameters"]["hrf"] == "fir" and sidecar["Parameters"]["delays"] == [1, 2, 3, 4]
+
+
+def test_banded_ridge_gives_each_network_its_unique_variance(listening, tmp_path):
+    """One band per network: in a voxel planted with one network, that network's share of the
+    held-out R^2 is the largest; the shares are written as one map per network."""
+    res, tsv, fmri = listening
+    out = encode(res.root, fmri, networks=tsv, fmri_participants=["01"], banded=20, trim=6.0,
+                 n_permutations=100, min_shift=15.0, output=tmp_path / "banded")
+    r = out.participants["01"]
+    planted = np.arange(np.prod(SHAPE)) < N_PLANTED
+    unique = r["unique"][:3]
+    assert (unique[:, planted].argmax(axis=0) == np.arange(N_PLANTED) % 3).mean() >= 0.9
+    own = unique[np.arange(N_PLANTED) % 3, np.arange(N_PLANTED)]
+    assert own.mean() > 0.5 > 0.05 > np.abs(unique[:, ~planted]).mean()
+    img = nib.load(r["paths"]["r2split-FN01"])
+    np.testing.assert_allclose(img.get_fdata().ravel(), unique[1], atol=1e-6)
+    assert "_desc-FN01_stat-r2split_statmap" in r["paths"]["r2split-FN01"].name

@@ -241,12 +241,36 @@ class EncodingResult:
     names: list = field(default_factory=list)
 
 
-def _fit_fold(X, Y, train, test, inner, alphas, columns, chunk):
+def _model(alphas, inner, columns, banded, random_state):
+    """himalaya's RidgeCV (one alpha per voxel), or BandedRidgeCV with one band per feature
+    (its delays together): one regularisation per band and voxel, by random search."""
+    from himalaya.ridge import BandedRidgeCV, RidgeCV
+
+    if not banded:
+        return RidgeCV(alphas=alphas, cv=inner)
+    bands = np.zeros(sum(len(c) for c in columns), dtype=int)
+    for j, c in enumerate(columns):
+        bands[c] = j
+    return BandedRidgeCV(groups=bands, cv=inner, random_state=random_state,
+                         solver_params=dict(n_iter=banded, alphas=alphas, progress_bar=False))
+
+
+def _unique_variance(model, X, Y, to_numpy):
+    """Each band's share of the held-out R^2 (himalaya's split scores: they sum to the R^2)."""
+    import warnings
+
+    from himalaya.scoring import r2_score_split
+
+    with warnings.catch_warnings():  # the held-out data are z-scored per run, hence centred
+        warnings.filterwarnings("ignore", message="y_true has to be zero-mean")
+        return to_numpy(r2_score_split(Y - Y.mean(axis=0), model.predict(X, split=True)))
+
+
+def _fit_fold(X, Y, train, test, inner, alphas, columns, chunk, banded=0, random_state=0):
     """One outer fold, in voxel chunks (each voxel's ridge is its own: chunks change nothing
-    but the memory): held-out r, R^2, each feature's part's r, the z-scored held-out
-    prediction and data, and the alphas chosen."""
+    but the memory): held-out r, R^2, each feature's part's r (``banded``: its unique
+    variance), the z-scored held-out prediction and data, and the alphas chosen."""
     from himalaya.backend import get_backend
-    from himalaya.ridge import RidgeCV
 
     to_numpy = get_backend().to_numpy
     n_vox = Y.shape[1]
@@ -256,7 +280,7 @@ def _fit_fold(X, Y, train, test, inner, alphas, columns, chunk):
     p_all, y_all = np.zeros((len(test), n_vox)), np.zeros((len(test), n_vox))
     for a in range(0, n_vox, chunk):
         b = min(a + chunk, n_vox)
-        model = RidgeCV(alphas=alphas, cv=inner).fit(X[train], Y[train, a:b])
+        model = _model(alphas, inner, columns, banded, random_state).fit(X[train], Y[train, a:b])
         pred = to_numpy(model.predict(X[test]))
         y, p = _zscore(Y[test, a:b]), _zscore(pred)
         r[a:b] = (p * y).mean(axis=0)
@@ -265,18 +289,23 @@ def _fit_fold(X, Y, train, test, inner, alphas, columns, chunk):
         coef = to_numpy(model.coef_)
         # a feature's weight: summed over its delays (the area of its response)
         weights[:, a:b] = np.stack([coef[c].sum(axis=0) for c in columns])
-        part[:, a:b] = np.stack([(_zscore(X[test][:, c] @ coef[c]) * y).mean(axis=0)
-                                 for c in columns])
+        if banded:
+            part[:, a:b] = _unique_variance(model, X[test], Y[test, a:b], to_numpy)
+            chosen[a:b] = np.exp(-to_numpy(model.deltas_)).mean(axis=0)  # mean over bands
+        else:
+            part[:, a:b] = np.stack([(_zscore(X[test][:, c] @ coef[c]) * y).mean(axis=0)
+                                     for c in columns])
+            chosen[a:b] = to_numpy(model.best_alphas_)
         p_all[:, a:b], y_all[:, a:b] = p, y
-        chosen[a:b] = to_numpy(model.best_alphas_)
     return r, r2, part, (p_all, y_all), chosen, weights
 
 
-def _fold_scores(X, Y, groups, alphas, n_features, chunk=20000):
+def _fold_scores(X, Y, groups, alphas, n_features, chunk=20000, banded=0, random_state=0):
     """Leave-one-run-out: held-out r and R^2 per voxel, each feature's part's r (its columns
     of ``X``: ``n_features`` features, each at ``X.shape[1] / n_features`` delays), the mean
     weights, and the held-out predictions (for the null)."""
-    return _fold_scores_of(X, Y, groups, alphas, _columns(X.shape[1], n_features), chunk)
+    return _fold_scores_of(X, Y, groups, alphas, _columns(X.shape[1], n_features), chunk,
+                           banded, random_state)
 
 
 def _columns(n_columns, n_features):
@@ -284,14 +313,15 @@ def _columns(n_columns, n_features):
     return [np.arange(j, n_columns, n_features) for j in range(n_features)]
 
 
-def _fold_scores_of(X, Y, groups, alphas, columns, chunk):
+def _fold_scores_of(X, Y, groups, alphas, columns, chunk, banded=0, random_state=0):
     from sklearn.model_selection import KFold, LeaveOneGroupOut
 
     folds = []
     for train, test in LeaveOneGroupOut().split(X, Y, groups):
         inner = (list(LeaveOneGroupOut().split(X[train], Y[train], groups[train]))
                  if len(np.unique(groups[train])) > 1 else list(KFold(5).split(X[train])))
-        folds.append(_fit_fold(X, Y, train, test, inner, alphas, columns, chunk))
+        folds.append(_fit_fold(X, Y, train, test, inner, alphas, columns, chunk, banded,
+                               random_state))
     r, r2, part, held, chosen, weights = zip(*folds)
     return (np.mean(r, axis=0), np.mean(r2, axis=0), np.mean(part, axis=0), list(held),
             np.exp(np.mean(np.log(chosen), axis=0)), np.mean(weights, axis=0))
@@ -418,7 +448,7 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
            fmri_participants=None, space=None, confounds=(), hrf="glover", slice_time_ref=0.5,
            trim=10.0, alphas=ALPHAS, n_permutations=1000, min_shift=20.0, alpha=0.05,
            random_state=0, backend="numpy", output=None, threads=None, regions=(),
-           top_percent=1.0, delays=(1, 2, 3, 4)):
+           top_percent=1.0, delays=(1, 2, 3, 4), banded=0):
     """Fit, per human participant, an encoding model from the scan's networks to their fMRI.
 
     Parameters
@@ -442,6 +472,11 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
         the volumes (Lanczos) at each of ``delays`` (see :func:`features_at_tr`).
     delays : sequence of int
         ``hrf="fir"``: the delays, in volumes.
+    banded : int
+        0: one ridge per voxel. N > 0: banded ridge (himalaya's ``BandedRidgeCV``), one band per
+        feature with its own regularisation, N random-search iterations; each network's unique
+        variance (its share of the held-out R^2, himalaya's split scores) is written as a map
+        and decides the network each voxel rests on.
     slice_time_ref : float
         Where in each volume it is sampled (fMRIPrep's slice-timing reference is 0.5).
     trim : float
@@ -513,13 +548,15 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
         X, Y, groups, masker = _participant_data(mine, times, values, tuple(confounds), trim,
                                                  hrf, slice_time_ref, delays)
         r, r2, part, held, chosen, coef = _fold_scores(X, Y, groups, np.asarray(alphas, float),
-                                                       len(names))
+                                                       len(names), banded=banded,
+                                                       random_state=random_state)
         tr = mine[0].tr
         null = _null_max(held, n_permutations, max(1, int(round(min_shift / tr))), random_state)
         p_fwe = (1 + (null[:, None] >= r[None, :]).sum(axis=0)) / (1 + n_permutations)
         best = part[: len(nets.names)].argmax(axis=0)
         isc = intersubject_correlation(who, mine, humans, masker, Y, trim)
         result.participants[who] = {"r": r, "r2": r2, "p_fwe": p_fwe, "best": best,
+                                    "unique": part if banded else None,
                                     "alphas": chosen, "null_max": null, "coef": coef,
                                     "isc": isc}
         result.participants[who]["paths"] = _write(
@@ -529,6 +566,7 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
                 alphas=[float(a) for a in alphas], n_permutations=n_permutations,
                 min_shift_s=min_shift, alpha=alpha, random_state=random_state,
                 delays=list(delays) if hrf == "fir" else None,
+                banded_iterations=int(banded) or None,
                 confounds=list(confounds), features=names, backend=backend,
                 folds="leave one run out", runs=[r.bold.name for r in mine]))
         if regions:
@@ -621,13 +659,20 @@ def _write(who, task, space, masker, result, nets, runs, alpha, output, fmri, pa
              ("r2", res["r2"], "held-out R^2, mean over folds"),
              ("pfwe", res["p_fwe"], "FWE-corrected p of r (max-statistic null of circular "
                                     "shifts)")]
+    if res["unique"] is not None:
+        for j, name in enumerate(result.names):
+            label = "".join(ch for ch in name if ch.isalnum())
+            stats.append(("r2split", res["unique"][j], f"{name}'s unique variance: its share "
+                          "of the held-out R^2 (banded ridge, split scores)", label))
     if res["isc"] is not None:
         stats.append(("isc", res["isc"], "noise ceiling: correlation with the mean of the other "
                                          "participants who heard the same runs"))
-    for stat, values, what in stats:
-        paths[stat] = path(root, "statmap.nii.gz", stat=stat, **ents)
-        save_img(masker.inverse_transform(values.astype(np.float32)), paths[stat])
-        write_json(paths[stat].with_name(paths[stat].name.replace(".nii.gz", ".json")),
+    for stat, values, what, *desc in stats:
+        key = stat if not desc else f"{stat}-{desc[0]}"
+        named = dict(ents, desc=desc[0]) if desc else ents
+        paths[key] = path(root, "statmap.nii.gz", stat=stat, **named)
+        save_img(masker.inverse_transform(values.astype(np.float32)), paths[key])
+        write_json(paths[key].with_name(paths[key].name.replace(".nii.gz", ".json")),
                    {"Description": what, **common})
     significant = res["p_fwe"] <= alpha
     labels = np.where(significant, res["best"] + 1, 0)
