@@ -110,6 +110,14 @@ def test_planted_voxels_are_found_with_their_network_and_the_rest_stay_null(list
         # shared (correlation 1 / 1.25 = 0.8 expected), the noise is not
         assert r["isc"][planted].mean() > 0.6 > 0.1 > abs(r["isc"][~planted].mean())
         assert "mean_isc" in table and r["paths"]["isc"].is_file()
+        # preferred depth: a planted voxel's is its network's (within the others' small parts)
+        depth = np.asarray(participant_networks(Dataset(res.root), res.participant, res.task,
+                                                "mlp", pool="last", networks_tsv=tsv).depth)
+        assert np.nanmax(np.abs(r["depth"][planted] - depth[np.arange(N_PLANTED) % 3])) < 0.2
+        assert r["paths"]["depth"].is_file()
+    # the group: a one-sample test of the two participants' Fisher z
+    group = nib.load(out.group).get_fdata().ravel()
+    assert group[planted].mean() > group[~planted].mean() + 1
 
 
 def test_encode_on_the_command_line_and_its_refusals(listening, tmp_path):

@@ -36,7 +36,7 @@ _EXPORTS = {
     **{name: ".dualreg" for name in ("dual_regression",)},
     **{name: ".encoding" for name in (
         "encode", "EncodingResult", "HumanRun", "fmri_runs", "word_times", "features_at_tr",
-        "region_units", "lanczos_at_tr",
+        "region_units", "lanczos_at_tr", "preferred_depth", "group_map",
         "PIPELINE_ENCODING")},
     **{name: ".permutation" for name in ("max_t_fwe", "PermutationResult")},
     **{name: ".stability" for name in (

@@ -37,12 +37,13 @@ from pathlib import Path
 
 import numpy as np
 
+from bids_llm.naming import bids_name
 from bids_llm.outputs import DERIVATIVES
 
 from ..errors import UsageError
 
 __all__ = ["encode", "EncodingResult", "HumanRun", "fmri_runs", "word_times", "features_at_tr",
-           "lanczos_at_tr", "region_units", "PIPELINE_ENCODING"]
+           "lanczos_at_tr", "region_units", "preferred_depth", "group_map", "PIPELINE_ENCODING"]
 
 log = logging.getLogger(__name__)
 
@@ -235,10 +236,13 @@ class EncodingResult:
         network each voxel's prediction rests on most), ``alphas``, ``table`` and ``paths``.
     names : list of str
         The feature networks.
+    group : Path or None
+        The group's z map (two participants or more).
     """
 
     participants: dict = field(default_factory=dict)
     names: list = field(default_factory=list)
+    group: Path | None = None
 
 
 def _model(alphas, inner, columns, banded, random_state):
@@ -558,7 +562,10 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
         result.participants[who] = {"r": r, "r2": r2, "p_fwe": p_fwe, "best": best,
                                     "unique": part if banded else None,
                                     "alphas": chosen, "null_max": null, "coef": coef,
-                                    "isc": isc}
+                                    "isc": isc,
+                                    "depth": preferred_depth(part[: len(nets.names)],
+                                                             nets.depth),
+                                    "masker": masker}
         result.participants[who]["paths"] = _write(
             who, task, space, masker, result, nets, mine, alpha, output, fmri, dict(
                 networks=str(networks), scan=str(ds.root), model_participant=participant,
@@ -573,6 +580,7 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
             result.participants[who]["units"] = _region_units(
                 ds, participant, site, networks, nets, masker, coef, regions, top_percent,
                 result.participants[who]["paths"]["r"], who)
+    result.group = group_map(result, task, space, output, fmri)
     return result
 
 
@@ -583,6 +591,49 @@ def _region_label(path):
     name = Path(path).name
     desc = parse_name(name)[0].get("desc") if "_desc-" in name else None
     return "".join(ch for ch in (desc or name.split(".")[0]) if ch.isalnum())[:32] or "region"
+
+
+def preferred_depth(part, depth):
+    """Each voxel's preferred model depth: the networks' relative depths (mean layer of their
+    units over the number of layers) weighted by their positive parts of the prediction (r of
+    each part, or unique variance); NaN where no network contributes."""
+    w = np.clip(part, 0, None)
+    total = w.sum(axis=0)
+    return np.where(total > 0, (np.asarray(depth)[:, None] * w).sum(axis=0)
+                    / np.where(total > 0, total, 1.0), np.nan)
+
+
+def group_map(result, task, space, output, fmri):
+    """The group's r: a one-sample test over participants of each voxel's Fisher z (nilearn's
+    SecondLevelModel, inside the intersection of their masks), as a z map; None with fewer
+    than two participants."""
+    import pandas as pd
+    from nilearn.glm.second_level import SecondLevelModel
+    from nilearn.masking import intersect_masks
+
+    from bids_llm.io import save_img, write_json
+    from bids_llm.outputs import software
+
+    people = sorted(result.participants)
+    if len(people) < 2:
+        return None
+    maskers = [result.participants[p]["masker"] for p in people]
+    mask = intersect_masks([m.mask_img_ for m in maskers], threshold=1, connected=False)
+    maps = [m.inverse_transform(np.arctanh(np.clip(result.participants[p]["r"], -0.999999,
+                                                   0.999999)).astype(np.float32))
+            for p, m in zip(people, maskers)]
+    design = pd.DataFrame({"intercept": np.ones(len(maps))})
+    model = SecondLevelModel(mask_img=mask, smoothing_fwhm=None).fit(maps, design_matrix=design)
+    z = model.compute_contrast("intercept", output_type="z_score")
+    root = DERIVATIVES["encoding"].create(fmri, output)
+    path = root / bids_name("statmap", ".nii.gz", task=task, space=space or None,
+                            desc="networks", stat="z")
+    save_img(z, path)
+    write_json(path.with_name(path.name.replace(".nii.gz", ".json")), {
+        "Description": "group one-sample test of the participants' held-out r (Fisher z), "
+                       "nilearn SecondLevelModel, z score", "Participants": people,
+        "Software": software("nilearn")})
+    return path
 
 
 def region_units(weights, sigma, coef, region, top_percent):
@@ -664,6 +715,9 @@ def _write(who, task, space, masker, result, nets, runs, alpha, output, fmri, pa
             label = "".join(ch for ch in name if ch.isalnum())
             stats.append(("r2split", res["unique"][j], f"{name}'s unique variance: its share "
                           "of the held-out R^2 (banded ridge, split scores)", label))
+    stats.append(("depth", res["depth"], "preferred depth: the mean relative depth (0: first "
+                  "layer, 1: last) of the networks' units, weighted by each network's positive "
+                  "part of the prediction"))
     if res["isc"] is not None:
         stats.append(("isc", res["isc"], "noise ceiling: correlation with the mean of the other "
                                          "participants who heard the same runs"))
