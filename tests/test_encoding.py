@@ -210,3 +210,18 @@ def test_banded_ridge_gives_each_network_its_unique_variance(listening, tmp_path
     img = nib.load(r["paths"]["r2split-FN01"])
     np.testing.assert_allclose(img.get_fdata().ravel(), unique[1], atol=1e-6)
     assert "_desc-FN01_stat-r2split_statmap" in r["paths"]["r2split-FN01"].name
+
+
+def test_the_report_shows_the_encoding_of_the_scan(listening, tmp_path):
+    res, tsv, fmri = listening
+    out = tmp_path / "enc"
+    encode(res.root, fmri, networks=tsv, fmri_participants=["01"], trim=6.0, n_permutations=50,
+           min_shift=15.0, output=out)
+    r = CliRunner().invoke(main, ["report", str(res.root), "--encoding", str(out), "-o",
+                                  str(tmp_path / "pages")])
+    assert r.exit_code == 0, r.output
+    page = (tmp_path / "pages" / f"sub-{res.participant}.html").read_text()
+    section = page[page.index('<section id="encoding"'):]
+    section = section[: section.index("</section>")]
+    assert "sub-01_task-story" in section and "data:image/png;base64," in section
+    assert "FN01" in section  # the per-network table

@@ -439,6 +439,52 @@ def _diff_section(ds, participant):
                    "and measures how much of the perplexity gap closes.", blocks)
 
 
+def _encoding_blocks(path, alpha):
+    """One human participant's encoding maps: a glass brain of r past FWE, and the table."""
+    import nibabel as nib
+    from nilearn import image, plotting
+
+    p_path = path.with_name(path.name.replace("_stat-r_", "_stat-pfwe_"))
+    r_img = nib.load(str(path))
+    keep = image.math_img(f"(p <= {alpha}) * r", p=str(p_path), r=r_img) if p_path.is_file() \
+        else r_img
+    n_past = int((nib.load(str(p_path)).get_fdata() <= alpha).sum()) if p_path.is_file() else 0
+    display = plotting.plot_glass_brain(keep, colorbar=True, plot_abs=False, cmap="RdBu_r",
+                                        title=f"held-out r, voxels past FWE {alpha:g}")
+    fig = display.frame_axes.figure
+    blocks = [{"heading": path.name.split("_space-")[0],
+               "text": f"{n_past:,} voxels past FWE {alpha:g}; max r "
+                       f"{float(r_img.get_fdata().max()):.3f}.",
+               "image": _png(fig), "caption": "Held-out correlation between each voxel's BOLD and "
+               "its prediction from the model's networks (glass brain, voxels past FWE)."}]
+    table = path.with_name(path.name.replace("_stat-r_statmap.nii.gz", "_encoding.tsv"))
+    if table.is_file():
+        blocks.append({"table": _table(read_frame(table))})
+    return blocks
+
+
+def _encoding_section(encodings, participant):
+    """The encoding folders whose features are this participant's networks."""
+    blocks = []
+    for folder in encodings:
+        for path in DERIVATIVES["encoding"].find(None, "_desc-networks_stat-r_statmap.nii.gz",
+                                                 output=folder):
+            if "sub-" not in path.name:
+                continue
+            sidecar = path.with_name(path.name.replace(".nii.gz", ".json"))
+            params = json.loads(sidecar.read_text()).get("Parameters", {}) if sidecar.is_file() else {}
+            if params.get("model_participant") not in (None, participant):
+                continue
+            blocks += _encoding_blocks(path, params.get("alpha", 0.05))
+    if not blocks:
+        return None
+    return Section("encoding", "Encoding: human brains", "llm2nifti encode",
+                   "People heard the story the model read; each network's word series, placed at "
+                   "the words' onsets, predicts each voxel of their fMRI (ridge, leave one run "
+                   "out). Per network: the voxels past FWE whose prediction rests on it most.",
+                   blocks)
+
+
 def _interventions_section(evaluations):
     blocks = []
     for folder in evaluations:
@@ -464,7 +510,9 @@ _ABSENT = {"components": "Components: run `llm2nifti decompose`",
            "connectivity": "Connectivity: run `llm2nifti connectivity`",
            "interventions": "Interventions: run `llm2nifti evaluate`, then pass its folder with --evaluation",
            "fingerprint": "Fingerprints: run `llm2nifti fingerprint -r PARTICIPANT -c OTHER`",
-           "diff": "Changes from a base: run `llm2nifti diff -r BASE -c PARTICIPANT`"}
+           "diff": "Changes from a base: run `llm2nifti diff -r BASE -c PARTICIPANT`",
+           "encoding": "Encoding: run `llm2nifti encode` on a human dataset, then pass its "
+                       "output folder with --encoding"}
 
 
 def _evaluations(ds, evaluations):
@@ -477,7 +525,7 @@ def _evaluations(ds, evaluations):
     return list(dict.fromkeys(found))
 
 
-def report(dataset, participant=None, output=None, evaluations=()):
+def report(dataset, participant=None, output=None, evaluations=(), encodings=()):
     """Write one self-contained HTML page per participant.
 
     Parameters
@@ -490,6 +538,9 @@ def report(dataset, participant=None, output=None, evaluations=()):
     evaluations : sequence of path
         Output folders of ``llm2nifti evaluate`` (folders under ``derivatives`` holding an
         ``evaluation.json`` are found on their own).
+    encodings : sequence of path
+        Output folders of ``llm2nifti encode`` (``FMRI/derivatives/llm2nifti-encoding``: they
+        live in the human dataset, so they are named here).
 
     Returns
     -------
@@ -516,7 +567,8 @@ def report(dataset, participant=None, output=None, evaluations=()):
                  "recurrence": _recurrence_section(ds, p), "localizer": _localizer_section(ds, p),
                  "connectivity": _connectivity_section(ds, p),
                  "fingerprint": _fingerprint_section(ds, p), "diff": _diff_section(ds, p),
-                 "interventions": _interventions_section(evals)}
+                 "interventions": _interventions_section(evals),
+                 "encoding": _encoding_section(encodings, p)}
         info = next((r for r in ds.participants() if r["participant_id"] == f"sub-{p}"), {})
         page = template.render(
             participant=p, model=info.get("model", p), version=_version.__version__,
