@@ -24,6 +24,9 @@ from .options import (SITES, device_options, former_name, gguf_file_option, mode
              "stimulus_file, and the task label defaults to the file's task entity.")
 @option("--word-column", default="word", show_default=True,
         help="The column of the --words files holding the words.")
+@option("--reset-context", is_flag=True,
+        help="Begin a run at each document (each --words file): the model reads it without "
+             "the one before in its context [default: the context carries across].")
 @site_option(value="mlp", describe=True)
 @option("--layers", default=None,
         help="Layer subset, e.g. 0-11 or 5,7 [default: every layer with these units].")
@@ -48,7 +51,7 @@ from .options import (SITES, device_options, former_name, gguf_file_option, mode
 @device_options()
 @former_name("--neurons", "site", click.Choice(list(SITES)))
 @former_name("--label", "participant")
-def convert(output, model, gguf_file, text, words, word_column, site, layers, experts, run_tokens,
+def convert(output, model, gguf_file, text, words, word_column, reset_context, site, layers, experts, run_tokens,
             max_tokens, task, participant, encoding, id_column, text_column, no_bos, compress,
             resume, overwrite, threads, cache_dir, quiet, device, dtype, trust_remote_code):
     """Record a model reading text; write 4D NIfTI runs into the BIDS-like dataset OUTPUT.
@@ -64,7 +67,7 @@ def convert(output, model, gguf_file, text, words, word_column, site, layers, ex
                trust_remote_code=trust_remote_code, encoding=encoding, bos=not no_bos,
                threads=threads, progress=not quiet, cache=cache_dir,
                id_column=id_column, text_column=text_column, gguf_file=gguf_file,
-               words=words, word_column=word_column)
+               words=words, word_column=word_column, reset_context=reset_context)
     mask = res.root / "derivatives" / "llm2nifti" / f"sub-{res.participant}" / "anat" / \
         f"sub-{res.participant}_desc-{res.layout.site.kind}_mask.nii"
     done = len(res.runs) - len(res.skipped)

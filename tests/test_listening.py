@@ -92,3 +92,13 @@ def test_words_and_text_are_one_choice(heard, tmp_path):
     other.write_text("onset\tduration\ttext\n0\t1\thello\n", encoding="utf-8")
     r = CliRunner().invoke(main, ["convert", str(tmp_path / "ds"), "--words", str(other), "-q"])
     assert r.exit_code == 2 and "no column word" in r.output and "--word-column" in r.output
+
+
+@pytest.mark.parametrize("reset", [False, True])
+def test_the_context_carries_across_files_unless_reset(heard, tmp_path, llama, tokenizer, reset):
+    res = scan(tmp_path / "ds", "tinyllama", words=heard, loaded=(llama, tokenizer),
+               run_tokens=100, progress=False, threads=1, reset_context=reset)
+    documents = [set(read_events(r.events_path)["document_id"]) for r in Dataset(res.root).runs()]
+    # 28 + 10 characters of text, one token each, and a BOS per file: one run without a reset
+    assert max(len(d) for d in documents) == (1 if reset else 2)
+    assert len(documents) == (2 if reset else 1)

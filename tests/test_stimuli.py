@@ -77,3 +77,11 @@ def test_make_runs_covers_stream_and_refuses_impossible_sizes():
     for bad, ctx, msg in [(0, None, "at least 1"), (40000, None, "32767"), (2048, 1024, "context window")]:
         with pytest.raises(UsageError, match=msg):
             make_runs(100, bad, ctx)
+
+
+def test_runs_begin_at_every_break_and_stay_within_run_tokens():
+    from llm2nifti.acquisition.stimuli import make_runs
+
+    runs = make_runs(25, run_tokens=10, breaks=[7, 12])
+    assert runs == [(0, 7), (7, 12), (12, 22), (22, 25)]
+    assert make_runs(25, run_tokens=10) == [(0, 10), (10, 20), (20, 25)]

@@ -158,6 +158,10 @@ class ScanSettings:
         the task label defaults to the first file's ``task`` entity.
     word_column : str
         The events files' column holding the words.
+    reset_context : bool
+        Begin a run (a forward pass: the model's context starts afresh) at each document, so
+        that no document is read in the context of the one before (with ``words``: each
+        events file on its own).
     """
 
     output: Path
@@ -186,6 +190,7 @@ class ScanSettings:
     gguf_file: str | None = None
     words: tuple = ()
     word_column: str = "word"
+    reset_context: bool = False
 
     @classmethod
     def build(cls, output, model=None, text=None, *, participant=None, label=None, task=None,
@@ -301,7 +306,8 @@ def plan_scan(settings, loaded=None):
     conditions = list(dict.fromkeys(d.condition for d in documents if d.condition is not None))
     # A localizer's items are never cut in two: runs end where an item begins.
     starts = np.flatnonzero(stream.position == 0) if conditions else None
-    runs = make_runs(len(stream), run_tokens, context, starts=starts)
+    breaks = np.flatnonzero(stream.position == 0) if s.reset_context else None
+    runs = make_runs(len(stream), run_tokens, context, starts=starts, breaks=breaks)
     _check_memory(lm, layout, max(b - a for a, b in runs), run_tokens)
 
     writer = DatasetWriter(s.output, s.participant, s.task, layout, conditions=conditions,
@@ -315,6 +321,8 @@ def plan_scan(settings, loaded=None):
         "tokens_sha256": hashlib.sha256(stream.ids.tobytes()).hexdigest(),
         "source": _source_info(lm),
     }
+    if s.reset_context:
+        record["reset_context"] = True
     if heard is not None:  # --resume goes on only with the same events files
         record["words"] = [{"file": t.source, "onsets_sha256": hashlib.sha256(
             t.onset.tobytes() + t.duration.tobytes()).hexdigest()} for t in heard]

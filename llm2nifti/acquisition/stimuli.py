@@ -246,12 +246,14 @@ def tokenize_documents(documents, tokenizer, max_tokens=None, bos=True):
     return TokenStream(ids, doc, pos, list(documents), start, end, word)
 
 
-def make_runs(n_tokens, run_tokens=1024, context=None, starts=None):
+def make_runs(n_tokens, run_tokens=1024, context=None, starts=None, breaks=None):
     """Token slices of the runs, ``[(start, stop), ...]``.
 
     ``starts`` (the first token of each document), when given, makes runs end
     where a document begins, so that no item is cut in two (a localizer's
-    items); a document longer than ``run_tokens`` is still cut. Raises :class:`UsageError` for impossible sizes: ``run_tokens`` below 1,
+    items); a document longer than ``run_tokens`` is still cut. ``breaks``: tokens where a run
+    must begin (each run is one forward pass: the model's context starts afresh there).
+    Raises :class:`UsageError` for impossible sizes: ``run_tokens`` below 1,
     above NIfTI-1's 32,767 volumes, or above the model's ``context`` window.
     """
     run_tokens = int(run_tokens)
@@ -263,6 +265,13 @@ def make_runs(n_tokens, run_tokens=1024, context=None, starts=None):
         raise UsageError(
             f"--run-tokens {run_tokens} exceeds the model's context window of {context} tokens: "
             f"use at most {context}")
+    if breaks is not None and len(breaks):
+        edges = sorted(set(int(b) for b in breaks if 0 < int(b) < n_tokens) | {0, n_tokens})
+        runs = []
+        for a, b in zip(edges[:-1], edges[1:]):
+            inner = None if starts is None else [s - a for s in starts if a <= s < b]
+            runs += [(a + s, a + e) for s, e in make_runs(b - a, run_tokens, context, inner)]
+        return runs
     if starts is None:
         return [(s, min(s + run_tokens, n_tokens)) for s in range(0, n_tokens, run_tokens)]
     starts = np.asarray(sorted(set(int(s) for s in starts) | {n_tokens}))
