@@ -16,7 +16,7 @@ from .options import option, output_option, participant_option
 @option("--evaluation", "evaluations", multiple=True,
         type=click.Path(exists=True, file_okay=False, path_type=Path),
         help="An output folder of `llm2nifti evaluate` to include (repeatable).")
-@option("--encoding", "encodings", multiple=True,
+@option("--encode-output", "encodings", multiple=True,
         type=click.Path(exists=True, file_okay=False, path_type=Path),
         help="An output folder of `llm2nifti encode` to include (repeatable): it lives in the "
              "human dataset, FMRI/derivatives/llm2nifti-encoding.")

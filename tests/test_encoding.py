@@ -217,7 +217,7 @@ def test_the_report_shows_the_encoding_of_the_scan(listening, tmp_path):
     out = tmp_path / "enc"
     encode(res.root, fmri, networks=tsv, fmri_participants=["01"], trim=6.0, n_permutations=50,
            min_shift=15.0, output=out)
-    r = CliRunner().invoke(main, ["report", str(res.root), "--encoding", str(out), "-o",
+    r = CliRunner().invoke(main, ["report", str(res.root), "--encode-output", str(out), "-o",
                                   str(tmp_path / "pages")])
     assert r.exit_code == 0, r.output
     page = (tmp_path / "pages" / f"sub-{res.participant}.html").read_text()

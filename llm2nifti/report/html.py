@@ -512,7 +512,7 @@ _ABSENT = {"components": "Components: run `llm2nifti decompose`",
            "fingerprint": "Fingerprints: run `llm2nifti fingerprint -r PARTICIPANT -c OTHER`",
            "diff": "Changes from a base: run `llm2nifti diff -r BASE -c PARTICIPANT`",
            "encoding": "Encoding: run `llm2nifti encode` on a human dataset, then pass its "
-                       "output folder with --encoding"}
+                       "output folder with --encode-output"}
 
 
 def _evaluations(ds, evaluations):
