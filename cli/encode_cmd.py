@@ -66,9 +66,13 @@ def encode(scan, fmri, networks, participant, task, site, fmri_participants, spa
     \b
     SCAN was converted with --words on the story's events files. Writes under
     FMRI/derivatives/llm2nifti-encoding/sub-<label>/func/:
-      *_space-<s>_desc-networks_stat-{r,r2,pfwe}_statmap.nii.gz
+      *_space-<s>_desc-networks_stat-{r,r2,pfwe,depth}_statmap.nii.gz
+      *_space-<s>_desc-networks_stat-isc_statmap.nii.gz  noise ceiling (others heard it too)
+      *_space-<s>_desc-<network>_stat-r2split_statmap.nii.gz  --banded: unique variance
       *_space-<s>_desc-bestnetwork_dseg.nii.gz (+ .tsv labels)
       *_space-<s>_desc-networks_encoding.tsv   per network: voxels past FWE it predicts best
+      *_space-<s>_desc-<region>_networks.tsv   --region: the units carrying it (for evaluate)
+    and, with two participants or more, task-<t>_space-<s>_desc-networks_stat-z_statmap.nii.gz.
     """
     from llm2nifti.analysis.encoding import encode as run
 
@@ -77,7 +81,7 @@ def encode(scan, fmri, networks, participant, task, site, fmri_participants, spa
               trim=trim, n_permutations=n_permutations, min_shift=min_shift, alpha=alpha,
               random_state=random_state, backend="torch_cuda" if device == "cuda" else "numpy",
               output=output, threads=threads, regions=regions, top_percent=top_percent,
-              delays=tuple(delays) or (1, 2, 3, 4), banded=banded)
+              delays=tuple(delays) or (1, 2, 3, 4), banded=banded, progress=not quiet)
     for who, r in res.participants.items():
         past = r["p_fwe"] <= alpha
         click.echo(f"sub-{who}: {int(past.sum()):,} of {len(past):,} voxels past FWE {alpha:g} "

@@ -452,7 +452,7 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
            fmri_participants=None, space=None, confounds=(), hrf="glover", slice_time_ref=0.5,
            trim=10.0, alphas=ALPHAS, n_permutations=1000, min_shift=20.0, alpha=0.05,
            random_state=0, backend="numpy", output=None, threads=None, regions=(),
-           top_percent=1.0, delays=(1, 2, 3, 4), banded=0):
+           top_percent=1.0, delays=(1, 2, 3, 4), banded=0, progress=False):
     """Fit, per human participant, an encoding model from the scan's networks to their fMRI.
 
     Parameters
@@ -481,6 +481,8 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
         feature with its own regularisation, N random-search iterations; each network's unique
         variance (its share of the held-out R^2, himalaya's split scores) is written as a map
         and decides the network each voxel rests on.
+    progress : bool
+        A progress bar over the human participants.
     slice_time_ref : float
         Where in each volume it is sampled (fMRIPrep's slice-timing reference is 0.5).
     trim : float
@@ -544,7 +546,10 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
                               _zscore(times[["length"]].to_numpy(float))])
     names = list(nets.names) + ["word_rate", "word_length"]
     result = EncodingResult(names=list(nets.names))
-    for who in sorted({r.participant for r in humans}):
+    from tqdm.auto import tqdm
+
+    for who in tqdm(sorted({r.participant for r in humans}), desc="participants",
+                    disable=not progress):
         mine = [r for r in humans if r.participant == who]
         if len(mine) < 2:
             raise UsageError(f"sub-{who} has {len(mine)} run(s) of task {task}: leave-one-run-out "
