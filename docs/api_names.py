@@ -34,6 +34,7 @@ MODULES = [
     ("bids_llm.io", "bids_llm: atomic writes"),
     ("bids_llm.derivatives", "bids_llm: derivative folders"),
     ("bids_llm.outputs", "bids_llm: the table of outputs"),
+    ("bids_llm.fmriprep", "bids_llm: human fMRI datasets (fMRIPrep)"),
     ("bids_llm.space", "bids_llm: the space-neurons view"),
 ]
 
