@@ -20,6 +20,10 @@ from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
 @option("--features", "networks", type=click.Path(exists=True, dir_okay=False, path_type=Path),
         default=None, help="The networks.tsv whose networks are the features [default: the "
                            "scan's only one].")
+@option("--layer-pcs", type=int, default=0, show_default=True,
+        help="Each layer's first N principal components (of its units' word series) as the "
+             "features instead of the networks: the best-feature map is then the best-layer "
+             "map (0: the networks).")
 @participant_option("the scan's only one")
 @task_option()
 @site_option()
@@ -55,7 +59,7 @@ from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
 @threads_option
 @output_option("FMRI/derivatives/llm2nifti-encoding")
 @quiet_option
-def encode(scan, fmri, networks, participant, task, site, fmri_participants, space, confounds, hrf,
+def encode(scan, fmri, networks, layer_pcs, participant, task, site, fmri_participants, space, confounds, hrf,
            delays, banded, trim, n_permutations, min_shift, alpha, regions, top_percent, random_state, device,
            threads, output, quiet):
     """Encoding models: the scan's networks (word series at the words' onsets, convolved with
@@ -81,7 +85,8 @@ def encode(scan, fmri, networks, participant, task, site, fmri_participants, spa
               trim=trim, n_permutations=n_permutations, min_shift=min_shift, alpha=alpha,
               random_state=random_state, backend="torch_cuda" if device == "cuda" else "numpy",
               output=output, threads=threads, regions=regions, top_percent=top_percent,
-              delays=tuple(delays) or (1, 2, 3, 4), banded=banded, progress=not quiet)
+              delays=tuple(delays) or (1, 2, 3, 4), banded=banded, progress=not quiet,
+              layer_pcs=layer_pcs)
     for who, r in res.participants.items():
         past = r["p_fwe"] <= alpha
         click.echo(f"sub-{who}: {int(past.sum()):,} of {len(past):,} voxels past FWE {alpha:g} "

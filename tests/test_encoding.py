@@ -225,3 +225,44 @@ def test_the_report_shows_the_encoding_of_the_scan(listening, tmp_path):
     section = section[: section.index("</section>")]
     assert "sub-01_task-story" in section and "data:image/png;base64," in section
     assert "FN01" in section  # the per-network table
+
+
+def test_layer_features_give_the_best_layer_map(listening, tmp_path):
+    """Features from each layer's principal components: voxels planted with layer 0's first
+    component and voxels planted with layer 1's rest on their layer."""
+    from llm2nifti.analysis.encoding import layer_features
+
+    res, tsv, fmri = listening
+    feats = layer_features(Dataset(res.root), res.participant, res.task, "mlp", 2)
+    assert feats.names == ["layer00", "layer01"] and feats.widths == [2, 2]
+    times = word_times(feats)
+    values = (feats.values - feats.values.mean(0)) / feats.values.std(0)
+    rng = np.random.default_rng(3)
+    human = tmp_path / "fmri"
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    source = {0: 0, 1: 2}  # layer 0's first component is column 0, layer 1's is column 2
+    for i in range(2):
+        key = f"task-story_run-{i + 1}"
+        events = fmri / "sub-01" / "func" / f"sub-01_{key}_events.tsv"
+        (human / "sub-01" / "func").mkdir(parents=True, exist_ok=True)
+        (human / "sub-01" / "func" / events.name).write_text(events.read_text())
+        rows = times.index[times["key"] == f"{key}_events.tsv"].to_numpy()
+        n_scans = int((times["onset"].to_numpy()[rows].max() + 12) / TR)
+        X = features_at_tr(values[rows], times["onset"].to_numpy()[rows],
+                           times["duration"].to_numpy()[rows], n_scans, TR)
+        X = (X - X.mean(0)) / X.std(0)
+        data = rng.normal(0, 0.5, (n_scans, np.prod(SHAPE)))
+        for v in range(N_PLANTED):
+            data[:, v] += X[:, source[v % 2]]
+        func = human / "derivatives" / "fmriprep" / "sub-01" / "func"
+        func.mkdir(parents=True, exist_ok=True)
+        img = nib.Nifti1Image(data.T.reshape(*SHAPE, n_scans).astype(np.float32), affine)
+        img.header.set_zooms((2.0, 2.0, 2.0, TR))
+        nib.save(img, func / f"sub-01_{key}_space-{SPACE}_desc-preproc_bold.nii.gz")
+    out = encode(res.root, human, layer_pcs=2, trim=6.0, n_permutations=100, min_shift=15.0)
+    r = out.participants["01"]
+    planted = np.arange(np.prod(SHAPE)) < N_PLANTED
+    found = r["p_fwe"] <= 0.05
+    assert found[planted].mean() >= 0.9 and found[~planted].sum() <= 2
+    assert (r["best"][planted & found] == (np.arange(N_PLANTED) % 2)[found[planted]]).mean() >= 0.9
+    assert out.names == ["layer00", "layer01"] and "_desc-bestlayer_dseg" in r["paths"]["best"].name

@@ -35,7 +35,8 @@ _EXPORTS = {
     **{name: ".diffs" for name in ("diff", "DiffResult", "PIPELINE_DIFF")},
     **{name: ".dualreg" for name in ("dual_regression",)},
     **{name: ".encoding" for name in (
-        "encode", "EncodingResult", "word_times", "features_at_tr",
+        "encode", "EncodingResult", "Features", "network_features", "layer_features",
+        "word_times", "features_at_tr",
         "region_units", "lanczos_at_tr", "preferred_depth", "group_map",
         "PIPELINE_ENCODING")},
     **{name: ".permutation" for name in ("max_t_fwe", "PermutationResult")},

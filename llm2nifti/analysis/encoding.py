@@ -42,13 +42,80 @@ from bids_llm.outputs import DERIVATIVES
 
 from ..errors import UsageError
 
-__all__ = ["encode", "EncodingResult", "word_times", "features_at_tr",
+__all__ = ["encode", "EncodingResult", "Features", "network_features", "layer_features",
+           "word_times", "features_at_tr",
            "lanczos_at_tr", "region_units", "preferred_depth", "group_map", "PIPELINE_ENCODING"]
 
 log = logging.getLogger(__name__)
 
 PIPELINE_ENCODING = DERIVATIVES["encoding"].pipeline
 ALPHAS = np.logspace(-2, 8, 21)
+
+
+@dataclass
+class Features:
+    """A scan's word-level features for encoding.
+
+    Attributes
+    ----------
+    kind : {"networks", "layers"}
+    names : list of str
+        One per feature (a network, or a layer whose principal components are its columns).
+    values : ndarray of shape (n_words, n_columns)
+    widths : list of int
+        Columns of each feature.
+    depth : ndarray
+        Each feature's relative depth in the model (0: first layer).
+    runs, index, words :
+        The scan's runs, :class:`~llm2nifti.acquisition.WordIndex` and word table.
+    """
+
+    kind: str
+    names: list
+    values: np.ndarray
+    widths: list
+    depth: np.ndarray
+    runs: list
+    index: object
+    words: object
+
+
+def network_features(ds, participant, task, site, networks):
+    """Each network's word series (signed mean of its units; a word's value its last token's)."""
+    from .fingerprints import participant_networks
+
+    nets = participant_networks(ds, participant, task, site, pool="last", networks_tsv=networks)
+    return Features("networks", list(nets.names), np.asarray(nets.values, float),
+                    [1] * len(nets.names), np.asarray(nets.depth), nets.runs, nets.index,
+                    nets.words)
+
+
+def layer_features(ds, participant, task, site, n_components):
+    """Each layer's first ``n_components`` principal components of its units' word series
+    (a word's value its last token's), as encoding studies use a layer's activations."""
+    from sklearn.decomposition import PCA
+
+    from bids_llm.dataset import load_run
+
+    from ..acquisition import participant_words
+    from ..memory import check_fits
+
+    runs, _, index = participant_words(ds, participant, task, site)
+    layout = ds.layout(runs[0].participant, runs[0].site_kind)
+    check_fits(len(index) * layout.n_neurons * 8 * 3,
+               f"the word series of {layout.n_neurons:,} units over {len(index):,} words",
+               "give networks as features (no --layer-pcs), or scan fewer layers")
+    words = index.pool(np.concatenate([load_run(r)[0] for r in runs]), "last")
+    columns, names, widths = [], [], []
+    for k, layer in enumerate(layout.site.layers):
+        block = words[:, layout.offsets[k]:layout.offsets[k + 1]].astype(np.float64)
+        n = min(n_components, block.shape[1], len(block) - 1)
+        columns.append(PCA(n, random_state=0).fit_transform(_zscore(block)))
+        names.append(f"layer{int(layer):02d}")
+        widths.append(n)
+    depth = np.asarray([int(l) for l in layout.site.layers], float) / layout.site.n_layers
+    return Features("layers", names, np.hstack(columns), widths, depth, runs, index,
+                    index.table[["document_id", "word_index", "word"]])
 
 
 def word_times(nets):
@@ -136,13 +203,15 @@ class EncodingResult:
         Participant -> dict of ``r``, ``r2``, ``p_fwe`` (per voxel), ``best`` (index of the
         network each voxel's prediction rests on most), ``alphas``, ``table`` and ``paths``.
     names : list of str
-        The feature networks.
+        The features: networks, or layers (``kind``).
+    kind : {"networks", "layers"}
     group : Path or None
         The group's z map (two participants or more).
     """
 
     participants: dict = field(default_factory=dict)
     names: list = field(default_factory=list)
+    kind: str = "networks"
     group: Path | None = None
 
 
@@ -205,17 +274,22 @@ def _fit_fold(X, Y, train, test, inner, alphas, columns, chunk, banded=0, random
     return r, r2, part, (p_all, y_all), chosen, weights
 
 
-def _fold_scores(X, Y, groups, alphas, n_features, chunk=20000, banded=0, random_state=0):
+def _fold_scores(X, Y, groups, alphas, widths, chunk=20000, banded=0, random_state=0):
     """Leave-one-run-out: held-out r and R^2 per voxel, each feature's part's r (its columns
-    of ``X``: ``n_features`` features, each at ``X.shape[1] / n_features`` delays), the mean
+    of ``X``: ``widths`` columns per feature, or one each for an int, at every delay), the mean
     weights, and the held-out predictions (for the null)."""
-    return _fold_scores_of(X, Y, groups, alphas, _columns(X.shape[1], n_features), chunk,
+    widths = [1] * widths if isinstance(widths, int) else list(widths)
+    return _fold_scores_of(X, Y, groups, alphas, _columns(X.shape[1], widths), chunk,
                            banded, random_state)
 
 
-def _columns(n_columns, n_features):
-    """The columns of each feature: feature ``j`` at every delay."""
-    return [np.arange(j, n_columns, n_features) for j in range(n_features)]
+def _columns(n_columns, widths):
+    """The columns of each feature (``widths[j]`` columns: a network's one, a layer's
+    principal components) at every delay (blocks of ``sum(widths)`` columns)."""
+    block = int(sum(widths))
+    starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(int)
+    return [np.concatenate([np.arange(d + a, d + a + w) for d in range(0, n_columns, block)])
+            for a, w in zip(starts, widths)]
 
 
 def _fold_scores_of(X, Y, groups, alphas, columns, chunk, banded=0, random_state=0):
@@ -353,7 +427,7 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
            fmri_participants=None, space=None, confounds=(), hrf="glover", slice_time_ref=0.5,
            trim=10.0, alphas=ALPHAS, n_permutations=1000, min_shift=20.0, alpha=0.05,
            random_state=0, backend="numpy", output=None, threads=None, regions=(),
-           top_percent=1.0, delays=(1, 2, 3, 4), banded=0, progress=False):
+           top_percent=1.0, delays=(1, 2, 3, 4), banded=0, progress=False, layer_pcs=0):
     """Fit, per human participant, an encoding model from the scan's networks to their fMRI.
 
     Parameters
@@ -384,6 +458,10 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
         and decides the network each voxel rests on.
     progress : bool
         A progress bar over the human participants.
+    layer_pcs : int
+        0: the networks are the features. N > 0: each layer's first N principal components of
+        its units' word series, one feature per layer; the map of the feature each voxel rests
+        on is then the best-layer map.
     slice_time_ref : float
         Where in each volume it is sampled (fMRIPrep's slice-timing reference is 0.5).
     trim : float
@@ -419,7 +497,6 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
     from bids_llm.dataset import Dataset
 
     from ..models import set_threads
-    from .fingerprints import participant_networks
 
     set_threads(threads)
     if n_permutations < 1:
@@ -428,11 +505,14 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
         raise UsageError(f"alpha={alpha}: give a level between 0 and 1, e.g. 0.05")
     set_backend(backend, on_error="raise")
     ds = scan if isinstance(scan, Dataset) else Dataset(scan)
-    if networks is None:
+    if layer_pcs and regions:
+        raise UsageError("`regions` name the units of networks: give networks as features, not "
+                         "layer_pcs")
+    if networks is None and not layer_pcs:
         found = DERIVATIVES["networks"].find(ds.root, "_networks.tsv", participant)
         if len(found) != 1:
             raise UsageError(f"{len(found)} networks tables for the scan: choose one with "
-                             "--networks (from `llm2nifti networks`)")
+                             "`networks` (from `llm2nifti networks`)")
         networks = found[0]
     from ..acquisition import participant_words
 
@@ -441,12 +521,14 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
     humans, space = fmri_runs(fmri, task, space, fmri_participants)
     for who in sorted({r.participant for r in humans}):  # before any work
         _check_memory(who, [r for r in humans if r.participant == who])
-    nets = participant_networks(ds, participant, task, site, pool="last", networks_tsv=networks)
+    nets = (layer_features(ds, participant, task, site, layer_pcs) if layer_pcs else
+            network_features(ds, participant, task, site, networks))
     times = word_times(nets)
     values = np.column_stack([_zscore(nets.values), np.ones(len(times)),
                               _zscore(times[["length"]].to_numpy(float))])
     names = list(nets.names) + ["word_rate", "word_length"]
-    result = EncodingResult(names=list(nets.names))
+    widths = list(nets.widths) + [1, 1]
+    result = EncodingResult(names=list(nets.names), kind=nets.kind)
     from tqdm.auto import tqdm
 
     for who in tqdm(sorted({r.participant for r in humans}), desc="participants",
@@ -458,7 +540,7 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
         X, Y, groups, masker = _participant_data(mine, times, values, tuple(confounds), trim,
                                                  hrf, slice_time_ref, delays)
         r, r2, part, held, chosen, coef = _fold_scores(X, Y, groups, np.asarray(alphas, float),
-                                                       len(names), banded=banded,
+                                                       widths, banded=banded,
                                                        random_state=random_state)
         tr = mine[0].tr
         null = _null_max(held, n_permutations, max(1, int(round(min_shift / tr))), random_state)
@@ -474,7 +556,8 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
                                     "masker": masker}
         result.participants[who]["paths"] = _write(
             who, task, space, masker, result, nets, mine, alpha, output, fmri, dict(
-                networks=str(networks), scan=str(ds.root), model_participant=participant,
+                networks=None if layer_pcs else str(networks), layer_pcs=int(layer_pcs) or None,
+                scan=str(ds.root), model_participant=participant,
                 site=site, hrf=hrf, slice_time_ref=slice_time_ref, trim_s=trim,
                 alphas=[float(a) for a in alphas], n_permutations=n_permutations,
                 min_shift_s=min_shift, alpha=alpha, random_state=random_state,
@@ -533,7 +616,7 @@ def group_map(result, task, space, output, fmri):
     z = model.compute_contrast("intercept", output_type="z_score")
     root = DERIVATIVES["encoding"].create(fmri, output)
     path = root / bids_name("statmap", ".nii.gz", task=task, space=space or None,
-                            desc="networks", stat="z")
+                            desc=result.kind, stat="z")
     save_img(z, path)
     write_json(path.with_name(path.name.replace(".nii.gz", ".json")), {
         "Description": "group one-sample test of the participants' held-out r (Fisher z), "
@@ -608,7 +691,7 @@ def _write(who, task, space, masker, result, nets, runs, alpha, output, fmri, pa
 
     res = result.participants[who]
     root = DERIVATIVES["encoding"].create(fmri, output)
-    ents = dict(sub=who, task=task, space=space or None, desc="networks")
+    ents = dict(sub=who, task=task, space=space or None, desc=result.kind)
     path = DERIVATIVES["encoding"].path
     paths = {}
     common = {"Parameters": params, "Software": software("nilearn", "himalaya", "scikit-learn")}
@@ -622,8 +705,8 @@ def _write(who, task, space, masker, result, nets, runs, alpha, output, fmri, pa
             stats.append(("r2split", res["unique"][j], f"{name}'s unique variance: its share "
                           "of the held-out R^2 (banded ridge, split scores)", label))
     stats.append(("depth", res["depth"], "preferred depth: the mean relative depth (0: first "
-                  "layer, 1: last) of the networks' units, weighted by each network's positive "
-                  "part of the prediction"))
+                  f"layer, 1: last) of the {result.kind}, weighted by each one's positive part "
+                  "of the prediction"))
     if res["isc"] is not None:
         stats.append(("isc", res["isc"], "noise ceiling: correlation with the mean of the other "
                                          "participants who heard the same runs"))
@@ -636,7 +719,8 @@ def _write(who, task, space, masker, result, nets, runs, alpha, output, fmri, pa
                    {"Description": what, **common})
     significant = res["p_fwe"] <= alpha
     labels = np.where(significant, res["best"] + 1, 0)
-    paths["best"] = path(root, "dseg.nii.gz", **{**ents, "desc": "bestnetwork"})
+    paths["best"] = path(root, "dseg.nii.gz",
+                         **{**ents, "desc": "bestlayer" if result.kind == "layers" else "bestnetwork"})
     save_img(masker.inverse_transform(labels.astype(np.int16)), paths["best"])
     write_frame(paths["best"].with_name(paths["best"].name.replace(".nii.gz", ".tsv")),
                 pd.DataFrame({"index": np.arange(1, len(result.names) + 1), "name": result.names}),
@@ -644,7 +728,8 @@ def _write(who, task, space, masker, result, nets, runs, alpha, output, fmri, pa
     rows = []
     for j, name in enumerate(result.names):
         mine = significant & (res["best"] == j)
-        row = {"network": name, "n_voxels": int(mine.sum()),
+        row = {"feature" if result.kind == "layers" else "network": name,
+               "n_voxels": int(mine.sum()),
                "max_r": round(float(res["r"][mine].max()), 6) if mine.any() else "n/a",
                "mean_r": round(float(res["r"][mine].mean()), 6) if mine.any() else "n/a"}
         if res["isc"] is not None:  # the share of the shared signal the network predicts
