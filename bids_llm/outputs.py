@@ -175,7 +175,7 @@ DERIVATIVES = {
     "encoding": Derivative(
         "llm2nifti-encoding", "Encoding models: a language model's networks predicting fMRI",
         level="func", ignore=("**/*_statmap.*", "**/*_encoding.*", "**/*_networks.*",
-                              "**/*_dseg.*")),
+                              "**/*_dseg.*", "**/*_regions.*")),
     "report": Derivative("llm2nifti-report", "HTML reports, one page per participant",
                          ignore=("*.html",)),
     "evaluation": Derivative("*", "llm2nifti evaluate"),

@@ -53,15 +53,20 @@ from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
         help="A mask in the human data's space (repeatable): the units whose weights carry its "
              "prediction are written as a networks.tsv that `evaluate` reads.")
 @top_percent_option("per --region, by their weight in the region's mean prediction")
+@option("--atlas", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+        help="A labels image in the human data's space: a table per participant of each "
+             "region's voxels past FWE, r and best feature (*_regions.tsv).")
+@option("--atlas-labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+        default=None, help="The atlas's dseg.tsv (index, name) naming its regions.")
 @random_state_option
 @device_option(" of the ridge regressions (himalaya's numpy or torch CUDA backend)",
                choices=("cpu", "cuda"))
 @threads_option
 @output_option("FMRI/derivatives/llm2nifti-encoding")
 @quiet_option
-def encode(scan, fmri, networks, layer_pcs, participant, task, site, fmri_participants, space, confounds, hrf,
-           delays, banded, trim, n_permutations, min_shift, alpha, regions, top_percent, random_state, device,
-           threads, output, quiet):
+def encode(scan, fmri, networks, layer_pcs, participant, task, site, fmri_participants, space,
+           confounds, hrf, delays, banded, trim, n_permutations, min_shift, alpha, regions,
+           top_percent, atlas, atlas_labels, random_state, device, threads, output, quiet):
     """Encoding models: the scan's networks (word series at the words' onsets, convolved with
     an HRF) predict each voxel of each participant who heard the story (ridge, one alpha per
     voxel, leave one run out); held-out r, R^2, FWE p from circular shifts, and the network
@@ -86,7 +91,7 @@ def encode(scan, fmri, networks, layer_pcs, participant, task, site, fmri_partic
               random_state=random_state, backend="torch_cuda" if device == "cuda" else "numpy",
               output=output, threads=threads, regions=regions, top_percent=top_percent,
               delays=tuple(delays) or (1, 2, 3, 4), banded=banded, progress=not quiet,
-              layer_pcs=layer_pcs)
+              layer_pcs=layer_pcs, atlas=atlas, atlas_labels=atlas_labels)
     for who, r in res.participants.items():
         past = r["p_fwe"] <= alpha
         click.echo(f"sub-{who}: {int(past.sum()):,} of {len(past):,} voxels past FWE {alpha:g} "

@@ -266,3 +266,25 @@ def test_layer_features_give_the_best_layer_map(listening, tmp_path):
     assert found[planted].mean() >= 0.9 and found[~planted].sum() <= 2
     assert (r["best"][planted & found] == (np.arange(N_PLANTED) % 2)[found[planted]]).mean() >= 0.9
     assert out.names == ["layer00", "layer01"] and "_desc-bestlayer_dseg" in r["paths"]["best"].name
+
+
+def test_an_atlas_table_names_each_regions_best_network(listening, tmp_path):
+    res, tsv, fmri = listening
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    v = np.arange(np.prod(SHAPE))
+    labels = np.where(v < N_PLANTED, 1 + v % 3, 4).astype(np.int16)  # 1-3: FN00-02, 4: noise
+    atlas = tmp_path / "atlas_dseg.nii.gz"
+    nib.save(nib.Nifti1Image(labels.reshape(SHAPE), affine), atlas)
+    names = tmp_path / "atlas_dseg.tsv"
+    names.write_text("index\tname\n1\tleft\n2\tmiddle\n3\tright\n4\telsewhere\n")
+    r = CliRunner().invoke(main, ["encode", str(res.root), "--fmri", str(fmri), "--features",
+                                  str(tsv), "--fmri-participant", "01", "--trim", "6",
+                                  "--n-permutations", "100", "--min-shift", "15", "--atlas",
+                                  str(atlas), "--atlas-labels", str(names), "-o",
+                                  str(tmp_path / "enc"), "-q"])
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(next((tmp_path / "enc").rglob("*_regions.tsv")), sep="\t")
+    assert list(table["region"]) == ["left", "middle", "right", "elsewhere"]
+    assert list(table["best"][:3]) == ["FN00", "FN01", "FN02"]
+    assert (table["n_past_fwe"][:3] == 20).all() and table["n_past_fwe"][3] <= 2
+    assert table["mean_r"][:3].min() > 0.6 > 0.2 > abs(table["mean_r"][3])

@@ -36,6 +36,7 @@ _EXPORTS = {
     **{name: ".dualreg" for name in ("dual_regression",)},
     **{name: ".encoding" for name in (
         "encode", "EncodingResult", "Features", "network_features", "layer_features",
+        "atlas_table",
         "word_times", "features_at_tr",
         "region_units", "lanczos_at_tr", "preferred_depth", "group_map",
         "PIPELINE_ENCODING")},

@@ -43,6 +43,7 @@ from bids_llm.outputs import DERIVATIVES
 from ..errors import UsageError
 
 __all__ = ["encode", "EncodingResult", "Features", "network_features", "layer_features",
+           "atlas_table",
            "word_times", "features_at_tr",
            "lanczos_at_tr", "region_units", "preferred_depth", "group_map", "PIPELINE_ENCODING"]
 
@@ -427,7 +428,8 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
            fmri_participants=None, space=None, confounds=(), hrf="glover", slice_time_ref=0.5,
            trim=10.0, alphas=ALPHAS, n_permutations=1000, min_shift=20.0, alpha=0.05,
            random_state=0, backend="numpy", output=None, threads=None, regions=(),
-           top_percent=1.0, delays=(1, 2, 3, 4), banded=0, progress=False, layer_pcs=0):
+           top_percent=1.0, delays=(1, 2, 3, 4), banded=0, progress=False, layer_pcs=0,
+           atlas=None, atlas_labels=None):
     """Fit, per human participant, an encoding model from the scan's networks to their fMRI.
 
     Parameters
@@ -462,6 +464,9 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
         0: the networks are the features. N > 0: each layer's first N principal components of
         its units' word series, one feature per layer; the map of the feature each voxel rests
         on is then the best-layer map.
+    atlas, atlas_labels : path, optional
+        A labels image in the human data's space (and its ``dseg.tsv``): a table per
+        participant of each region's voxels past FWE, r and best feature (:func:`atlas_table`).
     slice_time_ref : float
         Where in each volume it is sampled (fMRIPrep's slice-timing reference is 0.5).
     trim : float
@@ -565,12 +570,58 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
                 banded_iterations=int(banded) or None,
                 confounds=list(confounds), features=names, backend=backend,
                 folds="leave one run out", runs=[r.bold.name for r in mine]))
+        if atlas is not None:
+            from bids_llm.tsv import write_frame
+
+            like = result.participants[who]["paths"]["table"]
+            regions_tsv = like.with_name(like.name.replace("_encoding.tsv", "_regions.tsv"))
+            write_frame(regions_tsv, atlas_table(result, who, atlas, atlas_labels, alpha),
+                        index=False)
+            result.participants[who]["paths"]["regions"] = regions_tsv
         if regions:
             result.participants[who]["units"] = _region_units(
                 ds, participant, site, networks, nets, masker, coef, regions, top_percent,
                 result.participants[who]["paths"]["r"], who)
     result.group = group_map(result, task, space, output, fmri)
     return result
+
+
+def atlas_table(result, who, atlas, labels=None, alpha=0.05):
+    """Per region of an atlas (a labels image in the human data's space): its voxels, those
+    past FWE, their mean and maximum r, and the feature most of them rest on.
+
+    ``labels``: a BIDS ``dseg.tsv`` (``index``, ``name``) naming the regions.
+    """
+    import pandas as pd
+    from nilearn.image import resample_to_img
+
+    res = result.participants[who]
+    masker = res["masker"]
+    img = resample_to_img(str(atlas), masker.mask_img_, interpolation="nearest",
+                          force_resample=True, copy_header=True)
+    region = np.rint(masker.transform(img).ravel()).astype(int)
+    names = {}
+    if labels is not None:
+        table = pd.read_csv(labels, sep="\t")
+        if not {"index", "name"} <= set(table.columns):
+            raise UsageError(f"--atlas-labels {Path(labels).name}: a dseg.tsv with index and "
+                             "name columns")
+        names = dict(zip(table["index"].astype(int), table["name"].astype(str)))
+    past = res["p_fwe"] <= alpha
+    rows = []
+    for k in sorted(set(region) - {0}):
+        inside = region == k
+        sig = inside & past
+        best = (result.names[int(np.bincount(res["best"][sig]).argmax())] if sig.any()
+                else "n/a")
+        rows.append({"index": int(k), "region": names.get(int(k), f"region{k}"),
+                     "n_voxels": int(inside.sum()), "n_past_fwe": int(sig.sum()),
+                     "mean_r": round(float(res["r"][inside].mean()), 6),
+                     "max_r": round(float(res["r"][inside].max()), 6), "best": best})
+    if not rows:
+        raise UsageError(f"--atlas {Path(atlas).name} has no labelled voxel inside the runs' "
+                         "brain mask: give a labels image in the human data's space")
+    return pd.DataFrame(rows)
 
 
 def _region_label(path):
