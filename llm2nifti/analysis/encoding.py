@@ -504,15 +504,9 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
     from ..models import set_threads
 
     set_threads(threads)
-    if n_permutations < 1:
-        raise UsageError(f"n_permutations={n_permutations}: give at least 1 (1000 for a p-value)")
-    if not 0 < alpha < 1:
-        raise UsageError(f"alpha={alpha}: give a level between 0 and 1, e.g. 0.05")
+    _checked(n_permutations, alpha, layer_pcs, regions)
     set_backend(backend, on_error="raise")
     ds = scan if isinstance(scan, Dataset) else Dataset(scan)
-    if layer_pcs and regions:
-        raise UsageError("`regions` name the units of networks: give networks as features, not "
-                         "layer_pcs")
     if networks is None and not layer_pcs:
         found = DERIVATIVES["networks"].find(ds.root, "_networks.tsv", participant)
         if len(found) != 1:
@@ -570,20 +564,37 @@ def encode(scan, fmri, *, networks=None, participant=None, task=None, site=None,
                 banded_iterations=int(banded) or None,
                 confounds=list(confounds), features=names, backend=backend,
                 folds="leave one run out", runs=[r.bold.name for r in mine]))
-        if atlas is not None:
-            from bids_llm.tsv import write_frame
-
-            like = result.participants[who]["paths"]["table"]
-            regions_tsv = like.with_name(like.name.replace("_encoding.tsv", "_regions.tsv"))
-            write_frame(regions_tsv, atlas_table(result, who, atlas, atlas_labels, alpha),
-                        index=False)
-            result.participants[who]["paths"]["regions"] = regions_tsv
-        if regions:
-            result.participants[who]["units"] = _region_units(
-                ds, participant, site, networks, nets, masker, coef, regions, top_percent,
-                result.participants[who]["paths"]["r"], who)
+        _extras(result, who, atlas, atlas_labels, alpha, regions, top_percent,
+                (ds, participant, site, networks, nets))
     result.group = group_map(result, task, space, output, fmri)
     return result
+
+
+def _extras(result, who, atlas, atlas_labels, alpha, regions, top_percent, scan):
+    """The atlas table and the units of each region, beside a participant's maps."""
+    res = result.participants[who]
+    if atlas is not None:
+        from bids_llm.tsv import write_frame
+
+        like = res["paths"]["table"]
+        res["paths"]["regions"] = like.with_name(like.name.replace("_encoding.tsv",
+                                                                   "_regions.tsv"))
+        write_frame(res["paths"]["regions"], atlas_table(result, who, atlas, atlas_labels, alpha),
+                    index=False)
+    if regions:
+        ds, participant, site, networks, nets = scan
+        res["units"] = _region_units(ds, participant, site, networks, nets, res["masker"],
+                                     res["coef"], regions, top_percent, res["paths"]["r"], who)
+
+
+def _checked(n_permutations, alpha, layer_pcs, regions):
+    if n_permutations < 1:
+        raise UsageError(f"n_permutations={n_permutations}: give at least 1 (1000 for a p-value)")
+    if not 0 < alpha < 1:
+        raise UsageError(f"alpha={alpha}: give a level between 0 and 1, e.g. 0.05")
+    if layer_pcs and regions:
+        raise UsageError("`regions` name the units of networks: give networks as features, not "
+                         "layer_pcs")
 
 
 def atlas_table(result, who, atlas, labels=None, alpha=0.05):
