@@ -10,7 +10,7 @@ from .group import main
 from .options import (SITES, device_options, former_name, gguf_file_option, model_options, option,
                       overwrite_option, participant_option, quiet_option, run_tokens_option,
                       site_option, task_option, text_option, threads_option,
-                      trust_remote_code_option)
+                      trust_remote_code_option, word_column_option)
 
 
 @main.command()
@@ -22,8 +22,7 @@ from .options import (SITES, device_options, former_name, gguf_file_option, mode
              "words), instead of --text: one document each, read in the order given "
              "(repeatable); the events gain each token's word_onset, word_duration and "
              "stimulus_file, and the task label defaults to the file's task entity.")
-@option("--word-column", default="word", show_default=True,
-        help="The column of the --words files holding the words.")
+@word_column_option
 @option("--reset-context", is_flag=True,
         help="Begin a run at each document (each --words file): the model reads it without "
              "the one before in its context [default: the context carries across].")

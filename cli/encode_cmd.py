@@ -10,7 +10,7 @@ from .group import main
 from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
                       n_permutations_option, option, output_option, participant_option,
                       quiet_option, random_state_option, site_option, task_option, threads_option,
-                      top_percent_option)
+                      top_percent_option, word_column_option)
 
 
 @main.command()
@@ -24,9 +24,13 @@ from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
         help="Each layer's first N principal components (of its units' word series) as the "
              "features instead of the networks: the best-feature map is then the best-layer "
              "map (0: the networks).")
+@option("--units", is_flag=True,
+        help="Every unit of the scan as a feature (kernel ridge), one feature per layer for the "
+             "best-layer map; --region then ranks the units by their own weights.")
 @participant_option("the scan's only one")
 @task_option()
 @site_option()
+@word_column_option
 @option("--fmri-participant", "fmri_participants", type=PARTICIPANT, multiple=True,
         help="A human participant (repeatable) [default: every one with runs of the task].")
 @option("--space", default=None, help="fMRIPrep's output space [default: the only one].")
@@ -58,43 +62,55 @@ from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
              "region's voxels past FWE, r and best feature (*_regions.tsv).")
 @option("--atlas-labels", type=click.Path(exists=True, dir_okay=False, path_type=Path),
         default=None, help="The atlas's dseg.tsv (index, name) naming its regions.")
+@option("--float32", is_flag=True,
+        help="Fit in single precision (himalaya's torch backend): half the memory, and faster.")
 @random_state_option
 @device_option(" of the ridge regressions (himalaya's numpy or torch CUDA backend)",
                choices=("cpu", "cuda"))
 @threads_option
 @output_option("FMRI/derivatives/llm2nifti-encoding")
 @quiet_option
-def encode(scan, fmri, networks, layer_pcs, participant, task, site, fmri_participants, space,
-           confounds, hrf, delays, banded, trim, n_permutations, min_shift, alpha, regions,
-           top_percent, atlas, atlas_labels, random_state, device, threads, output, quiet):
+def encode(scan, fmri, networks, layer_pcs, units, participant, task, site, word_column,
+           fmri_participants, space, confounds, hrf, delays, banded, trim, n_permutations,
+           min_shift, alpha, regions, top_percent, atlas, atlas_labels, float32, random_state,
+           device, threads, output, quiet):
     """Encoding models: the scan's networks (word series at the words' onsets, convolved with
     an HRF) predict each voxel of each participant who heard the story (ridge, one alpha per
-    voxel, leave one run out); held-out r, R^2, FWE p from circular shifts, and the network
-    each voxel's prediction rests on most.
+    voxel, leave one run out); held-out r, R^2, FWE p from circular shifts, and the feature
+    each voxel's prediction rests on most (a network, or word rate and word length, the
+    nuisance features).
 
     \b
     SCAN was converted with --words on the story's events files. Writes under
-    FMRI/derivatives/llm2nifti-encoding/sub-<label>/func/:
+    FMRI/derivatives/llm2nifti-encoding/sub-<label>/func/ (desc: networks, layers or units):
       *_space-<s>_desc-networks_stat-{r,r2,pfwe,depth}_statmap.nii.gz
       *_space-<s>_desc-networks_stat-isc_statmap.nii.gz  noise ceiling (others heard it too)
       *_space-<s>_desc-<network>_stat-r2split_statmap.nii.gz  --banded: unique variance
-      *_space-<s>_desc-bestnetwork_dseg.nii.gz (+ .tsv labels)
-      *_space-<s>_desc-networks_encoding.tsv   per network: voxels past FWE it predicts best
+      *_space-<s>_desc-bestnetwork_dseg.nii.gz (+ .tsv labels)  bestlayer with layers/units
+      *_space-<s>_desc-networks_encoding.tsv   per feature: voxels past FWE it predicts best
+      *_space-<s>_desc-networks_clusters.tsv   each cluster past FWE: peak, r, best feature
+      *_space-<s>_desc-networks_regions.tsv    --atlas: the same per region
       *_space-<s>_desc-<region>_networks.tsv   --region: the units carrying it (for evaluate)
-    and, with two participants or more, task-<t>_space-<s>_desc-networks_stat-z_statmap.nii.gz.
+    and, with two participants or more, the group's
+    task-<t>_space-<s>_desc-networks_stat-{z,pfwe}_statmap.nii.gz.
     """
     from llm2nifti.analysis.encoding import encode as run
+    from llm2nifti.analysis.encoding_model import EncodingModel
 
-    res = run(scan, fmri, networks=networks, participant=participant, task=task, site=site,
+    model = EncodingModel(banded=banded, n_permutations=n_permutations, min_shift=min_shift,
+                          backend=("torch_cuda" if device == "cuda" else "torch" if float32 else "numpy"),
+                          dtype="float32" if float32 else "float64", random_state=random_state)
+    res = run(scan, fmri, estimator=model, networks=networks, layer_pcs=layer_pcs, units=units,
+              participant=participant, task=task, site=site, word_column=word_column,
               fmri_participants=fmri_participants, space=space, confounds=confounds, hrf=hrf,
-              trim=trim, n_permutations=n_permutations, min_shift=min_shift, alpha=alpha,
-              random_state=random_state, backend="torch_cuda" if device == "cuda" else "numpy",
-              output=output, threads=threads, regions=regions, top_percent=top_percent,
-              delays=tuple(delays) or (1, 2, 3, 4), banded=banded, progress=not quiet,
-              layer_pcs=layer_pcs, atlas=atlas, atlas_labels=atlas_labels)
+              delays=tuple(delays) or (1, 2, 3, 4), trim=trim, alpha=alpha, regions=regions,
+              top_percent=top_percent, atlas=atlas, atlas_labels=atlas_labels, output=output,
+              threads=threads, progress=not quiet)
     for who, r in res.participants.items():
         past = r["p_fwe"] <= alpha
         click.echo(f"sub-{who}: {int(past.sum()):,} of {len(past):,} voxels past FWE {alpha:g} "
                    f"(max r {r['r'].max():.3f}); {r['paths']['r'].parent}")
         for label, tsv in r.get("units", {}).items():
             click.echo(f"  units carrying {label}: {tsv}  (llm2nifti evaluate {tsv} -d {scan})")
+    if res.group is not None:
+        click.echo(f"group: {res.group}")

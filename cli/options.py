@@ -268,6 +268,12 @@ def device_options(trust_remote_code=True):
     return decorate
 
 
+def word_column_option(f):
+    """``--word-column``: the column of BIDS events files that holds the words heard."""
+    return option("--word-column", default="word", show_default=True,
+                  help="The column of the events files holding the words.")(f)
+
+
 def random_state_option(f):
     """``--random-state``: the seed of a command's nulls (a decomposition has its own, in
     :func:`decomposition_options`)."""

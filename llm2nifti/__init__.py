@@ -26,7 +26,7 @@ _EXPORTS = {
     "recurrence": ".analysis.matching", "localize": ".analysis.glm",
     "connectivity": ".analysis.connectomes", "words_dataset": ".acquisition.words",
     "fingerprint": ".analysis.fingerprints", "diff": ".analysis.diffs",
-    "encode": ".analysis.encoding",
+    "encode": ".analysis.encoding", "EncodingModel": ".analysis.encoding_model",
     "patch_gap": ".intervention.patching",
     "intervene": ".intervention.hooks", "Intervention": ".intervention.hooks",
     "Evaluator": ".intervention.evaluation",

@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from llm2nifti.acquisition.convert import scan
 from llm2nifti.analysis.encoding import encode, features_at_tr, word_times
+from llm2nifti.analysis.encoding_model import EncodingModel
 from llm2nifti.analysis.fingerprints import participant_networks
 from llm2nifti.cli.main import main
 from llm2nifti.neuronset import NeuronSet
@@ -85,8 +86,8 @@ def listening(tmp_path_factory, tokenizer):
 
 def test_planted_voxels_are_found_with_their_network_and_the_rest_stay_null(listening):
     res, tsv, fmri = listening
-    out = encode(res.root, fmri, networks=tsv, trim=6.0, n_permutations=200, min_shift=15.0)
-    assert sorted(out.participants) == ["01", "02"] and out.names == ["FN00", "FN01", "FN02"]
+    out = encode(res.root, fmri, networks=tsv, trim=6.0, estimator=EncodingModel(n_permutations=200, min_shift=15.0))
+    assert sorted(out.participants) == ["01", "02"] and out.names == ["FN00", "FN01", "FN02", "word_rate", "word_length"]
     planted = np.arange(np.prod(SHAPE)) < N_PLANTED
     for who, r in out.participants.items():
         found = r["p_fwe"] <= 0.05
@@ -104,7 +105,7 @@ def test_planted_voxels_are_found_with_their_network_and_the_rest_stay_null(list
         assert table["n_voxels"].sum() == found.sum()
         sidecar = json.loads(r["paths"]["r"].with_name(
             r["paths"]["r"].name.replace(".nii.gz", ".json")).read_text())
-        assert sidecar["Parameters"]["n_permutations"] == 200
+        assert sidecar["Parameters"]["estimator"]["n_permutations"] == 200
         assert sidecar["Parameters"]["features"][-2:] == ["word_rate", "word_length"]
         # noise ceiling: the other participant heard the same runs; the planted signal is
         # shared (correlation 1 / 1.25 = 0.8 expected), the noise is not
@@ -139,17 +140,17 @@ def test_encode_on_the_command_line_and_its_refusals(listening, tmp_path):
 
 def test_voxel_chunks_change_nothing_and_the_memory_guard_refuses_first(listening, tmp_path,
                                                                         monkeypatch):
-    from llm2nifti.analysis.encoding import ALPHAS, _fold_scores
     from llm2nifti.errors import UsageError
 
     rng = np.random.default_rng(1)
     X = rng.normal(size=(80, 3))
     Y = X @ rng.normal(size=(3, 50)) + rng.normal(size=(80, 50))
     groups = np.repeat([0, 1], 40)
-    whole = _fold_scores(X, Y, groups, ALPHAS, 3)
-    chunked = _fold_scores(X, Y, groups, ALPHAS, 3, chunk=7)
-    for a, b in zip(whole[:3], chunked[:3]):  # the same arithmetic per voxel, in float64
-        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    whole = EncodingModel(n_permutations=0).fit(X, Y, groups)
+    chunked = EncodingModel(n_permutations=0, chunk=7).fit(X, Y, groups)
+    for name in ("r_", "r2_", "parts_", "coef_"):  # the same arithmetic per voxel, in float64
+        np.testing.assert_allclose(getattr(whole, name), getattr(chunked, name), rtol=1e-9,
+                                   atol=1e-12)
     res, tsv, fmri = listening
     monkeypatch.setenv("LLM2NIFTI_MEMORY_LIMIT", "100KB")
     with pytest.raises(UsageError, match="voxels x .* volumes needs about"):
@@ -167,9 +168,8 @@ def test_the_units_a_region_rests_on_are_its_network_and_evaluate_reads_them(lis
                           & (np.arange(np.prod(SHAPE)) % 3 == 1))] = 1
     mask = tmp_path / "sub-01_desc-fn01_mask.nii.gz"
     nib.save(nib.Nifti1Image(region.reshape(SHAPE), affine), mask)
-    out = encode(res.root, fmri, networks=tsv, fmri_participants=["01"], trim=6.0,
-                 n_permutations=50, min_shift=15.0, regions=[mask], top_percent=100 * 8 / 256,
-                 output=tmp_path / "enc")
+    out = encode(res.root, fmri, networks=tsv, fmri_participants=["01"], trim=6.0, regions=[mask], top_percent=100 * 8 / 256,
+                 output=tmp_path / "enc", estimator=EncodingModel(n_permutations=50, min_shift=15.0))
     written = out.participants["01"]["units"]["fn01"]
     units = NeuronSet.from_tsv(written)
     planted = NeuronSet.from_tsv(tsv).select(["FN01"])
@@ -182,8 +182,8 @@ def test_fir_delays_learn_each_voxels_response(listening, tmp_path):
     ridge learns that shape: the planted voxels are found with their networks all the same."""
     res, tsv, fmri = listening
     out = encode(res.root, fmri, networks=tsv, fmri_participants=["02"], hrf="fir",
-                 delays=(1, 2, 3, 4), trim=6.0, n_permutations=200, min_shift=15.0,
-                 output=tmp_path / "fir")
+                 delays=(1, 2, 3, 4), trim=6.0,
+                 output=tmp_path / "fir", estimator=EncodingModel(n_permutations=200, min_shift=15.0))
     r = out.participants["02"]
     planted = np.arange(np.prod(SHAPE)) < N_PLANTED
     found = r["p_fwe"] <= 0.05
@@ -199,8 +199,7 @@ def test_banded_ridge_gives_each_network_its_unique_variance(listening, tmp_path
     """One band per network: in a voxel planted with one network, that network's share of the
     held-out R^2 is the largest; the shares are written as one map per network."""
     res, tsv, fmri = listening
-    out = encode(res.root, fmri, networks=tsv, fmri_participants=["01"], banded=20, trim=6.0,
-                 n_permutations=100, min_shift=15.0, output=tmp_path / "banded")
+    out = encode(res.root, fmri, networks=tsv, fmri_participants=["01"], trim=6.0, output=tmp_path / "banded", estimator=EncodingModel(n_permutations=100, min_shift=15.0, banded=20))
     r = out.participants["01"]
     planted = np.arange(np.prod(SHAPE)) < N_PLANTED
     unique = r["unique"][:3]
@@ -215,8 +214,7 @@ def test_banded_ridge_gives_each_network_its_unique_variance(listening, tmp_path
 def test_the_report_shows_the_encoding_of_the_scan(listening, tmp_path):
     res, tsv, fmri = listening
     out = tmp_path / "enc"
-    encode(res.root, fmri, networks=tsv, fmri_participants=["01"], trim=6.0, n_permutations=50,
-           min_shift=15.0, output=out)
+    encode(res.root, fmri, networks=tsv, fmri_participants=["01"], trim=6.0, output=out, estimator=EncodingModel(n_permutations=50, min_shift=15.0))
     r = CliRunner().invoke(main, ["report", str(res.root), "--encode-output", str(out), "-o",
                                   str(tmp_path / "pages")])
     assert r.exit_code == 0, r.output
@@ -259,13 +257,13 @@ def test_layer_features_give_the_best_layer_map(listening, tmp_path):
         img = nib.Nifti1Image(data.T.reshape(*SHAPE, n_scans).astype(np.float32), affine)
         img.header.set_zooms((2.0, 2.0, 2.0, TR))
         nib.save(img, func / f"sub-01_{key}_space-{SPACE}_desc-preproc_bold.nii.gz")
-    out = encode(res.root, human, layer_pcs=2, trim=6.0, n_permutations=100, min_shift=15.0)
+    out = encode(res.root, human, layer_pcs=2, trim=6.0, estimator=EncodingModel(n_permutations=100, min_shift=15.0))
     r = out.participants["01"]
     planted = np.arange(np.prod(SHAPE)) < N_PLANTED
     found = r["p_fwe"] <= 0.05
     assert found[planted].mean() >= 0.9 and found[~planted].sum() <= 2
     assert (r["best"][planted & found] == (np.arange(N_PLANTED) % 2)[found[planted]]).mean() >= 0.9
-    assert out.names == ["layer00", "layer01"] and "_desc-bestlayer_dseg" in r["paths"]["best"].name
+    assert out.names[:2] == ["layer00", "layer01"] and "_desc-bestlayer_dseg" in r["paths"]["best"].name
 
 
 def test_an_atlas_table_names_each_regions_best_network(listening, tmp_path):

@@ -38,11 +38,14 @@ class WordTimes:
         Seconds of the human run, per word index of the document (the word rule's order).
     source : str
         The events file's name.
+    line : ndarray of shape (n_words,), optional
+        Each word's line in the file (1: the header).
     """
 
     onset: np.ndarray
     duration: np.ndarray
     source: str
+    line: np.ndarray | None = None
 
 
 def _number(value):
@@ -81,7 +84,7 @@ def read_word_events(path, column=WORD_COLUMN):
     if missing:
         raise UsageError(f"--words {path.name} has no column {', '.join(missing)}: a BIDS events "
                          f"file with onset, duration and the words in {column!r} (--word-column)")
-    words, onsets, durations = [], [], []
+    words, onsets, durations, lines = [], [], [], []
     for i, row in enumerate(table.itertuples(index=False), start=2):  # line 1: the header
         word = getattr(row, column) if column.isidentifier() else row[table.columns.get_loc(column)]
         if word in _MISSING:
@@ -94,12 +97,14 @@ def read_word_events(path, column=WORD_COLUMN):
             words.append(part)
             onsets.append(onset)
             durations.append(duration if math.isfinite(duration) else 0.0)
+            lines.append(i)
     if not words:
         raise UsageError(f"--words {path.name}: no words in column {column!r}")
     stem = path.name.split(".")[0]
     stem = stem[: -len("_events")] if stem.endswith("_events") else stem
     doc = Document(stem, " ".join(words))
-    return doc, WordTimes(np.asarray(onsets, float), np.asarray(durations, float), path.name)
+    return doc, WordTimes(np.asarray(onsets, float), np.asarray(durations, float), path.name,
+                          np.asarray(lines, int))
 
 
 def word_events_documents(paths, column=WORD_COLUMN):

@@ -36,10 +36,10 @@ _EXPORTS = {
     **{name: ".dualreg" for name in ("dual_regression",)},
     **{name: ".encoding" for name in (
         "encode", "EncodingResult", "Features", "network_features", "layer_features",
-        "atlas_table",
-        "word_times", "features_at_tr",
-        "region_units", "lanczos_at_tr", "preferred_depth", "group_map",
-        "PIPELINE_ENCODING")},
+        "unit_features", "unit_kernels", "atlas_table", "cluster_table", "word_times",
+        "features_at_tr", "volume_operators", "region_units", "lanczos_at_tr",
+        "preferred_depth", "group_map", "PIPELINE_ENCODING", "NUISANCE")},
+    **{name: ".encoding_model" for name in ("EncodingModel", "feature_columns", "zscore")},
     **{name: ".permutation" for name in ("max_t_fwe", "PermutationResult")},
     **{name: ".stability" for name in (
         "icasso", "read_stability", "stability_paths")},

@@ -1,0 +1,314 @@
+"""The encoding estimator: ridge from word features to voxels, scored on held-out runs.
+
+:class:`EncodingModel` follows scikit-learn's estimator contract (``__init__`` stores the
+settings, ``fit`` returns the estimator, fitted attributes end in ``_``, ``clone`` works) and
+nilearn's decoders, whose ``fit`` runs the outer cross-validation and keeps its scores: the
+outer folds leave one run (a group) out, the same for every voxel; inside each training set
+himalaya chooses each voxel's penalty by leaving one run out again. Voxels are fitted in
+chunks (each voxel's ridge is its own: chunks change the memory, not the numbers).
+
+Three solvers, one contract:
+
+- ``kernel=False, banded=0``: himalaya's ``RidgeCV`` on the design ``X`` (samples x columns),
+  one penalty per voxel;
+- ``kernel=False, banded=N``: ``BandedRidgeCV``, one band per feature (its columns together),
+  one penalty per band and voxel by N random-search iterations; each feature's part is its
+  unique variance (himalaya's split R^2);
+- ``kernel=True``: ``X`` is a stack of linear kernels, one per feature (features x samples x
+  samples), summed for ``KernelRidgeCV`` (or ``MultipleKernelRidgeCV`` with ``banded``): the
+  solver for designs with more columns than samples (a model's units).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.base import BaseEstimator
+
+from ..errors import UsageError
+
+__all__ = ["EncodingModel", "ALPHAS", "feature_columns", "zscore"]
+
+ALPHAS = np.logspace(-2, 8, 21)
+
+
+def zscore(a):
+    """Each column centred and scaled to unit standard deviation (a constant column: 0)."""
+    a = a - a.mean(axis=0)
+    sd = a.std(axis=0)
+    return a / np.where(sd > 0, sd, 1.0)
+
+
+def feature_columns(n_columns, widths):
+    """The columns of each feature in a design of ``n_columns``: ``widths[j]`` columns per
+    feature (a network's one, a layer's principal components), repeated at every delay in
+    blocks of ``sum(widths)`` columns."""
+    block = int(sum(widths))
+    starts = np.concatenate([[0], np.cumsum(widths)[:-1]]).astype(int)
+    return [np.concatenate([np.arange(d + a, d + a + w) for d in range(0, n_columns, block)])
+            for a, w in zip(starts, widths)]
+
+
+class EncodingModel(BaseEstimator):
+    """Cross-validated ridge from word features to voxels: held-out r and R^2, each feature's
+    part, and a circular-shift null with family-wise error over voxels.
+
+    Parameters
+    ----------
+    alphas : array-like, optional
+        Penalties searched per voxel (default: 21 on a log grid from 1e-2 to 1e8).
+    banded : int
+        0: one penalty per voxel. N > 0: one per feature and voxel, N random-search iterations;
+        ``parts_`` are then the features' unique variances.
+    kernel : bool
+        ``X`` is a stack of per-feature linear kernels (features x samples x samples) rather than
+        a design: for more columns than samples.
+    n_permutations : int
+        Circular shifts of the held-out predictions against the data (0: no null).
+    min_shift : float
+        Shortest shift, in seconds (``t_r`` of ``fit`` converts it): longer than the HRF.
+    backend : {"numpy", "torch", "torch_cuda"}
+        himalaya's backend.
+    dtype : {"float64", "float32"}
+        Precision of the fit; float32 halves the memory and is faster with torch.
+    chunk : int
+        Voxels fitted together.
+    random_state : int
+        Seeds the null's shifts and banded ridge's search.
+
+    Attributes
+    ----------
+    r_, r2_ : ndarray of shape (n_voxels,)
+        Held-out Pearson r and R^2, mean over the outer folds.
+    parts_ : ndarray of shape (n_features, n_voxels)
+        Each feature's part: the held-out r of its share of the prediction (its columns times
+        their weights), or with ``banded`` its unique variance (split R^2).
+    best_ : ndarray of shape (n_voxels,)
+        The feature whose part is largest.
+    best_alphas_ : ndarray of shape (n_voxels,)
+        The penalty chosen, geometric mean over folds (with ``banded``: over bands too).
+    coef_ : ndarray of shape (n_columns, n_voxels)
+        The weights, mean over folds (``kernel=False``).
+    dual_coef_ : ndarray of shape (n_samples, n_voxels)
+        ``kernel=True``: each fold's dual weights on its training samples (0 on the held-out
+        ones), mean over folds; ``X.T @ dual_coef_`` gives the weights of the design behind the
+        kernels.
+    feature_coef_ : ndarray of shape (n_features, n_voxels)
+        ``kernel=False``: each feature's weights summed over its columns (its response's area).
+    null_max_ : ndarray of shape (n_permutations,)
+        The largest fold-averaged r over voxels of each circular shift.
+    p_fwe_ : ndarray of shape (n_voxels,)
+        Family-wise error corrected p of ``r_`` (max-statistic).
+    n_folds_ : int
+    """
+
+    def __init__(self, alphas=None, banded=0, kernel=False, n_permutations=1000,
+                 min_shift=20.0, backend="numpy", dtype="float64", chunk=20000, random_state=0):
+        self.alphas = alphas
+        self.banded = banded
+        self.kernel = kernel
+        self.n_permutations = n_permutations
+        self.min_shift = min_shift
+        self.backend = backend
+        self.dtype = dtype
+        self.chunk = chunk
+        self.random_state = random_state
+
+    # -- checks ------------------------------------------------------------------------------
+    def _check(self, X, Y, groups, columns):
+        if self.n_permutations < 0:
+            raise UsageError(f"n_permutations={self.n_permutations}: give 0 (no null) or more, "
+                             "1000 for a p-value")
+        if self.banded < 0 or self.chunk < 1:
+            raise UsageError(f"banded={self.banded}, chunk={self.chunk}: banded is 0 or a number "
+                             "of iterations, chunk at least 1")
+        if self.dtype not in ("float64", "float32"):
+            raise UsageError(f"dtype={self.dtype!r}: float64 or float32")
+        n = Y.shape[0]
+        if len(groups) != n or (X.shape[1] if self.kernel else X.shape[0]) != n:
+            raise UsageError(f"X, Y and groups describe different samples: {X.shape}, "
+                             f"{Y.shape}, {len(groups)}")
+        if len(np.unique(groups)) < 2:
+            raise UsageError("one group (run): leave-one-run-out needs at least 2")
+        if self.kernel:
+            if X.ndim != 3 or X.shape[1] != X.shape[2]:
+                raise UsageError(f"kernel=True: X is a stack of kernels (features x samples x "
+                                 f"samples), not {X.shape}")
+            return [np.array([j]) for j in range(X.shape[0])]
+        if X.shape[1] > n:
+            raise UsageError(f"X has {X.shape[1]:,} columns for {n:,} samples: ridge on more "
+                             "features than samples is kernel ridge (kernel=True)")
+        return ([np.array([j]) for j in range(X.shape[1])] if columns is None
+                else [np.asarray(c, int) for c in columns])
+
+    # -- fitting -----------------------------------------------------------------------------
+    def _model(self, columns):
+        from himalaya.kernel_ridge import KernelRidgeCV, MultipleKernelRidgeCV
+        from himalaya.ridge import BandedRidgeCV, RidgeCV
+
+        alphas = ALPHAS if self.alphas is None else np.asarray(self.alphas, float)
+        search = dict(n_iter=self.banded, alphas=alphas, progress_bar=False)
+        if self.kernel:
+            if self.banded:
+                return lambda cv: MultipleKernelRidgeCV(kernels="precomputed", cv=cv,
+                                                        solver_params=search,
+                                                        random_state=self.random_state)
+            return lambda cv: KernelRidgeCV(kernel="precomputed", alphas=alphas, cv=cv)
+        if not self.banded:
+            return lambda cv: RidgeCV(alphas=alphas, cv=cv)
+        bands = np.zeros(sum(len(c) for c in columns), dtype=int)
+        for j, c in enumerate(columns):
+            bands[c] = j
+        return lambda cv: BandedRidgeCV(groups=bands, cv=cv, random_state=self.random_state,
+                                        solver_params=search)
+
+    def fit(self, X, Y, groups, columns=None, t_r=1.0):
+        """Leave one group out: fit on the others, score on it, for every group.
+
+        Parameters
+        ----------
+        X : ndarray of shape (n_samples, n_columns), or (n_features, n_samples, n_samples)
+            The design (z-scored per run), or with ``kernel=True`` one linear kernel per
+            feature.
+        Y : ndarray of shape (n_samples, n_voxels)
+            The BOLD, z-scored per run.
+        groups : ndarray of shape (n_samples,)
+            The run of each sample.
+        columns : list of arrays, optional
+            ``kernel=False``: each feature's columns (default: one feature per column).
+        t_r : float
+            Seconds per sample (converts ``min_shift``).
+
+        Returns
+        -------
+        self
+        """
+        from himalaya.backend import set_backend
+        from sklearn.model_selection import KFold, LeaveOneGroupOut
+
+        X, Y, groups = np.asarray(X), np.asarray(Y), np.asarray(groups)
+        columns = self._check(X, Y, groups, columns)
+        set_backend(self.backend, on_error="raise")
+        X, Y = X.astype(self.dtype, copy=False), Y.astype(self.dtype, copy=False)
+        make = self._model(columns)
+        n_vox, n_features = Y.shape[1], len(columns)
+        totals = dict(r=np.zeros(n_vox), r2=np.zeros(n_vox), parts=np.zeros((n_features, n_vox)),
+                      log_alpha=np.zeros(n_vox))
+        coef = (np.zeros((Y.shape[0], n_vox)) if self.kernel
+                else np.zeros((X.shape[1], n_vox)))
+        held = []
+        folds = list(LeaveOneGroupOut().split(Y, Y, groups))
+        for train, test in folds:
+            inner = (list(LeaveOneGroupOut().split(Y[train], Y[train], groups[train]))
+                     if len(np.unique(groups[train])) > 1 else list(KFold(5).split(Y[train])))
+            held.append(self._fold(X, Y, train, test, inner, make, columns, totals, coef))
+        k = len(folds)
+        self.n_folds_ = k
+        self.r_, self.r2_ = totals["r"] / k, totals["r2"] / k
+        self.parts_ = totals["parts"] / k
+        self.best_ = self.parts_.argmax(axis=0)
+        self.best_alphas_ = np.exp(totals["log_alpha"] / k)
+        if self.kernel:
+            self.dual_coef_ = coef / k
+        else:
+            self.coef_ = coef / k
+            self.feature_coef_ = np.stack([self.coef_[c].sum(axis=0) for c in columns])
+        self.columns_ = columns
+        if self.n_permutations:
+            shift = max(1, int(round(self.min_shift / t_r)))
+            self.null_max_ = _null_max(held, self.n_permutations, shift, self.random_state,
+                                       self.chunk)
+            self.p_fwe_ = ((1 + (self.null_max_[:, None] >= self.r_[None, :]).sum(axis=0))
+                           / (1 + self.n_permutations))
+        return self
+
+    def _fold(self, X, Y, train, test, inner, make, columns, totals, coef):
+        """One outer fold, voxel chunk by chunk; adds to ``totals`` and ``coef``, returns the
+        z-scored held-out prediction and data (for the null)."""
+        from himalaya.backend import get_backend
+
+        to_numpy = get_backend().to_numpy
+        if self.kernel:
+            fit_x = X[:, train][:, :, train] if self.banded else X[:, train][:, :, train].sum(0)
+            test_x = X[:, test][:, :, train]
+            new_x = test_x if self.banded else test_x.sum(0)
+        else:
+            fit_x, new_x = X[train], X[test]
+        n_vox = Y.shape[1]
+        p_all = np.zeros((len(test), n_vox))
+        y_all = np.zeros((len(test), n_vox))
+        for a in range(0, n_vox, self.chunk):
+            b = min(a + self.chunk, n_vox)
+            model = make(inner).fit(fit_x, Y[train, a:b])
+            pred = to_numpy(model.predict(new_x)).astype(np.float64)
+            truth = Y[test, a:b].astype(np.float64)
+            y, p = zscore(truth), zscore(pred)
+            totals["r"][a:b] += (p * y).mean(axis=0)
+            totals["r2"][a:b] += 1 - (((truth - pred) ** 2).sum(0)
+                                      / np.maximum((truth ** 2).sum(0), 1e-12))
+            if self.banded:
+                totals["parts"][:, a:b] += _split_r2(model, new_x, truth, to_numpy)
+                totals["log_alpha"][a:b] -= to_numpy(model.deltas_).mean(axis=0)
+            else:
+                totals["log_alpha"][a:b] += np.log(to_numpy(model.best_alphas_))
+            if self.kernel:
+                dual = to_numpy(model.dual_coef_).astype(np.float64)
+                coef[train, a:b] += dual
+                if not self.banded:
+                    totals["parts"][:, a:b] += np.stack([
+                        (zscore(test_x[j] @ dual) * y).mean(axis=0) for j in range(len(X))])
+            else:
+                w = to_numpy(model.coef_).astype(np.float64)
+                coef[:, a:b] += w
+                if not self.banded:
+                    totals["parts"][:, a:b] += np.stack([
+                        (zscore(new_x[:, c].astype(np.float64) @ w[c]) * y).mean(axis=0)
+                        for c in columns])
+            p_all[:, a:b], y_all[:, a:b] = p, y
+        return p_all, y_all
+
+    def predict(self, X):
+        """The mean fold model's prediction: ``X @ coef_`` for a design, or ``K @ dual_coef_``
+        for a kernel between new samples and the training samples (summed over features)."""
+        X = np.asarray(X, float)
+        if self.kernel:
+            return (X.sum(0) if X.ndim == 3 else X) @ self.dual_coef_
+        return X @ self.coef_
+
+    def r_threshold(self, alpha=0.05):
+        """The held-out r past which a voxel is significant at FWE ``alpha`` (the null's
+        ``1 - alpha`` quantile of the maximum over voxels)."""
+        return float(np.quantile(self.null_max_, 1 - alpha, method="higher"))
+
+
+def _split_r2(model, X, Y, to_numpy):
+    """Each band's share of the held-out R^2 (himalaya's split scores: they sum to the R^2)."""
+    from himalaya.scoring import r2_score_split
+
+    with warnings.catch_warnings():  # the held-out data are z-scored per run, hence centred
+        warnings.filterwarnings("ignore", message="y_true has to be zero-mean")
+        return to_numpy(r2_score_split(Y - Y.mean(axis=0), model.predict(X, split=True)))
+
+
+def _null_max(held, n_permutations, min_shift, random_state, chunk=20000):
+    """Maximum over voxels of the fold-averaged r of circularly shifted predictions (the
+    cross-correlation at every shift at once, by FFT)."""
+    rng = np.random.default_rng(random_state)
+    lengths = [len(y) for _, y in held]
+    if min(lengths) <= 2 * min_shift:
+        raise UsageError(f"held-out runs of {min(lengths)} volumes are too short for circular "
+                         f"shifts of at least {min_shift} volumes: lower min_shift or trim less")
+    shifts = np.stack([rng.integers(min_shift, n - min_shift + 1, n_permutations)
+                       for n in lengths], axis=1)
+    n_vox = held[0][1].shape[1]
+    best = np.full(n_permutations, -np.inf)
+    for a in range(0, n_vox, chunk):
+        acc = np.zeros((n_permutations, min(chunk, n_vox - a)))
+        for f, (p, y) in enumerate(held):
+            n = len(y)
+            cc = np.fft.irfft(np.fft.rfft(p[:, a:a + chunk], axis=0)
+                              * np.conj(np.fft.rfft(y[:, a:a + chunk], axis=0)), n=n, axis=0) / n
+            acc += cc[shifts[:, f]]
+        best = np.maximum(best, (acc / len(held)).max(axis=1))
+    return best
