@@ -53,14 +53,18 @@ def _tr(bold):
     import nibabel as nib
 
     sidecar = Path(str(bold).split(".nii")[0] + ".json")
-    if sidecar.is_file():
-        tr = json.loads(sidecar.read_text()).get("RepetitionTime")
-        if tr:
-            return float(tr)
-    zooms = nib.load(str(bold)).header.get_zooms()
-    if len(zooms) < 4 or not zooms[3] > 0:
+    tr = json.loads(sidecar.read_text()).get("RepetitionTime") if sidecar.is_file() else None
+    header = nib.load(str(bold)).header
+    zooms = header.get_zooms()
+    unit = header.get_xyzt_units()[1] if hasattr(header, "get_xyzt_units") else "sec"
+    scale = {"msec": 1e-3, "usec": 1e-6}.get(unit, 1.0)
+    in_header = float(zooms[3]) * scale if len(zooms) > 3 and zooms[3] > 0 else None
+    if tr and in_header and abs(float(tr) - in_header) > 1e-3 * float(tr):
+        raise UsageError(f"{Path(bold).name}: RepetitionTime {float(tr):g} s in its sidecar but "
+                         f"{in_header:g} s in its header: correct the one that is wrong")
+    if not (tr or in_header):
         raise UsageError(f"{Path(bold).name}: no RepetitionTime in its sidecar or header")
-    return float(zooms[3])
+    return float(tr or in_header)
 
 
 def fmri_runs(fmri, task, space=None, participants=None):
