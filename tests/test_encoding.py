@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -286,3 +287,150 @@ def test_an_atlas_table_names_each_regions_best_network(listening, tmp_path):
     assert list(table["best"][:3]) == ["FN00", "FN01", "FN02"]
     assert (table["n_past_fwe"][:3] == 20).all() and table["n_past_fwe"][3] <= 2
     assert table["mean_r"][:3].min() > 0.6 > 0.2 > abs(table["mean_r"][3])
+
+
+def test_the_same_fit_written_by_hand_with_nilearn_and_himalaya_gives_the_same_r(listening,
+                                                                                  tmp_path):
+    """Regressors from nilearn's compute_regressor per feature, trimmed and z-scored per run,
+    himalaya's RidgeCV left one run out (inner folds too), Pearson r per fold, averaged."""
+    from himalaya.ridge import RidgeCV
+    from nilearn.glm.first_level import compute_regressor
+    from nilearn.maskers import NiftiMasker
+
+    from llm2nifti.analysis.encoding_model import ALPHAS
+
+    res, tsv, fmri = listening
+    out = encode(res.root, fmri, networks=tsv, fmri_participants=["01"], trim=6.0,
+                 output=tmp_path / "enc", estimator=EncodingModel(n_permutations=1))
+    nets = participant_networks(Dataset(res.root), res.participant, res.task, "mlp", pool="last",
+                                networks_tsv=tsv)
+    z = lambda a: (a - a.mean(0)) / a.std(0)  # noqa: E731
+    values = np.column_stack([z(nets.values), np.ones(len(nets.values)),
+                              z(nets.words["word"].str.len().to_numpy(float)[:, None])])
+    prep = fmri / "derivatives" / "fmriprep" / "sub-01" / "func"
+    masker = NiftiMasker(mask_img=str(next(prep.glob("*run-1*_desc-brain_mask.nii.gz"))),
+                         standardize=None).fit()
+    Xs, Ys = [], []
+    start = 0
+    for run in (1, 2):
+        events = pd.read_csv(fmri / "sub-01" / "func" / f"sub-01_task-story_run-{run}_events.tsv",
+                             sep="\t")
+        rows = slice(start, start + len(events))
+        start += len(events)
+        bold = next(prep.glob(f"*run-{run}*_desc-preproc_bold.nii.gz"))
+        n_scans = nib.load(bold).shape[3]
+        frames = (np.arange(n_scans) + 0.5) * TR
+        X = np.column_stack([compute_regressor(
+            np.vstack([events["onset"], events["duration"], values[rows, j]]), "glover", frames,
+            oversampling=16)[0][:, 0] for j in range(values.shape[1])])
+        keep = slice(4, n_scans - 4)  # 6 s at a TR of 1.5 s
+        Xs.append(z(X[keep]))
+        Ys.append(z(masker.transform(bold)[keep].astype(np.float64)))
+    r = []
+    for test in (0, 1):
+        train = 1 - test
+        model = RidgeCV(alphas=ALPHAS, cv=5).fit(Xs[train], Ys[train])
+        r.append((z(model.predict(Xs[test])) * z(Ys[test])).mean(0))
+    np.testing.assert_allclose(out.participants["01"]["r"], np.mean(r, axis=0), atol=1e-6)
+
+
+def test_units_as_features_by_kernel_ridge(listening, tmp_path):
+    """Every unit a feature (256 units, more than the volumes): kernel ridge finds the planted
+    voxels, and a region of FN01's voxels ranks FN01's units first by their own weights."""
+    res, tsv, fmri = listening
+    affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    region = ((np.arange(np.prod(SHAPE)) < N_PLANTED) & (np.arange(np.prod(SHAPE)) % 3 == 1))
+    mask = tmp_path / "sub-01_desc-fn01_mask.nii.gz"
+    nib.save(nib.Nifti1Image(region.reshape(SHAPE).astype(np.uint8), affine), mask)
+    out = encode(res.root, fmri, units=True, fmri_participants=["01"], trim=6.0,
+                 regions=[mask], top_percent=100 * 8 / 256, output=tmp_path / "enc",
+                 estimator=EncodingModel(n_permutations=200, min_shift=15.0))
+    r = out.participants["01"]
+    assert out.kind == "units" and out.names[:2] == ["layer00", "layer01"]
+    assert r["model"].kernel and r["model"].dual_coef_.shape[1] == np.prod(SHAPE)
+    planted = np.arange(np.prod(SHAPE)) < N_PLANTED
+    found = r["p_fwe"] <= 0.05
+    assert found[planted].mean() >= 0.9 and found[~planted].sum() <= 2
+    units = NeuronSet.from_tsv(r["units"]["fn01"])
+    fn01 = NeuronSet.from_tsv(tsv).select(["FN01"]).pairs()
+    # ridge spreads the weight over the units that covary with FN01's mean (here |r| 0.25 on
+    # average between units): FN01's own units rank high, not all first
+    rank = np.argsort(np.argsort(-r["unit_scores"]["fn01"]))[128 * fn01[:, 0] + fn01[:, 1]]
+    assert np.median(rank) < 64 and (rank < 8).sum() >= 2  # chance: 128, and 0.25
+    assert len(units.pairs()) == 8 and (rank < 8).sum() == len(
+        set(map(tuple, units.pairs().tolist())) & set(map(tuple, fn01.tolist())))
+    assert "_desc-units_stat-r_statmap" in r["paths"]["r"].name
+
+
+
+def _copy(fmri, tmp_path):
+    import shutil
+
+    return Path(shutil.copytree(fmri, tmp_path / "fmri"))
+
+
+def _refused(args, tmp_path, *needles):
+    out = tmp_path / "enc"
+    r = CliRunner().invoke(main, ["encode", *map(str, args), "-o", str(out), "-q"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert "Traceback" not in r.output and all(n in r.output for n in needles), r.output
+    assert not out.exists()  # nothing written
+
+
+@pytest.mark.parametrize("case", ["tr", "short", "transcript", "no words", "no runs", "space",
+                                  "too many features"])
+def test_bad_human_data_is_refused_in_one_line_before_anything_is_written(listening, tmp_path,
+                                                                          case):
+    res, tsv, fmri = listening
+    fmri = _copy(fmri, tmp_path)
+    func = fmri / "sub-01" / "func"
+    prep = fmri / "derivatives" / "fmriprep" / "sub-01" / "func"
+    args = [res.root, "--fmri", fmri, "--features", tsv, "--trim", "6"]
+    if case == "tr":
+        bold = next(prep.glob("*run-1*_bold.nii.gz"))
+        bold.with_name(bold.name.replace(".nii.gz", ".json")).write_text(
+            '{"RepetitionTime": 2.0}')
+        _refused(args, tmp_path, "RepetitionTime 2 s in its sidecar but 1.5 s in its header")
+    elif case == "short":
+        events = pd.read_csv(func / "sub-01_task-story_run-2_events.tsv", sep="\t",
+                             keep_default_na=False)  # the story has a word "NA"
+        events["onset"] += 300
+        events.to_csv(func / "sub-01_task-story_run-2_events.tsv", sep="\t", index=False)
+        _refused(args, tmp_path, "before the last word of sub-01_task-story_run-2_events.tsv")
+    elif case == "transcript":
+        path = func / "sub-01_task-story_run-1_events.tsv"
+        lines = path.read_text(encoding="utf-8").splitlines()
+        onset, duration, word = lines[5].split("\t")
+        lines[5] = "\t".join([onset, duration, word + "s"])
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        _refused(args, tmp_path, "line 6 has the word", "transcript differs")
+    elif case == "no words":
+        path = func / "sub-01_task-story_run-1_events.tsv"
+        path.write_text(path.read_text().replace("\tword\n", "\ttext\n", 1))
+        _refused(args, tmp_path, "has no column word", "--word-column")
+    elif case == "no runs":
+        import shutil
+
+        shutil.rmtree(fmri / "derivatives")
+        _refused(args, tmp_path, "no fMRIPrep runs of task 'story'")
+    elif case == "space":
+        atlas = tmp_path / "space-MNI152NLin6Asym_desc-regions_dseg.nii.gz"
+        nib.save(nib.Nifti1Image(np.ones(SHAPE, np.int16), np.eye(4)), atlas)
+        _refused(args + ["--atlas", atlas], tmp_path, "in space MNI152NLin6Asym",
+                 f"the runs in {SPACE}")
+    else:
+        _refused([res.root, "--fmri", fmri, "--layer-pcs", "60", "--hrf", "fir", "--trim", "6"],
+                 tmp_path, "columns for sub-01's", "--units")
+
+
+def test_the_command_lines_defaults_are_the_estimators():
+    """encode's options that configure the EncodingModel start from its defaults."""
+    import click
+
+    command = main.commands["encode"]
+    ctx = click.Context(command)
+    defaults = EncodingModel().get_params()
+    shared = [p for p in command.params if isinstance(p, click.Option) and p.name in defaults]
+    assert {p.name for p in shared} >= {"banded", "n_permutations", "min_shift", "random_state"}
+    for p in shared:
+        assert p.type_cast_value(ctx, p.get_default(ctx)) == defaults[p.name], p.name

@@ -56,7 +56,7 @@ def _number(value):
     return x
 
 
-def read_word_events(path, column=WORD_COLUMN):
+def read_word_events(path, column=WORD_COLUMN, what="--words"):
     """One events file as a :class:`Document` and its :class:`WordTimes`.
 
     Parameters
@@ -65,6 +65,8 @@ def read_word_events(path, column=WORD_COLUMN):
         A BIDS ``*_events.tsv`` with ``onset``, ``duration`` and ``column``.
     column : str
         The column holding each word.
+    what : str
+        How errors name the file's origin (the option that gave it).
 
     Returns
     -------
@@ -74,15 +76,15 @@ def read_word_events(path, column=WORD_COLUMN):
 
     path = Path(path)
     if not path.is_file():
-        raise UsageError(f"--words {path}: no such file")
+        raise UsageError(f"{what} {path}: no such file")
     try:  # every cell as written: a word "NA" or "null" is a word; BIDS writes n/a for none
         table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise UsageError(f"--words {path.name}: not a tab-separated events file "
+        raise UsageError(f"{what} {path.name}: not a tab-separated events file "
                          f"({str(exc).splitlines()[0]})") from None
     missing = [c for c in ("onset", "duration", column) if c not in table.columns]
     if missing:
-        raise UsageError(f"--words {path.name} has no column {', '.join(missing)}: a BIDS events "
+        raise UsageError(f"{what} {path.name} has no column {', '.join(missing)}: a BIDS events "
                          f"file with onset, duration and the words in {column!r} (--word-column)")
     words, onsets, durations, lines = [], [], [], []
     for i, row in enumerate(table.itertuples(index=False), start=2):  # line 1: the header
@@ -91,7 +93,7 @@ def read_word_events(path, column=WORD_COLUMN):
             continue  # another trial type, or silence
         onset, duration = _number(row.onset), _number(row.duration)
         if not math.isfinite(onset):
-            raise UsageError(f"--words {path.name} line {i}: the word {word!r} has no onset "
+            raise UsageError(f"{what} {path.name} line {i}: the word {word!r} has no onset "
                              f"({row.onset!r}): give every word its onset in seconds")
         for part in str(word).split():
             words.append(part)
@@ -99,7 +101,7 @@ def read_word_events(path, column=WORD_COLUMN):
             durations.append(duration if math.isfinite(duration) else 0.0)
             lines.append(i)
     if not words:
-        raise UsageError(f"--words {path.name}: no words in column {column!r}")
+        raise UsageError(f"{what} {path.name}: no words in column {column!r}")
     stem = path.name.split(".")[0]
     stem = stem[: -len("_events")] if stem.endswith("_events") else stem
     doc = Document(stem, " ".join(words))

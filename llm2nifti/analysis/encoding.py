@@ -295,7 +295,7 @@ def _check_transcript(run, rows, scan_words, column):
     returns their onsets and durations."""
     from ..acquisition.listening import read_word_events
 
-    doc, t = read_word_events(run.events, column)
+    doc, t = read_word_events(run.events, column, what="the events file")
     theirs, ours = doc.text.split(" "), list(scan_words[rows])
     for i, (a, b) in enumerate(zip(theirs, ours)):
         if a != b:
@@ -538,7 +538,7 @@ def encode(scan, fmri, *, estimator=None, networks=None, layer_pcs=0, units=Fals
     if not 0 < alpha < 1:
         raise UsageError(f"alpha={alpha}: give a level between 0 and 1, e.g. 0.05")
     if layer_pcs and units:
-        raise UsageError("layer_pcs and units: choose one kind of features")
+        raise UsageError("`layer_pcs` and `units`: choose one kind of features")
     model = clone(estimator if estimator is not None else EncodingModel())
     model.set_params(kernel=bool(units))
     if model.n_permutations < 1:
@@ -553,7 +553,7 @@ def encode(scan, fmri, *, estimator=None, networks=None, layer_pcs=0, units=Fals
         networks = found[0]
     if (layer_pcs or units) and regions and not units:
         raise UsageError("`regions` name the units of networks or of the whole model: give "
-                         "networks or units as features, not layer_pcs")
+                         "networks or `units` as features, not `layer_pcs`")
     from ..acquisition import participant_words
 
     runs, _, _ = participant_words(ds, participant, task, site)
@@ -598,8 +598,8 @@ def encode(scan, fmri, *, estimator=None, networks=None, layer_pcs=0, units=Fals
             if X.shape[1] > len(X):
                 what = f"layer_pcs={layer_pcs}" if layer_pcs else f"{len(feats.names)} networks"
                 raise UsageError(f"{what} at {n_delays} delay(s) give {X.shape[1]:,} columns for "
-                                 f"sub-{who}'s {len(X):,} volumes: give fewer features, or units "
-                                 "(kernel ridge)")
+                                 f"sub-{who}'s {len(X):,} volumes: give fewer features, or set "
+                                 "`units` (kernel ridge)")
             columns = feature_columns(X.shape[1], widths)
         fitted = clone(model).fit(X, Y, groups, columns=columns, t_r=mine[0].tr)
         n_model = len(feats.names)
@@ -660,7 +660,7 @@ def _extras(result, who, atlas, atlas_labels, alpha, regions, top_percent, scan)
         write_frame(res["paths"]["regions"], atlas_table(result, who, atlas, atlas_labels, alpha),
                     index=False)
     if regions:
-        res["units"] = _region_units(scan, res, regions, top_percent, who)
+        res["units"], res["unit_scores"] = _region_units(scan, res, regions, top_percent, who)
 
 
 def _inside(path, masker, what):
@@ -835,7 +835,11 @@ def region_units(weights, sigma, coef, region, top_percent):
         Global unit indices (layer-major).
     """
     beta = coef[: len(weights)][:, region].mean(axis=1)
-    return _top_units(np.abs((beta / np.where(sigma > 0, sigma, 1.0)) @ weights), top_percent)
+    return _top_units(_network_unit_scores(weights, sigma, beta), top_percent)
+
+
+def _network_unit_scores(weights, sigma, beta):
+    return np.abs((beta / np.where(sigma > 0, sigma, 1.0)) @ weights)
 
 
 def _top_units(score, top_percent):
@@ -861,17 +865,19 @@ def _region_units(scan, res, regions, top_percent, who):
 
         weights = network_weights(NeuronSet.from_tsv(networks), layout, list(feats.names))
         sigma = feats.values.std(axis=0)
-    out = {}
+    out, scores = {}, {}
     for path in regions:
         region = _inside(path, masker, "--region") > 0
+        label = _region_label(path)
         if feats.kind == "networks":
-            units = region_units(weights, sigma, res["coef"], region, top_percent)
+            beta = res["coef"][: len(weights)][:, region].mean(axis=1)
+            scores[label] = _network_unit_scores(weights, sigma, beta)
             how = "its mean ridge weight per network, through each unit's weight in its networks"
         else:
             dual = res["model"].dual_coef_[:, region].mean(axis=1)
-            units = _top_units(np.abs(_unit_weights(feats, heard, extra, dual)), top_percent)
+            scores[label] = np.abs(_unit_weights(feats, heard, extra, dual))
             how = "each unit's own weight in the region's mean prediction (kernel ridge)"
-        label = _region_label(path)
+        units = _top_units(scores[label], top_percent)
         tsv = like.with_name(like.name.split("_desc-")[0] + f"_desc-{label}_networks.tsv")
         NeuronSet.from_global(layout, units, name=f"region{label}").to_tsv(tsv)
         write_json(tsv.with_suffix(".json"), {
@@ -880,7 +886,7 @@ def _region_units(scan, res, regions, top_percent, who):
             "Region": str(path), "NVoxels": int(region.sum()), "TopPercent": top_percent,
             "Features": feats.kind, "Networks": None if networks is None else str(networks)})
         out[label] = tsv
-    return out
+    return out, scores
 
 
 def _write(who, task, space, masker, result, feats, runs, alpha, output, fmri, params):
