@@ -12,13 +12,18 @@ from llm2nifti.errors import UsageError
 
 @pytest.fixture(scope="module")
 def planted():
-    """Three runs of 60 samples; voxels 0-9 follow feature 0, 10-19 feature 1, the rest noise."""
+    """Three runs of 60 samples; voxels 0-9 follow feature 0, 10-19 feature 1, the rest noise;
+    each run's columns z-scored (as encode builds them, and as the estimator makes them)."""
+    from llm2nifti.analysis.encoding_model import zscore
+
     rng = np.random.default_rng(0)
     X = rng.standard_normal((180, 3))
     W = np.zeros((3, 40))
     W[0, :10], W[1, 10:20] = 1.0, 1.0
     Y = X @ W + rng.standard_normal((180, 40))
-    return X, Y, np.repeat([0, 1, 2], 60)
+    groups = np.repeat([0, 1, 2], 60)
+    per_run = [(zscore(X[groups == g]), zscore(Y[groups == g])) for g in range(3)]
+    return (np.vstack([x for x, _ in per_run]), np.vstack([y for _, y in per_run]), groups)
 
 
 def test_the_estimator_contract(planted):
@@ -76,3 +81,43 @@ def test_refusals_name_the_parameter(planted):
         EncodingModel().fit(X, Y, np.zeros(180))
     with pytest.raises(UsageError, match="dtype"):
         EncodingModel(dtype="float16").fit(X, Y, groups)
+
+
+def test_the_refit_null_at_shift_zero_is_the_observed_fit(planted):
+    """The closed-form refit of every fold with the features unshifted gives back each voxel's
+    held-out r: the null is drawn from the world the statistic came from."""
+    from sklearn.model_selection import LeaveOneGroupOut
+
+    from llm2nifti.analysis.encoding_model import _refit_null_max
+
+    X, Y, groups = planted
+    model = EncodingModel(n_permutations=0).fit(X, Y, groups)
+    folds = list(LeaveOneGroupOut().split(X, Y, groups))
+    for v in (0, 15, 30):  # a voxel alone: the maximum over voxels is its own r
+        alphas = [np.full(1, a) for a in _fold_alphas(X, Y[:, [v]], groups)]
+        null = _refit_null_max(X, Y[:, [v]], groups, folds, alphas, 1, 1, 0,
+                               shifts=np.zeros((1, 3), int))
+        np.testing.assert_allclose(null, [model.r_[v]], atol=1e-5)  # the null runs in float32
+
+
+def _fold_alphas(X, y, groups):
+    from himalaya.ridge import RidgeCV
+    from sklearn.model_selection import LeaveOneGroupOut
+
+    from llm2nifti.analysis.encoding_model import ALPHAS
+
+    out = []
+    for train, _ in LeaveOneGroupOut().split(X, y, groups):
+        inner = list(LeaveOneGroupOut().split(X[train], y[train], groups[train]))
+        out.append(float(RidgeCV(alphas=ALPHAS, cv=inner).fit(X[train], y[train]).best_alphas_[0]))
+    return out
+
+
+def test_the_null_is_chosen_by_the_solver(planted):
+    X, Y, groups = planted
+    assert EncodingModel(n_permutations=20).fit(X, Y, groups).null_ == "refit"
+    assert EncodingModel(n_permutations=20, banded=5).fit(X, Y, groups).null_ == "predictions"
+    assert EncodingModel(n_permutations=20, null="predictions").fit(X, Y, groups).null_ == \
+        "predictions"
+    with pytest.raises(UsageError, match="null='refit' needs one penalty per voxel"):
+        EncodingModel(n_permutations=20, banded=5, null="refit").fit(X, Y, groups)

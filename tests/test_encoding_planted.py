@@ -69,7 +69,7 @@ def _region(truth, name):
 def test_planted_regions_are_found_and_named_at_a_realistic_noise_level(listeners, tmp_path):
     res, tsv, fmri, truth = listeners
     out = encode(res.root, fmri, networks=tsv, output=tmp_path / "enc",
-                 estimator=EncodingModel(alphas=ALPHAS, n_permutations=1000))
+                 estimator=EncodingModel(alphas=ALPHAS, n_permutations=500))
     layer_voxels = truth.region == 0
     for name in LAYER_REGIONS:
         layer_voxels |= _region(truth, name)
@@ -109,7 +109,7 @@ def test_the_layer_components_planted_are_recovered_as_each_voxels_best_layer(li
                                                                               tmp_path):
     res, tsv, fmri, truth = listeners
     out = encode(res.root, fmri, layer_pcs=2, fmri_participants=["01"], output=tmp_path / "lay",
-                 estimator=EncodingModel(alphas=ALPHAS, n_permutations=1000))
+                 estimator=EncodingModel(alphas=ALPHAS, n_permutations=500))
     r = out.participants["01"]
     found = r["p_fwe"] <= 0.05
     for name, layer in LAYER_REGIONS.items():

@@ -13,11 +13,11 @@ run are left out and each run is z-scored. himalaya's ``RidgeCV`` fits one alpha
 (a log grid, chosen by leave-one-run-out inside the training runs); the outer
 cross-validation leaves one run out, the same folds for every voxel.
 
-Per voxel: the held-out Pearson r and R^2 averaged over folds; the network whose part of the
-prediction (its regressor times its weight) correlates best with the held-out data; a null
-from circular shifts of the held-out prediction against the data (at least ``min_shift``
-seconds, longer than the HRF; for a linear model this is the prediction of circularly shifted
-features), with family-wise error over voxels from the maximum r of each shift.
+Per voxel: the held-out Pearson r and R^2 averaged over folds; the feature whose part of the
+prediction (its regressors times their weights) correlates best with the held-out data; a null
+from circular shifts of every run's features (at least ``min_shift`` seconds, longer than the
+HRF), every fold refitted in closed form with the voxel's chosen penalty, with family-wise
+error over voxels from the maximum r of each shift (:class:`EncodingModel`).
 
 Written under ``FMRI/derivatives/llm2nifti-encoding/sub-<label>/func/`` in the human data's
 space: ``..._stat-r_statmap.nii.gz``, ``..._stat-r2_statmap.nii.gz``,
@@ -906,12 +906,16 @@ def _write(who, task, space, masker, result, feats, runs, alpha, output, fmri, p
     params = dict(params, alphas_chosen={"median": float(np.median(fitted.best_alphas_)),
                                          "min": float(fitted.best_alphas_.min()),
                                          "max": float(fitted.best_alphas_.max())},
-                  n_folds=fitted.n_folds_, r_threshold_fwe=fitted.r_threshold(alpha))
+                  n_folds=fitted.n_folds_, r_threshold_fwe=fitted.r_threshold(alpha),
+                  null=fitted.null_)
     common = {"Parameters": params, "Software": software("nilearn", "himalaya", "scikit-learn")}
     stats = [("r", res["r"], "held-out Pearson r, mean over folds"),
              ("r2", res["r2"], "held-out R^2, mean over folds"),
-             ("pfwe", res["p_fwe"], "FWE-corrected p of r (max-statistic null of circular "
-                                    "shifts)")]
+             ("pfwe", res["p_fwe"], "FWE-corrected p of r: maximum over voxels of r under "
+                                    + ("circular shifts of every run's features, folds refitted"
+                                       if fitted.null_ == "refit" else
+                                       "circular shifts of the held-out predictions "
+                                       "(anti-conservative)"))]
     if res["unique"] is not None:
         for j, name in enumerate(result.names):
             label = "".join(ch for ch in name if ch.isalnum())

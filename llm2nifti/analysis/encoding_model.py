@@ -68,6 +68,11 @@ class EncodingModel(BaseEstimator):
         Circular shifts of the held-out predictions against the data (0: no null).
     min_shift : float
         Shortest shift, in seconds (``t_r`` of ``fit`` converts it): longer than the HRF.
+    null : {"auto", "refit", "predictions"}
+        ``"refit"``: every run's features shifted circularly and every fold refitted (in closed
+        form, with each voxel's chosen penalty): exact, for one penalty per voxel only.
+        ``"predictions"``: the held-out predictions shifted against the data, for any solver,
+        anti-conservative (see ``null_``). ``"auto"``: refit where it can.
     backend : {"numpy", "torch", "torch_cuda"}
         himalaya's backend.
     dtype : {"float64", "float32"}
@@ -98,14 +103,24 @@ class EncodingModel(BaseEstimator):
         ``kernel=False``: each feature's weights summed over its columns (its response's area).
     null_max_ : ndarray of shape (n_permutations,)
         The largest fold-averaged r over voxels of each circular shift.
+    null_ : {"refit", "predictions"}
+        How the null was made. ``"refit"`` (one penalty per voxel): every run's features
+        shifted circularly and every fold refitted in closed form with the voxel's chosen
+        penalty, an exact null of the cross-validated r given those penalties.
+        ``"predictions"`` (``banded`` or ``kernel``, whose refits have no cheap closed form): the
+        held-out predictions shifted against the data; it breaks the dependence between folds
+        (each run trains the models that predict the others) and is anti-conservative (see the
+        user guide's measured calibration).
     p_fwe_ : ndarray of shape (n_voxels,)
         Family-wise error corrected p of ``r_`` (max-statistic).
     n_folds_ : int
     """
 
     def __init__(self, alphas=None, banded=0, kernel=False, n_permutations=1000,
-                 min_shift=20.0, backend="numpy", dtype="float64", chunk=20000, random_state=0):
+                 min_shift=20.0, null="auto", backend="numpy", dtype="float64", chunk=20000,
+                 random_state=0):
         self.alphas = alphas
+        self.null = null
         self.banded = banded
         self.kernel = kernel
         self.n_permutations = n_permutations
@@ -189,6 +204,9 @@ class EncodingModel(BaseEstimator):
 
         X, Y, groups = np.asarray(X), np.asarray(Y), np.asarray(groups)
         columns = self._check(X, Y, groups, columns)
+        Y = _per_run(Y, groups)
+        if not self.kernel:
+            X = _per_run(X, groups)
         set_backend(self.backend, on_error="raise")
         X, Y = X.astype(self.dtype, copy=False), Y.astype(self.dtype, copy=False)
         make = self._model(columns)
@@ -197,12 +215,14 @@ class EncodingModel(BaseEstimator):
                       log_alpha=np.zeros(n_vox))
         coef = (np.zeros((Y.shape[0], n_vox)) if self.kernel
                 else np.zeros((X.shape[1], n_vox)))
-        held = []
+        held, fold_alphas = [], []
         folds = list(LeaveOneGroupOut().split(Y, Y, groups))
         for train, test in folds:
             inner = (list(LeaveOneGroupOut().split(Y[train], Y[train], groups[train]))
                      if len(np.unique(groups[train])) > 1 else list(KFold(5).split(Y[train])))
-            held.append(self._fold(X, Y, train, test, inner, make, columns, totals, coef))
+            *pair, chosen = self._fold(X, Y, train, test, inner, make, columns, totals, coef)
+            held.append(pair)
+            fold_alphas.append(chosen)
         k = len(folds)
         self.n_folds_ = k
         self.r_, self.r2_ = totals["r"] / k, totals["r2"] / k
@@ -217,8 +237,20 @@ class EncodingModel(BaseEstimator):
         self.columns_ = columns
         if self.n_permutations:
             shift = max(1, int(round(self.min_shift / t_r)))
-            self.null_max_ = _null_max(held, self.n_permutations, shift, self.random_state,
-                                       self.chunk)
+            if self.null not in ("auto", "refit", "predictions"):
+                raise UsageError(f"null={self.null!r}: auto, refit or predictions")
+            if self.null == "refit" and (self.kernel or self.banded):
+                raise UsageError("null='refit' needs one penalty per voxel: set banded=0 and "
+                                 "kernel=False, or null='predictions'")
+            if self.kernel or self.banded or self.null == "predictions":
+                self.null_ = "predictions"
+                self.null_max_ = _null_max(held, self.n_permutations, shift, self.random_state,
+                                           self.chunk)
+            else:
+                self.null_ = "refit"
+                del held
+                self.null_max_ = _refit_null_max(X, Y, groups, folds, fold_alphas,
+                                                 self.n_permutations, shift, self.random_state)
             self.p_fwe_ = ((1 + (self.null_max_[:, None] >= self.r_[None, :]).sum(axis=0))
                            / (1 + self.n_permutations))
         return self
@@ -238,6 +270,7 @@ class EncodingModel(BaseEstimator):
         n_vox = Y.shape[1]
         p_all = np.zeros((len(test), n_vox))
         y_all = np.zeros((len(test), n_vox))
+        alphas = np.zeros(n_vox)
         for a in range(0, n_vox, self.chunk):
             b = min(a + self.chunk, n_vox)
             model = make(inner).fit(fit_x, Y[train, a:b])
@@ -251,7 +284,8 @@ class EncodingModel(BaseEstimator):
                 totals["parts"][:, a:b] += _split_r2(model, new_x, truth, to_numpy)
                 totals["log_alpha"][a:b] -= to_numpy(model.deltas_).mean(axis=0)
             else:
-                totals["log_alpha"][a:b] += np.log(to_numpy(model.best_alphas_))
+                alphas[a:b] = to_numpy(model.best_alphas_)
+                totals["log_alpha"][a:b] += np.log(alphas[a:b])
             if self.kernel:
                 dual = to_numpy(model.dual_coef_).astype(np.float64)
                 coef[train, a:b] += dual
@@ -266,7 +300,7 @@ class EncodingModel(BaseEstimator):
                         (zscore(new_x[:, c].astype(np.float64) @ w[c]) * y).mean(axis=0)
                         for c in columns])
             p_all[:, a:b], y_all[:, a:b] = p, y
-        return p_all, y_all
+        return p_all, y_all, alphas
 
     def predict(self, X):
         """The mean fold model's prediction: ``X @ coef_`` for a design, or ``K @ dual_coef_``
@@ -280,6 +314,74 @@ class EncodingModel(BaseEstimator):
         """The held-out r past which a voxel is significant at FWE ``alpha`` (the null's
         ``1 - alpha`` quantile of the maximum over voxels)."""
         return float(np.quantile(self.null_max_, 1 - alpha, method="higher"))
+
+
+def _per_run(a, groups):
+    """Each run's columns z-scored (a no-op on what :func:`encode` builds)."""
+    out = np.empty(a.shape, dtype=np.float64)
+    for g in np.unique(groups):
+        rows = groups == g
+        out[rows] = zscore(a[rows].astype(np.float64))
+    return out
+
+
+def _refit_null_max(X, Y, groups, folds, fold_alphas, n_permutations, min_shift, random_state,
+                    budget=5e7, shifts=None):
+    """Maximum over voxels of the fold-averaged held-out r when every run's features are
+    circularly shifted (one shift per run, the same in every fold) and every fold refitted
+    with each voxel's chosen penalty.
+
+    The ridge is linear in the data: with ``C_g = X_g'^T y_g`` (run ``g``'s shifted features
+    against its BOLD, every shift at once by FFT), a fold's weights are
+    ``U diag(1 / (lambda + alpha)) U^T sum_{g != f} C_g`` (``U``, ``lambda``: the training
+    Gram matrix's eigenvectors and values) and its held-out r is ``w . C_f / sqrt(n_f w^T G_f
+    w)``, with ``G_f`` the held-out run's Gram matrix (a circular shift leaves it unchanged). No
+    prediction is formed; the shifted world is the one the observed r came from (shift 0 gives
+    it back), so the folds' dependence (each run trains the models that predict the others)
+    is kept, which shifting the held-out predictions alone would break. ``shifts``
+    (permutations x runs) replaces the random ones.
+    """
+    runs = np.unique(groups)
+    rows = [np.flatnonzero(groups == g) for g in runs]
+    lengths = [len(r) for r in rows]
+    if min(lengths) <= 2 * min_shift:
+        raise UsageError(f"runs of {min(lengths)} volumes are too short for circular shifts of "
+                         f"at least {min_shift} volumes: lower min_shift or trim less")
+    if shifts is None:
+        rng = np.random.default_rng(random_state)
+        shifts = np.stack([rng.integers(min_shift, n - min_shift + 1, n_permutations)
+                           for n in lengths], axis=1)
+    n_permutations = len(shifts)
+    k, n_vox = X.shape[1], Y.shape[1]
+    spectra = [np.conj(np.fft.rfft(X[r], axis=0)) for r in rows]
+    fold = []
+    for train, test in folds:
+        lam, U = np.linalg.eigh(X[train].T @ X[train])
+        fold.append((int(np.searchsorted(runs, groups[test[0]])), lam, U,
+                     X[test].T @ X[test], len(test)))
+    width = max(1, int(budget // (8 * k * max(sum(lengths), n_permutations * len(runs)))))
+    best = np.full(n_permutations, -np.inf)
+    for a in range(0, n_vox, width):
+        b = min(a + width, n_vox)
+        C = []  # per run: (k, permutations * voxels), the voxels varying fastest; float32
+        for g, r in enumerate(rows):
+            cc = np.fft.irfft(spectra[g][:, :, None] * np.fft.rfft(Y[r, a:b], axis=0)[:, None, :],
+                              n=len(r), axis=0).astype(np.float32)
+            C.append(cc.transpose(1, 0, 2)[:, shifts[:, g]].reshape(k, -1))
+        total = np.sum(C, axis=0)
+        acc = np.zeros(n_permutations * (b - a))
+        z = np.empty_like(total)
+        for (g, lam, U, G, n), alphas in zip(fold, fold_alphas):
+            np.subtract(total, C[g], out=z)
+            z = U.T.astype(np.float32) @ z
+            z /= (lam[:, None] + np.tile(alphas[a:b], n_permutations)[None, :]).astype(np.float32)
+            w = U.astype(np.float32) @ z
+            num = np.einsum("ij,ij->j", w, C[g])
+            den = np.sqrt(n * np.einsum("ij,ij->j", w, G.astype(np.float32) @ w))
+            acc += np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
+        acc = acc.reshape(n_permutations, b - a)
+        best = np.maximum(best, (acc / len(fold)).max(axis=1))
+    return best
 
 
 def _split_r2(model, X, Y, to_numpy):

@@ -440,26 +440,46 @@ def _diff_section(ds, participant):
 
 
 def _encoding_blocks(path, alpha):
-    """One human participant's encoding maps: a glass brain of r past FWE, and the table."""
+    """One human participant's encoding maps: a glass brain of r past FWE, the preferred depth
+    on the MNI template, and the tables (per feature, per cluster, per atlas region)."""
+    import matplotlib.pyplot as plt
     import nibabel as nib
     from nilearn import image, plotting
 
     p_path = path.with_name(path.name.replace("_stat-r_", "_stat-pfwe_"))
     r_img = nib.load(str(path))
-    keep = image.math_img(f"(p <= {alpha}) * r", p=str(p_path), r=r_img) if p_path.is_file() \
-        else r_img
-    n_past = int((nib.load(str(p_path)).get_fdata() <= alpha).sum()) if p_path.is_file() else 0
+    past = image.math_img(f"p <= {alpha}", p=str(p_path)) if p_path.is_file() else None
+    keep = image.math_img("m * r", m=past, r=r_img) if past is not None else r_img
+    n_past = int(past.get_fdata().sum()) if past is not None else 0
+    kind = path.name.split("_desc-")[1].split("_")[0]
     display = plotting.plot_glass_brain(keep, colorbar=True, plot_abs=False, cmap="RdBu_r",
                                         title=f"held-out r, voxels past FWE {alpha:g}")
     fig = display.frame_axes.figure
     blocks = [{"heading": path.name.split("_space-")[0],
                "text": f"{n_past:,} voxels past FWE {alpha:g}; max r "
-                       f"{float(r_img.get_fdata().max()):.3f}.",
+                       f"{float(r_img.get_fdata().max()):.3f}. Features: the model's {kind}.",
                "image": _png(fig), "caption": "Held-out correlation between each voxel's BOLD and "
-               "its prediction from the model's networks (glass brain, voxels past FWE)."}]
-    table = path.with_name(path.name.replace("_stat-r_statmap.nii.gz", "_encoding.tsv"))
-    if table.is_file():
-        blocks.append({"table": _table(read_frame(table))})
+               f"its prediction from the model's {kind} (glass brain, voxels past FWE)."}]
+    depth = path.with_name(path.name.replace("_stat-r_", "_stat-depth_"))
+    if depth.is_file() and past is not None and n_past:
+        shown = image.math_img("np.where(m > 0, d, 0)", m=past, d=str(depth))
+        display = plotting.plot_stat_map(shown, display_mode="z", cut_coords=6, cmap="viridis",
+                                         vmin=0, vmax=1, colorbar=True, symmetric_cbar=False,
+                                         title="preferred depth (0: first layer, 1: last)")
+        blocks.append({"image": _png(display.frame_axes.figure),
+                       "caption": "The layer preference of the voxels past FWE: the mean relative "
+                                  "depth of the features, weighted by each one's part of the "
+                                  "prediction (nilearn's MNI152 template behind)."})
+        plt.close("all")
+    for suffix, what in [("_encoding.tsv", "Per feature: the voxels past FWE whose prediction "
+                                           "rests on it most."),
+                         ("_clusters.tsv", "Each cluster of voxels past FWE: its peak, r and the "
+                                           "feature most of its voxels rest on."),
+                         ("_regions.tsv", "Per atlas region: voxels past FWE, r and best "
+                                          "feature.")]:
+        table = path.with_name(path.name.replace("_stat-r_statmap.nii.gz", suffix))
+        if table.is_file():
+            blocks.append({"text": what, "table": _table(read_frame(table))})
     return blocks
 
 
@@ -467,8 +487,7 @@ def _encoding_section(encodings, participant):
     """The encoding folders whose features are this participant's networks."""
     blocks = []
     for folder in encodings:
-        for path in DERIVATIVES["encoding"].find(None, "_desc-networks_stat-r_statmap.nii.gz",
-                                                 output=folder):
+        for path in DERIVATIVES["encoding"].find(None, "_stat-r_statmap.nii.gz", output=folder):
             if "sub-" not in path.name:
                 continue
             sidecar = path.with_name(path.name.replace(".nii.gz", ".json"))
@@ -479,9 +498,11 @@ def _encoding_section(encodings, participant):
     if not blocks:
         return None
     return Section("encoding", "Encoding: human brains", "llm2nifti encode",
-                   "People heard the story the model read; each network's word series, placed at "
-                   "the words' onsets, predicts each voxel of their fMRI (ridge, leave one run "
-                   "out). Per network: the voxels past FWE whose prediction rests on it most.",
+                   "People heard the story the model read; the model's features (its networks' "
+                   "word series, its layers' components or its units), placed at the words' "
+                   "onsets, predict each voxel of their fMRI (ridge, leave one run out), with "
+                   "word rate and word length as nuisance features. Per feature, cluster and "
+                   "region: the voxels past FWE whose prediction rests on it most.",
                    blocks)
 
 
