@@ -46,7 +46,7 @@ NUMERICAL_TESTS = tests/test_decomposition.py tests/test_networks.py tests/test_
 	tests/test_unit_sites.py tests/test_words.py tests/test_layout.py tests/test_tasks.py \
 	tests/test_cli_analysis.py tests/test_cli_networks.py tests/test_cli_evaluate.py \
 	tests/test_architectures.py tests/test_sites.py tests/test_unitstats.py tests/test_encoding.py \
-	tests/test_cli_options.py
+	tests/test_encoding_model.py tests/test_encoding_planted.py tests/test_cli_options.py
 
 numerical-tests:
 	@echo $(NUMERICAL_TESTS)
