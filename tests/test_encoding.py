@@ -101,9 +101,13 @@ def test_planted_voxels_are_found_with_their_network_and_the_rest_stay_null(list
         # the maps are images in the human data's space, read back by nibabel
         img = nib.load(r["paths"]["r"])
         assert img.shape == SHAPE and np.allclose(img.get_fdata().ravel(), r["r"], atol=1e-6)
+        np.testing.assert_allclose(nib.load(r["paths"]["pfwe"]).get_fdata().ravel(), r["p_fwe"],
+                                   atol=1e-6)
         assert f"_space-{SPACE}_" in r["paths"]["r"].name
         table = pd.read_csv(r["paths"]["table"], sep="\t")
         assert table["n_voxels"].sum() == found.sum()
+        # a feature no voxel rests on has no r: n/a, read back as a missing number
+        assert pd.api.types.is_float_dtype(table["max_r"]) and table["max_r"].isna().any()
         sidecar = json.loads(r["paths"]["r"].with_name(
             r["paths"]["r"].name.replace(".nii.gz", ".json")).read_text())
         assert sidecar["Parameters"]["estimator"]["n_permutations"] == 200

@@ -95,6 +95,9 @@ def test_planted_regions_are_found_and_named_at_a_realistic_noise_level(listener
             near = np.linalg.norm(clusters[["x", "y", "z"]].to_numpy(float)
                                   - np.asarray(REGIONS_MNI[name], float), axis=1) <= 12
             assert (clusters["best"][near] == network).any(), (who, name, clusters)
+        # outside the brain nothing is significant: p = 1 there, not 0
+        p_img = nib.load(r["paths"]["pfwe"]).get_fdata()
+        assert (p_img[~truth.mask] == 1).all() and p_img[truth.mask].min() < 0.05
         sidecar = json.loads(r["paths"]["r"].with_name(
             r["paths"]["r"].name.replace(".nii.gz", ".json")).read_text())
         assert sidecar["Parameters"]["r_threshold_fwe"] == pytest.approx(

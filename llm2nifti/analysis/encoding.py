@@ -708,7 +708,7 @@ def atlas_table(result, who, atlas, labels=None, alpha=0.05):
 def _best_of(result, res, voxels):
     """The feature most of ``voxels`` rest on, and their share."""
     if not voxels.any():
-        return {"best": "n/a", "best_share": "n/a"}
+        return {"best": None, "best_share": np.nan}  # written n/a
     counts = np.bincount(res["best"][voxels], minlength=len(result.names))
     return {"best": result.names[int(counts.argmax())],
             "best_share": round(float(counts.max() / voxels.sum()), 6)}
@@ -897,6 +897,8 @@ def _write(who, task, space, masker, result, feats, runs, alpha, output, fmri, p
     from bids_llm.outputs import software
     from bids_llm.tsv import write_frame
 
+    from nilearn import image
+
     res = result.participants[who]
     root = DERIVATIVES["encoding"].create(fmri, output)
     ents = dict(sub=who, task=task, space=space or None, desc=result.kind)
@@ -931,7 +933,11 @@ def _write(who, task, space, masker, result, feats, runs, alpha, output, fmri, p
         key = stat if not desc else f"{stat}-{desc[0]}"
         named = dict(ents, desc=desc[0]) if desc else ents
         paths[key] = path(root, "statmap.nii.gz", stat=stat, **named)
-        save_img(masker.inverse_transform(values.astype(np.float32)), paths[key])
+        outside = 1.0 if stat == "pfwe" else 0.0  # no voxel outside the brain is significant
+        img = masker.inverse_transform((values - outside).astype(np.float32))
+        if outside:
+            img = image.math_img(f"img + {outside}", img=img)
+        save_img(img, paths[key])
         write_json(paths[key].with_name(paths[key].name.replace(".nii.gz", ".json")),
                    {"Description": what, **common})
     significant = res["p_fwe"] <= alpha
@@ -946,11 +952,11 @@ def _write(who, task, space, masker, result, feats, runs, alpha, output, fmri, p
     for j, name in enumerate(result.names):
         mine = significant & (res["best"] == j)
         row = {"feature": name, "n_voxels": int(mine.sum()),
-               "max_r": round(float(res["r"][mine].max()), 6) if mine.any() else "n/a",
-               "mean_r": round(float(res["r"][mine].mean()), 6) if mine.any() else "n/a"}
+               "max_r": round(float(res["r"][mine].max()), 6) if mine.any() else np.nan,
+               "mean_r": round(float(res["r"][mine].mean()), 6) if mine.any() else np.nan}
         if res["isc"] is not None:  # the share of the shared signal the feature predicts
             row["mean_isc"] = (round(float(res["isc"][mine].mean()), 6) if mine.any()
-                               else "n/a")
+                               else np.nan)
         rows.append(row)
     paths["table"] = path(root, "encoding.tsv", **ents)
     write_frame(paths["table"], pd.DataFrame(rows), index=False)

@@ -453,6 +453,7 @@ def _encoding_blocks(path, alpha):
     n_past = int(past.get_fdata().sum()) if past is not None else 0
     kind = path.name.split("_desc-")[1].split("_")[0]
     display = plotting.plot_glass_brain(keep, colorbar=True, plot_abs=False, cmap="RdBu_r",
+                                        threshold=1e-6, symmetric_cbar=True,
                                         title=f"held-out r, voxels past FWE {alpha:g}")
     fig = display.frame_axes.figure
     blocks = [{"heading": path.name.split("_space-")[0],
@@ -462,8 +463,9 @@ def _encoding_blocks(path, alpha):
                f"its prediction from the model's {kind} (glass brain, voxels past FWE)."}]
     depth = path.with_name(path.name.replace("_stat-r_", "_stat-depth_"))
     if depth.is_file() and past is not None and n_past:
-        shown = image.math_img("np.where(m > 0, d, 0)", m=past, d=str(depth))
-        display = plotting.plot_stat_map(shown, display_mode="z", cut_coords=6, cmap="viridis",
+        shown = image.math_img("np.where(m > 0, np.nan_to_num(d), 0)", m=past, d=str(depth))
+        cuts = plotting.find_cut_slices(past, direction="z", n_cuts=6)
+        display = plotting.plot_stat_map(shown, display_mode="z", cut_coords=cuts, cmap="viridis",
                                          vmin=0, vmax=1, colorbar=True, symmetric_cbar=False,
                                          title="preferred depth (0: first layer, 1: last)")
         blocks.append({"image": _png(display.frame_axes.figure),
