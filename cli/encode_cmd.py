@@ -43,15 +43,17 @@ from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
 @option("--delays", type=CommaList(int), default="1,2,3,4", show_default=True,
         help="--hrf fir: the delays, in volumes.")
 @option("--banded", type=int, default=0, show_default=True,
-        help="Banded ridge with one band per network, N random-search iterations (0: one ridge "
-             "per voxel): each network's unique variance is written as a map and decides the "
-             "network each voxel rests on.")
+        help="Banded ridge with one band per feature (network or layer), N random-search "
+             "iterations (0: one penalty per voxel): each feature's unique variance is written "
+             "as a map and decides the feature each voxel rests on.")
 @option("--trim", type=float, default=10.0, show_default=True,
         help="Seconds left out at each end of each run.")
-@n_permutations_option("circular shifts of the held-out predictions (FWE over voxels)")
+@n_permutations_option("circular shifts of every run's features, every fold refitted (FWE "
+                       "over voxels; with --banded or --units, of the held-out predictions, "
+                       "anti-conservative)")
 @option("--min-shift", type=float, default=20.0, show_default=True,
         help="Shortest circular shift of the null, in seconds (longer than the HRF).")
-@fwe_alpha_option("the voxels each network's row counts")
+@fwe_alpha_option("the voxels the maps' labels and the tables count")
 @option("--region", "regions", multiple=True,
         type=click.Path(exists=True, dir_okay=False, path_type=Path),
         help="A mask in the human data's space (repeatable): the units whose weights carry its "
@@ -74,11 +76,11 @@ def encode(scan, fmri, networks, layer_pcs, units, participant, task, site, word
            fmri_participants, space, confounds, hrf, delays, banded, trim, n_permutations,
            min_shift, alpha, regions, top_percent, atlas, atlas_labels, float32, random_state,
            device, threads, output, quiet):
-    """Encoding models: the scan's networks (word series at the words' onsets, convolved with
-    an HRF) predict each voxel of each participant who heard the story (ridge, one alpha per
-    voxel, leave one run out); held-out r, R^2, FWE p from circular shifts, and the feature
-    each voxel's prediction rests on most (a network, or word rate and word length, the
-    nuisance features).
+    """Encoding models: the scan's networks (or layers, or units: word series at the words'
+    onsets, convolved with an HRF) predict each voxel of each participant who heard the story
+    (ridge, one penalty per voxel, leave one run out); held-out r, R^2, FWE p from circular
+    shifts of the features (every fold refitted), and the feature each voxel's prediction
+    rests on most (a network, or word rate and word length, the nuisance features).
 
     \b
     SCAN was converted with --words on the story's events files. Writes under
