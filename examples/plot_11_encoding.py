@@ -9,7 +9,7 @@ it was not fitted on, with a family-wise error null from circular shifts.
 
 **The brains on this page are simulated.** No human dataset can be downloaded where this
 documentation is built, so :mod:`llm2nifti.simulate` writes one whose answer is known: two
-listeners who heard the default text read at about 2.5 words per second, in three runs, in
+listeners who heard the default text read at about 2.5 words per second, in four runs, in
 nilearn's MNI152 space at 4 mm, shaped like fMRIPrep's output. Three regions follow three of the
 model's networks, one follows the word rate (a nuisance feature), with HRFs that differ from voxel
 to voxel and AR(1) noise; every other voxel is noise. On real data the steps are the same from
@@ -33,11 +33,11 @@ fmri = gallery / "listeners"
 # %%
 # The story the listeners heard, and the model reading it
 # -------------------------------------------------------
-# The first 1,500 words of the default text, read in three runs; each run's words are a BIDS
+# The first 2,400 words of the default text, read in four runs; each run's words are a BIDS
 # events file (onset, duration, word). ``scan(words=...)`` is ``llm2nifti convert --words``:
 # each token keeps the onset of its word in the human run.
-text = " ".join(doc.text for doc in llm2nifti.load_documents("lee")[:40])
-heard = story_events(fmri, text.split()[:1500], n_runs=3, participants=("01", "02"))
+text = " ".join(doc.text for doc in llm2nifti.load_documents("lee")[:60])
+heard = story_events(fmri, text.split()[:2400], n_runs=4, participants=("01", "02"))
 print(pd.read_csv(heard[0], sep="\t").head())
 scan = llm2nifti.scan(gallery / "listening-scan", words=heard, resume=True, progress=False).root
 
@@ -92,6 +92,13 @@ for who, r in result.participants.items():
 print(pd.DataFrame(rows).to_string(index=False))
 
 # %%
+# Where a region is found, its voxels are named by the network planted there; noise voxels stay
+# below the family-wise threshold. A region can be missed where its network's series, convolved
+# with the planted HRFs (peaks from 4.5 to 6.5 s), is fast enough that nilearn's Glover HRF
+# (peak near 5 s) predicts it poorly: ``hrf="fir"`` learns each voxel's response shape instead,
+# at the cost of four columns per feature. With two listeners the group's FWE p cannot go below
+# 1/4; a group needs five or more.
+#
 # Each listener's clusters past FWE, with the feature most of their voxels rest on:
 print(pd.read_csv(result.participants["01"]["paths"]["clusters"], sep="\t").to_string(index=False))
 
