@@ -10,7 +10,7 @@ from .group import main
 from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
                       n_permutations_option, option, output_option, participant_option,
                       quiet_option, random_state_option, site_option, task_option, threads_option,
-                      top_percent_option, word_column_option)
+                      scheduler_options, top_percent_option, word_column_option)
 
 
 @main.command()
@@ -70,12 +70,13 @@ from .options import (PARTICIPANT, CommaList, device_option, fwe_alpha_option,
 @device_option(" of the ridge regressions (himalaya's numpy or torch CUDA backend)",
                choices=("cpu", "cuda"))
 @threads_option
+@scheduler_options("the work on each chunk of voxels (its fits and its null)")
 @output_option("FMRI/derivatives/llm2nifti-encoding")
 @quiet_option
 def encode(scan, fmri, networks, layer_pcs, units, participant, task, site, word_column,
            fmri_participants, space, confounds, hrf, delays, banded, trim, n_permutations,
            min_shift, alpha, regions, top_percent, atlas, atlas_labels, float32, random_state,
-           device, threads, output, quiet):
+           device, threads, scheduler, workers, output, quiet):
     """Encoding models: the scan's networks (or layers, or units: word series at the words'
     onsets, convolved with an HRF) predict each voxel of each participant who heard the story
     (ridge, one penalty per voxel, leave one run out); held-out r, R^2, FWE p from circular
@@ -100,8 +101,10 @@ def encode(scan, fmri, networks, layer_pcs, units, participant, task, site, word
     from llm2nifti.analysis.encoding_model import EncodingModel
 
     model = EncodingModel(banded=banded, n_permutations=n_permutations, min_shift=min_shift,
-                          backend=("torch_cuda" if device == "cuda" else "torch" if float32 else "numpy"),
-                          dtype="float32" if float32 else "float64", random_state=random_state)
+                          backend=("torch_cuda" if device == "cuda"
+                                   else "torch" if float32 else "numpy"),
+                          dtype="float32" if float32 else "float64", scheduler=scheduler,
+                          workers=workers, random_state=random_state)
     res = run(scan, fmri, estimator=model, networks=networks, layer_pcs=layer_pcs, units=units,
               participant=participant, task=task, site=site, word_column=word_column,
               fmri_participants=fmri_participants, space=space, confounds=confounds, hrf=hrf,

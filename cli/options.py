@@ -364,6 +364,38 @@ class _Library:
         return str(self())
 
 
+def _scheduler_specs(flag, what, workers):
+    """``--scheduler`` and ``--workers``: where work is spread (Dask), as specs of
+    :func:`decomposition_options` and :func:`scheduler_options`."""
+    return {
+        "scheduler": (("--scheduler",), dict(
+            default="threads", show_default=True,
+            help=f"Where {what} runs: threads (this process), processes (a local Dask cluster "
+                 f"of {flag('workers')}), or the address of a running Dask scheduler "
+                 "(tcp://host:8786).")),
+        "workers": (("--workers",), dict(type=int, default=workers, show_default=True,
+                                         help=f"Worker processes of {flag('scheduler')} "
+                                              "processes.")),
+    }
+
+
+def scheduler_options(what, workers=2):
+    """``--scheduler`` and ``--workers`` of a command that is not a decomposition's
+    (``threads`` is passed on as None)."""
+    def decorate(f):
+        @functools.wraps(f)
+        def command(*args, **kwargs):
+            if kwargs.get("scheduler") == "threads":
+                kwargs["scheduler"] = None
+            return f(*args, **kwargs)
+
+        for name, (flags, kw) in reversed(_scheduler_specs(lambda n: f"--{n}", what,
+                                                           workers).items()):
+            command = option(*flags, name, **kw)(command)
+        return command
+    return decorate
+
+
 def decomposition_options(workflow, prefix="", only=None, without=(), into="estimator",
                           keep=("random_state",)):
     """The options of the decomposition a workflow runs, turned into one configured estimator.
@@ -423,15 +455,7 @@ def decomposition_options(workflow, prefix="", only=None, without=(), into="esti
                                        help="nilearn backend: parallel jobs.")),
         "device": (("--device",), dict(default=_Library("device"), show_default=True,
                                        help="torch device of the fast backend (cpu, cuda).")),
-        "scheduler": (("--scheduler",), dict(
-            default="threads", show_default=True,
-            help="Where the fast backend's per-run work runs: threads (this process), processes "
-                 f"(a local Dask cluster of {flag('workers')}), or the address of a running "
-                 "Dask scheduler (tcp://host:8786).")),
-        "workers": (("--workers",), dict(type=int, default=_Library("workers"),
-                                         show_default=True,
-                                         help=f"Worker processes of {flag('scheduler')} "
-                                              "processes.")),
+        **_scheduler_specs(flag, "the fast backend's per-run work", _Library("workers")),
         "alpha": (("--dictlearning-alpha",), dict(
             type=float, default=_Library("alpha"), show_default=True,
             help="DictLearning sparsity (nilearn's alpha).")),

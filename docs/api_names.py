@@ -27,6 +27,7 @@ MODULES = [
     ("llm2nifti.interrupts", "Interruption"),
     ("llm2nifti.errors", "Errors"),
     ("llm2nifti.tiny", "Tiny models for tests"),
+    ("llm2nifti.simulate", "Simulated listeners (planted truth)"),
     ("bids_llm.dataset", "bids_llm: the dataset"),
     ("bids_llm.naming", "bids_llm: BIDS names"),
     ("bids_llm.events", "bids_llm: events and documents"),

@@ -87,8 +87,10 @@ def listening(tmp_path_factory, tokenizer):
 
 def test_planted_voxels_are_found_with_their_network_and_the_rest_stay_null(listening):
     res, tsv, fmri = listening
-    out = encode(res.root, fmri, networks=tsv, trim=6.0, estimator=EncodingModel(n_permutations=200, min_shift=15.0))
-    assert sorted(out.participants) == ["01", "02"] and out.names == ["FN00", "FN01", "FN02", "word_rate", "word_length"]
+    out = encode(res.root, fmri, networks=tsv, trim=6.0,
+                 estimator=EncodingModel(n_permutations=200, min_shift=15.0))
+    assert sorted(out.participants) == ["01", "02"]
+    assert out.names == ["FN00", "FN01", "FN02", "word_rate", "word_length"]
     planted = np.arange(np.prod(SHAPE)) < N_PLANTED
     for who, r in out.participants.items():
         found = r["p_fwe"] <= 0.05
@@ -173,8 +175,9 @@ def test_the_units_a_region_rests_on_are_its_network_and_evaluate_reads_them(lis
                           & (np.arange(np.prod(SHAPE)) % 3 == 1))] = 1
     mask = tmp_path / "sub-01_desc-fn01_mask.nii.gz"
     nib.save(nib.Nifti1Image(region.reshape(SHAPE), affine), mask)
-    out = encode(res.root, fmri, networks=tsv, fmri_participants=["01"], trim=6.0, regions=[mask], top_percent=100 * 8 / 256,
-                 output=tmp_path / "enc", estimator=EncodingModel(n_permutations=50, min_shift=15.0))
+    out = encode(res.root, fmri, networks=tsv, fmri_participants=["01"], trim=6.0, regions=[mask],
+                 top_percent=100 * 8 / 256, output=tmp_path / "enc",
+                 estimator=EncodingModel(n_permutations=50, min_shift=15.0))
     written = out.participants["01"]["units"]["fn01"]
     units = NeuronSet.from_tsv(written)
     planted = NeuronSet.from_tsv(tsv).select(["FN01"])
@@ -188,7 +191,8 @@ def test_fir_delays_learn_each_voxels_response(listening, tmp_path):
     res, tsv, fmri = listening
     out = encode(res.root, fmri, networks=tsv, fmri_participants=["02"], hrf="fir",
                  delays=(1, 2, 3, 4), trim=6.0,
-                 output=tmp_path / "fir", estimator=EncodingModel(n_permutations=200, min_shift=15.0))
+                 output=tmp_path / "fir",
+                 estimator=EncodingModel(n_permutations=200, min_shift=15.0))
     r = out.participants["02"]
     planted = np.arange(np.prod(SHAPE)) < N_PLANTED
     found = r["p_fwe"] <= 0.05
@@ -204,7 +208,9 @@ def test_banded_ridge_gives_each_network_its_unique_variance(listening, tmp_path
     """One band per network: in a voxel planted with one network, that network's share of the
     held-out R^2 is the largest; the shares are written as one map per network."""
     res, tsv, fmri = listening
-    out = encode(res.root, fmri, networks=tsv, fmri_participants=["01"], trim=6.0, output=tmp_path / "banded", estimator=EncodingModel(n_permutations=100, min_shift=15.0, banded=20))
+    out = encode(res.root, fmri, networks=tsv, fmri_participants=["01"], trim=6.0,
+                 output=tmp_path / "banded",
+                 estimator=EncodingModel(n_permutations=100, min_shift=15.0, banded=20))
     r = out.participants["01"]
     planted = np.arange(np.prod(SHAPE)) < N_PLANTED
     unique = r["unique"][:3]
@@ -219,7 +225,8 @@ def test_banded_ridge_gives_each_network_its_unique_variance(listening, tmp_path
 def test_the_report_shows_the_encoding_of_the_scan(listening, tmp_path):
     res, tsv, fmri = listening
     out = tmp_path / "enc"
-    encode(res.root, fmri, networks=tsv, fmri_participants=["01"], trim=6.0, output=out, estimator=EncodingModel(n_permutations=50, min_shift=15.0))
+    encode(res.root, fmri, networks=tsv, fmri_participants=["01"], trim=6.0, output=out,
+           estimator=EncodingModel(n_permutations=50, min_shift=15.0))
     r = CliRunner().invoke(main, ["report", str(res.root), "--encode-output", str(out), "-o",
                                   str(tmp_path / "pages")])
     assert r.exit_code == 0, r.output
@@ -262,13 +269,15 @@ def test_layer_features_give_the_best_layer_map(listening, tmp_path):
         img = nib.Nifti1Image(data.T.reshape(*SHAPE, n_scans).astype(np.float32), affine)
         img.header.set_zooms((2.0, 2.0, 2.0, TR))
         nib.save(img, func / f"sub-01_{key}_space-{SPACE}_desc-preproc_bold.nii.gz")
-    out = encode(res.root, human, layer_pcs=2, trim=6.0, estimator=EncodingModel(n_permutations=100, min_shift=15.0))
+    out = encode(res.root, human, layer_pcs=2, trim=6.0,
+                 estimator=EncodingModel(n_permutations=100, min_shift=15.0))
     r = out.participants["01"]
     planted = np.arange(np.prod(SHAPE)) < N_PLANTED
     found = r["p_fwe"] <= 0.05
     assert found[planted].mean() >= 0.9 and found[~planted].sum() <= 2
     assert (r["best"][planted & found] == (np.arange(N_PLANTED) % 2)[found[planted]]).mean() >= 0.9
-    assert out.names[:2] == ["layer00", "layer01"] and "_desc-bestlayer_dseg" in r["paths"]["best"].name
+    assert out.names[:2] == ["layer00", "layer01"]
+    assert "_desc-bestlayer_dseg" in r["paths"]["best"].name
 
 
 def test_an_atlas_table_names_each_regions_best_network(listening, tmp_path):

@@ -121,3 +121,17 @@ def test_the_null_is_chosen_by_the_solver(planted):
         "predictions"
     with pytest.raises(UsageError, match="null='refit' needs one penalty per voxel"):
         EncodingModel(n_permutations=20, banded=5, null="refit").fit(X, Y, groups)
+
+
+def test_voxel_chunks_on_dask_workers_give_the_same_fit(planted):
+    """The chunks of every fold and of the null run on a local Dask cluster of two processes:
+    the same numbers as in this process, to float64 rounding."""
+    X, Y, groups = planted
+    here = EncodingModel(n_permutations=100, chunk=15, random_state=1).fit(X, Y, groups)
+    there = EncodingModel(n_permutations=100, chunk=15, random_state=1, scheduler="processes",
+                          workers=2).fit(X, Y, groups)
+    for name in ("r_", "r2_", "parts_", "coef_", "best_alphas_"):
+        np.testing.assert_allclose(getattr(there, name), getattr(here, name), rtol=1e-9,
+                                   atol=1e-12)
+    np.testing.assert_allclose(there.null_max_, here.null_max_, atol=1e-5)  # float32 null
+    assert clone(there).scheduler == "processes"

@@ -611,7 +611,8 @@ def encode(scan, fmri, *, estimator=None, networks=None, layer_pcs=0, units=Fals
             "depth": preferred_depth(fitted.parts_[:n_model], feats.depth),
             "model": fitted, "masker": masker}
         params = dict(
-            features=names, kind=feats.kind, networks=None if (layer_pcs or units) else str(networks),
+            features=names, kind=feats.kind,
+            networks=None if (layer_pcs or units) else str(networks),
             layer_pcs=int(layer_pcs) or None, scan=str(ds.root), model_participant=participant,
             site=site, hrf=hrf, slice_time_ref=slice_time_ref, trim_s=trim,
             delays=list(delays) if hrf == "fir" else None, confounds=list(confounds),

@@ -79,6 +79,12 @@ class EncodingModel(BaseEstimator):
         Precision of the fit; float32 halves the memory and is faster with torch.
     chunk : int
         Voxels fitted together.
+    scheduler : None, "threads", "processes", address or dask.distributed.Client
+        Where the voxel chunks run (:mod:`~llm2nifti.analysis.scheduling`, as for a
+        decomposition): here, on ``workers`` local processes, or on a Dask cluster. The numbers
+        do not depend on it.
+    workers : int
+        Processes of ``scheduler="processes"``.
     random_state : int
         Seeds the null's shifts and banded ridge's search.
 
@@ -118,8 +124,10 @@ class EncodingModel(BaseEstimator):
 
     def __init__(self, alphas=None, banded=0, kernel=False, n_permutations=1000,
                  min_shift=20.0, null="auto", backend="numpy", dtype="float64", chunk=20000,
-                 random_state=0):
+                 scheduler=None, workers=2, random_state=0):
         self.alphas = alphas
+        self.scheduler = scheduler
+        self.workers = workers
         self.null = null
         self.banded = banded
         self.kernel = kernel
@@ -129,6 +137,15 @@ class EncodingModel(BaseEstimator):
         self.dtype = dtype
         self.chunk = chunk
         self.random_state = random_state
+
+    def __sklearn_clone__(self):
+        """A clone sharing ``scheduler``: a Dask client is a connection, not a parameter to copy."""
+        from sklearn.base import clone
+
+        params = self.get_params(deep=False)
+        scheduler = params.pop("scheduler")
+        return type(self)(scheduler=scheduler, **{k: clone(v, safe=False)
+                                                  for k, v in params.items()})
 
     # -- checks ------------------------------------------------------------------------------
     def _check(self, X, Y, groups, columns):
@@ -140,6 +157,11 @@ class EncodingModel(BaseEstimator):
                              "of iterations, chunk at least 1")
         if self.dtype not in ("float64", "float32"):
             raise UsageError(f"dtype={self.dtype!r}: float64 or float32")
+        if self.null not in ("auto", "refit", "predictions"):
+            raise UsageError(f"null={self.null!r}: auto, refit or predictions")
+        if self.null == "refit" and (self.kernel or self.banded):
+            raise UsageError("null='refit' needs one penalty per voxel: set banded=0 and "
+                             "kernel=False, or null='predictions'")
         n = Y.shape[0]
         if len(groups) != n or (X.shape[1] if self.kernel else X.shape[0]) != n:
             raise UsageError(f"X, Y and groups describe different samples: {X.shape}, "
@@ -159,24 +181,18 @@ class EncodingModel(BaseEstimator):
 
     # -- fitting -----------------------------------------------------------------------------
     def _model(self, columns):
-        from himalaya.kernel_ridge import KernelRidgeCV, MultipleKernelRidgeCV
-        from himalaya.ridge import BandedRidgeCV, RidgeCV
+        """A maker of the himalaya estimator for given inner folds (picklable: Dask workers
+        build it)."""
+        from functools import partial
 
         alphas = ALPHAS if self.alphas is None else np.asarray(self.alphas, float)
-        search = dict(n_iter=self.banded, alphas=alphas, progress_bar=False)
-        if self.kernel:
-            if self.banded:
-                return lambda cv: MultipleKernelRidgeCV(kernels="precomputed", cv=cv,
-                                                        solver_params=search,
-                                                        random_state=self.random_state)
-            return lambda cv: KernelRidgeCV(kernel="precomputed", alphas=alphas, cv=cv)
-        if not self.banded:
-            return lambda cv: RidgeCV(alphas=alphas, cv=cv)
-        bands = np.zeros(sum(len(c) for c in columns), dtype=int)
-        for j, c in enumerate(columns):
-            bands[c] = j
-        return lambda cv: BandedRidgeCV(groups=bands, cv=cv, random_state=self.random_state,
-                                        solver_params=search)
+        bands = None
+        if self.banded and not self.kernel:
+            bands = np.zeros(sum(len(c) for c in columns), dtype=int)
+            for j, c in enumerate(columns):
+                bands[c] = j
+        return partial(_himalaya_model, kernel=self.kernel, banded=self.banded, alphas=alphas,
+                       bands=bands, random_state=self.random_state)
 
     def fit(self, X, Y, groups, columns=None, t_r=1.0):
         """Leave one group out: fit on the others, score on it, for every group.
@@ -215,12 +231,22 @@ class EncodingModel(BaseEstimator):
                       log_alpha=np.zeros(n_vox))
         coef = (np.zeros((Y.shape[0], n_vox)) if self.kernel
                 else np.zeros((X.shape[1], n_vox)))
+        from .scheduling import dask_client
+
+        with dask_client(self.scheduler, self.workers) as client:
+            self._fit_folds(X, Y, groups, make, columns, totals, coef, client, t_r)
+        return self
+
+    def _fit_folds(self, X, Y, groups, make, columns, totals, coef, client, t_r):
+        from sklearn.model_selection import KFold, LeaveOneGroupOut
+
         held, fold_alphas = [], []
         folds = list(LeaveOneGroupOut().split(Y, Y, groups))
         for train, test in folds:
             inner = (list(LeaveOneGroupOut().split(Y[train], Y[train], groups[train]))
                      if len(np.unique(groups[train])) > 1 else list(KFold(5).split(Y[train])))
-            *pair, chosen = self._fold(X, Y, train, test, inner, make, columns, totals, coef)
+            *pair, chosen = self._fold(X, Y, train, test, inner, make, columns, totals, coef,
+                                       client)
             held.append(pair)
             fold_alphas.append(chosen)
         k = len(folds)
@@ -237,11 +263,6 @@ class EncodingModel(BaseEstimator):
         self.columns_ = columns
         if self.n_permutations:
             shift = max(1, int(round(self.min_shift / t_r)))
-            if self.null not in ("auto", "refit", "predictions"):
-                raise UsageError(f"null={self.null!r}: auto, refit or predictions")
-            if self.null == "refit" and (self.kernel or self.banded):
-                raise UsageError("null='refit' needs one penalty per voxel: set banded=0 and "
-                                 "kernel=False, or null='predictions'")
             if self.kernel or self.banded or self.null == "predictions":
                 self.null_ = "predictions"
                 self.null_max_ = _null_max(held, self.n_permutations, shift, self.random_state,
@@ -250,56 +271,48 @@ class EncodingModel(BaseEstimator):
                 self.null_ = "refit"
                 del held
                 self.null_max_ = _refit_null_max(X, Y, groups, folds, fold_alphas,
-                                                 self.n_permutations, shift, self.random_state)
+                                                 self.n_permutations, shift, self.random_state,
+                                                 client=client, block=self.chunk)
             self.p_fwe_ = ((1 + (self.null_max_[:, None] >= self.r_[None, :]).sum(axis=0))
                            / (1 + self.n_permutations))
-        return self
 
-    def _fold(self, X, Y, train, test, inner, make, columns, totals, coef):
-        """One outer fold, voxel chunk by chunk; adds to ``totals`` and ``coef``, returns the
-        z-scored held-out prediction and data (for the null)."""
-        from himalaya.backend import get_backend
-
-        to_numpy = get_backend().to_numpy
+    def _fold(self, X, Y, train, test, inner, make, columns, totals, coef, client=None):
+        """One outer fold, voxel chunk by chunk (here, or on ``client``'s Dask workers); adds
+        to ``totals`` and ``coef``, returns the z-scored held-out prediction and data (for the
+        null) and each voxel's penalty."""
         if self.kernel:
             fit_x = X[:, train][:, :, train] if self.banded else X[:, train][:, :, train].sum(0)
             test_x = X[:, test][:, :, train]
             new_x = test_x if self.banded else test_x.sum(0)
         else:
-            fit_x, new_x = X[train], X[test]
+            fit_x, new_x, test_x = X[train], X[test], None
         n_vox = Y.shape[1]
         p_all = np.zeros((len(test), n_vox))
         y_all = np.zeros((len(test), n_vox))
         alphas = np.zeros(n_vox)
-        for a in range(0, n_vox, self.chunk):
-            b = min(a + self.chunk, n_vox)
-            model = make(inner).fit(fit_x, Y[train, a:b])
-            pred = to_numpy(model.predict(new_x)).astype(np.float64)
-            truth = Y[test, a:b].astype(np.float64)
-            y, p = zscore(truth), zscore(pred)
-            totals["r"][a:b] += (p * y).mean(axis=0)
-            totals["r2"][a:b] += 1 - (((truth - pred) ** 2).sum(0)
-                                      / np.maximum((truth ** 2).sum(0), 1e-12))
-            if self.banded:
-                totals["parts"][:, a:b] += _split_r2(model, new_x, truth, to_numpy)
-                totals["log_alpha"][a:b] -= to_numpy(model.deltas_).mean(axis=0)
-            else:
-                alphas[a:b] = to_numpy(model.best_alphas_)
-                totals["log_alpha"][a:b] += np.log(alphas[a:b])
+        spec = dict(make=make, inner=inner, columns=columns, banded=self.banded,
+                    kernel=self.kernel, backend=self.backend)
+        chunks = [(a, min(a + self.chunk, n_vox)) for a in range(0, n_vox, self.chunk)]
+        if client is None:
+            done = (_fit_chunk(fit_x, new_x, test_x, Y[train, a:b], Y[test, a:b], **spec)
+                    for a, b in chunks)
+        else:
+            shared = [None if x is None else client.scatter(x, broadcast=True, hash=False)
+                      for x in (fit_x, new_x, test_x)]
+            futures = [client.submit(_fit_chunk, *shared, Y[train, a:b], Y[test, a:b], **spec,
+                                     pure=False, retries=2) for a, b in chunks]
+            done = (f.result() for f in futures)
+        for (a, b), out in zip(chunks, done):
+            totals["r"][a:b] += out["r"]
+            totals["r2"][a:b] += out["r2"]
+            totals["parts"][:, a:b] += out["parts"]
+            totals["log_alpha"][a:b] += np.log(out["alphas"])
+            alphas[a:b] = out["alphas"]
             if self.kernel:
-                dual = to_numpy(model.dual_coef_).astype(np.float64)
-                coef[train, a:b] += dual
-                if not self.banded:
-                    totals["parts"][:, a:b] += np.stack([
-                        (zscore(test_x[j] @ dual) * y).mean(axis=0) for j in range(len(X))])
+                coef[train, a:b] += out["coef"]
             else:
-                w = to_numpy(model.coef_).astype(np.float64)
-                coef[:, a:b] += w
-                if not self.banded:
-                    totals["parts"][:, a:b] += np.stack([
-                        (zscore(new_x[:, c].astype(np.float64) @ w[c]) * y).mean(axis=0)
-                        for c in columns])
-            p_all[:, a:b], y_all[:, a:b] = p, y
+                coef[:, a:b] += out["coef"]
+            p_all[:, a:b], y_all[:, a:b] = out["p"], out["y"]
         return p_all, y_all, alphas
 
     def predict(self, X):
@@ -316,6 +329,57 @@ class EncodingModel(BaseEstimator):
         return float(np.quantile(self.null_max_, 1 - alpha, method="higher"))
 
 
+def _himalaya_model(cv, *, kernel, banded, alphas, bands, random_state):
+    """himalaya's RidgeCV, BandedRidgeCV (one band per feature), KernelRidgeCV or
+    MultipleKernelRidgeCV on precomputed kernels."""
+    from himalaya.kernel_ridge import KernelRidgeCV, MultipleKernelRidgeCV
+    from himalaya.ridge import BandedRidgeCV, RidgeCV
+
+    search = dict(n_iter=banded, alphas=alphas, progress_bar=False)
+    if kernel:
+        if banded:
+            return MultipleKernelRidgeCV(kernels="precomputed", cv=cv, solver_params=search,
+                                         random_state=random_state)
+        return KernelRidgeCV(kernel="precomputed", alphas=alphas, cv=cv)
+    if banded:
+        return BandedRidgeCV(groups=bands, cv=cv, random_state=random_state,
+                             solver_params=search)
+    return RidgeCV(alphas=alphas, cv=cv)
+
+
+def _fit_chunk(fit_x, new_x, test_x, y_train, y_test, *, make, inner, columns, banded, kernel,
+               backend):
+    """One fold's fit on a chunk of voxels: held-out r, R^2, each feature's part, the
+    penalties (with ``banded``: the geometric mean over bands), the weights (dual with
+    ``kernel``), and the z-scored held-out prediction and data."""
+    from himalaya.backend import set_backend
+
+    to_numpy = set_backend(backend, on_error="raise").to_numpy
+    model = make(inner).fit(fit_x, y_train)
+    pred = to_numpy(model.predict(new_x)).astype(np.float64)
+    truth = y_test.astype(np.float64)
+    y, p = zscore(truth), zscore(pred)
+    out = {"r": (p * y).mean(axis=0), "p": p, "y": y,
+           "r2": 1 - (((truth - pred) ** 2).sum(0) / np.maximum((truth ** 2).sum(0), 1e-12))}
+    if banded:
+        out["parts"] = _split_r2(model, new_x, truth, to_numpy)
+        out["alphas"] = np.exp(-to_numpy(model.deltas_).mean(axis=0))
+    else:
+        out["alphas"] = to_numpy(model.best_alphas_).astype(np.float64)
+    if kernel:
+        out["coef"] = to_numpy(model.dual_coef_).astype(np.float64)
+        if not banded:
+            out["parts"] = np.stack([(zscore(test_x[j] @ out["coef"]) * y).mean(axis=0)
+                                     for j in range(len(test_x))])
+    else:
+        out["coef"] = to_numpy(model.coef_).astype(np.float64)
+        if not banded:
+            out["parts"] = np.stack([
+                (zscore(new_x[:, c].astype(np.float64) @ out["coef"][c]) * y).mean(axis=0)
+                for c in columns])
+    return out
+
+
 def _per_run(a, groups):
     """Each run's columns z-scored (a no-op on what :func:`encode` builds)."""
     out = np.empty(a.shape, dtype=np.float64)
@@ -326,7 +390,7 @@ def _per_run(a, groups):
 
 
 def _refit_null_max(X, Y, groups, folds, fold_alphas, n_permutations, min_shift, random_state,
-                    budget=5e7, shifts=None):
+                    budget=5e7, shifts=None, client=None, block=20000):
     """Maximum over voxels of the fold-averaged held-out r when every run's features are
     circularly shifted (one shift per run, the same in every fold) and every fold refitted
     with each voxel's chosen penalty.
@@ -339,7 +403,8 @@ def _refit_null_max(X, Y, groups, folds, fold_alphas, n_permutations, min_shift,
     prediction is formed; the shifted world is the one the observed r came from (shift 0 gives
     it back), so the folds' dependence (each run trains the models that predict the others)
     is kept, which shifting the held-out predictions alone would break. ``shifts``
-    (permutations x runs) replaces the random ones.
+    (permutations x runs) replaces the random ones. With a Dask ``client``, blocks of ``block``
+    voxels run on its workers, with the same shifts.
     """
     runs = np.unique(groups)
     rows = [np.flatnonzero(groups == g) for g in runs]
@@ -353,6 +418,14 @@ def _refit_null_max(X, Y, groups, folds, fold_alphas, n_permutations, min_shift,
                            for n in lengths], axis=1)
     n_permutations = len(shifts)
     k, n_vox = X.shape[1], Y.shape[1]
+    if client is not None:
+        shared = [client.scatter(x, broadcast=True, hash=False) for x in (X, groups, shifts)]
+        shared.insert(2, folds)  # a list of index pairs: sent with each task
+        futures = [client.submit(_refit_null_block, *shared,
+                                 [al[a:a + block] for al in fold_alphas], Y[:, a:a + block],
+                                 budget, pure=False, retries=2)
+                   for a in range(0, n_vox, block)]
+        return np.max([f.result() for f in futures], axis=0)
     spectra = [np.conj(np.fft.rfft(X[r], axis=0)) for r in rows]
     fold = []
     for train, test in folds:
@@ -382,6 +455,12 @@ def _refit_null_max(X, Y, groups, folds, fold_alphas, n_permutations, min_shift,
         acc = acc.reshape(n_permutations, b - a)
         best = np.maximum(best, (acc / len(fold)).max(axis=1))
     return best
+
+
+def _refit_null_block(X, groups, folds, shifts, fold_alphas, Y, budget):
+    """:func:`_refit_null_max` of a block of voxels, with the shifts given (a Dask task)."""
+    return _refit_null_max(X, Y, groups, folds, fold_alphas, len(shifts), 1, 0, budget=budget,
+                           shifts=shifts)
 
 
 def _split_r2(model, X, Y, to_numpy):
