@@ -446,4 +446,6 @@ def test_the_command_lines_defaults_are_the_estimators():
     shared = [p for p in command.params if isinstance(p, click.Option) and p.name in defaults]
     assert {p.name for p in shared} >= {"banded", "n_permutations", "min_shift", "random_state"}
     for p in shared:
-        assert p.type_cast_value(ctx, p.get_default(ctx)) == defaults[p.name], p.name
+        value = p.type_cast_value(ctx, p.get_default(ctx))
+        value = None if (p.name, value) == ("scheduler", "threads") else value  # this process
+        assert value == defaults[p.name], p.name
