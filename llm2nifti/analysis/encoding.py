@@ -255,7 +255,9 @@ class EncodingResult:
         Participant -> dict of ``r``, ``r2``, ``p_fwe`` (per voxel), ``best`` (index in
         ``names`` of the feature each voxel's prediction rests on most), ``unique`` (banded
         ridge's unique variances, else None), ``alphas``, ``isc``, ``depth``, ``model`` (the
-        fitted :class:`~llm2nifti.analysis.EncodingModel`), ``masker`` and ``paths``.
+        fitted :class:`~llm2nifti.analysis.EncodingModel`), ``masker`` and ``paths``; with
+        ``regions``, ``units`` (region -> its ``networks.tsv``) and ``unit_scores`` (region ->
+        every unit's absolute weight in its mean prediction).
     names : list of str
         The features: networks, or layers (``kind``), then the nuisance features.
     kind : {"networks", "layers", "units"}
