@@ -170,21 +170,56 @@ def plant_bold(fmri, sources, regions, *, task="story", t_r=2.0, resolution=4, r
     -------
     PlantedBrain
     """
+    import pandas as pd
+
+    fmri = Path(fmri)
+    rng = np.random.default_rng(seed)
+    planted = _plant_regions(fmri, regions, resolution, radius, amplitude, peaks, rng)
+    _description(fmri / "derivatives" / "fmriprep", "fMRIPrep-shaped simulated runs")
+    for events in sorted(fmri.glob(f"sub-*/func/sub-*_task-{task}_*_events.tsv")):
+        key = "_".join(p for p in events.name.split("_") if not p.startswith(("sub-", "ses-")))
+        table = pd.read_csv(events, sep="\t", keep_default_na=False)
+        table = table[~table["word"].isin(["", "n/a"])]
+        rows = sources[sources["key"] == key]
+        if len(rows) != len(table):
+            raise ValueError(f"{events.name}: {len(table)} words, {len(rows)} rows of sources")
+        _write_run(fmri, events, table["onset"].to_numpy(float), rows, planted, t_r, ar, tail,
+                   task, compress, rng)
+    return planted.brain
+
+
+@dataclass
+class _Planted:
+    brain: PlantedBrain
+    ijk: np.ndarray
+    affine: np.ndarray
+    zooms: tuple
+    regions: dict
+    amp: np.ndarray
+    peak: np.ndarray
+
+
+def _description(folder, name):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "dataset_description.json").write_text(json.dumps(
+        {"Name": name, "BIDSVersion": "1.9.0", "DatasetType": "derivative",
+         "GeneratedBy": [{"Name": "llm2nifti.simulate"}]}, indent=2) + "\n")
+
+
+def _plant_regions(fmri, regions, resolution, radius, amplitude, peaks, rng):
+    """The brain mask, the planted spheres with each voxel's amplitude and HRF peak, and the
+    truth written as a labels image under ``derivatives/truth``."""
     import nibabel as nib
     import pandas as pd
     from nilearn.datasets import load_mni152_brain_mask
     from nilearn.image import coord_transform
-    from scipy.signal import lfilter
 
     from bids_llm.tsv import write_frame
 
-    fmri = Path(fmri)
-    rng = np.random.default_rng(seed)
     mask_img = load_mni152_brain_mask(resolution=resolution)
     mask = mask_img.get_fdata() > 0
-    affine = mask_img.affine
     ijk = np.argwhere(mask)
-    xyz = np.column_stack(coord_transform(ijk[:, 0], ijk[:, 1], ijk[:, 2], affine))
+    xyz = np.column_stack(coord_transform(ijk[:, 0], ijk[:, 1], ijk[:, 2], mask_img.affine))
     region = np.zeros(len(ijk), int)
     order = list(regions)
     for k, name in enumerate(order, start=1):
@@ -192,69 +227,60 @@ def plant_bold(fmri, sources, regions, *, task="story", t_r=2.0, resolution=4, r
         centre = REGIONS_MNI[centre] if isinstance(centre, str) else centre
         inside = np.linalg.norm(xyz - np.asarray(centre, float), axis=1) <= radius
         region[inside & (region == 0)] = k
-    planted = np.flatnonzero(region)
     ranges = [regions[n][2] if len(regions[n]) > 2 else amplitude for n in order]
-    amp = np.array([rng.uniform(*ranges[region[v] - 1]) for v in planted])
-    peak_of = rng.choice(np.linspace(peaks[0], peaks[1], 5), len(planted))
+    amp = np.array([rng.uniform(*ranges[k - 1]) if k else 0.0 for k in region])
+    peak = np.where(region > 0, rng.choice(np.linspace(peaks[0], peaks[1], 5), len(region)), 0)
     truth = fmri / "derivatives" / "truth"
-    truth.mkdir(parents=True, exist_ok=True)
+    _description(truth, "Planted truth of the simulated listeners")
     labels = np.zeros(mask.shape, np.int16)
     labels[tuple(ijk.T)] = region
     stem = f"space-{SPACE}_res-{resolution}mm_desc-planted_dseg"
-    nib.save(nib.Nifti1Image(labels, affine), truth / f"{stem}.nii.gz")
+    nib.save(nib.Nifti1Image(labels, mask_img.affine), truth / f"{stem}.nii.gz")
     write_frame(truth / f"{stem}.tsv", pd.DataFrame({
         "index": np.arange(1, len(order) + 1), "name": order,
         "source": [regions[n][1] for n in order]}), index=False)
-    (truth / "dataset_description.json").write_text(json.dumps(
-        {"Name": "Planted truth of the simulated listeners", "BIDSVersion": "1.9.0",
-         "DatasetType": "derivative", "GeneratedBy": [{"Name": "llm2nifti.simulate"}]},
-        indent=2) + "\n")
-    prep = fmri / "derivatives" / "fmriprep"
-    prep.mkdir(parents=True, exist_ok=True)
-    (prep / "dataset_description.json").write_text(json.dumps(
-        {"Name": "fMRIPrep-shaped simulated runs", "BIDSVersion": "1.9.0",
-         "DatasetType": "derivative", "GeneratedBy": [{"Name": "llm2nifti.simulate"}]},
-        indent=2) + "\n")
-    ext = ".nii.gz" if compress else ".nii"
-    for events in sorted(fmri.glob(f"sub-*/func/sub-*_task-{task}_*_events.tsv")):
-        sub = events.name.split("_")[0]
-        key = "_".join(p for p in events.name.split("_") if not p.startswith(("sub-", "ses-")))
-        table = pd.read_csv(events, sep="\t")
-        table = table[table["word"].notna()]
-        rows = sources[sources["key"] == key]
-        if len(rows) != len(table):
-            raise ValueError(f"{events.name}: {len(table)} words, {len(rows)} rows of sources")
-        onsets = table["onset"].to_numpy(float)
-        n_scans = int(np.ceil((onsets.max() + tail) / t_r))
-        noise = lfilter([np.sqrt(1 - ar ** 2)], [1, -ar],
-                        rng.standard_normal((n_scans, len(ijk))), axis=0)
-        data = noise
-        for k, name in enumerate(order, start=1):
-            source = rows[regions[name][1]].to_numpy(float)
-            for peak in np.unique(peak_of):
-                voxels = planted[(region[planted] == k) & (peak_of == peak)]
-                if len(voxels):
-                    x = _regressor(onsets, source, n_scans, t_r, peak)
-                    data[:, voxels] += x[:, None] * amp[np.searchsorted(planted, voxels)]
-        volume = np.zeros(mask.shape + (n_scans,), np.float32)
-        volume[mask] = (1000.0 + 10.0 * data.T).astype(np.float32)
-        func = prep / sub / "func"
-        func.mkdir(parents=True, exist_ok=True)
-        base = events.name.replace("_events.tsv", f"_space-{SPACE}")
-        img = nib.Nifti1Image(volume, affine)
-        img.header.set_xyzt_units("mm", "sec")
-        img.header.set_zooms(tuple(float(z) for z in mask_img.header.get_zooms()[:3]) + (t_r,))
-        nib.save(img, func / f"{base}_desc-preproc_bold{ext}")
-        (func / f"{base}_desc-preproc_bold.json").write_text(json.dumps(
-            {"RepetitionTime": t_r, "SkullStripped": False, "TaskName": task}, indent=2) + "\n")
-        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine),
-                 func / f"{base}_desc-brain_mask.nii.gz")
-        motion = np.cumsum(rng.normal(0, 0.01, (n_scans, 6)), axis=0)
-        conf = pd.DataFrame(motion, columns=["trans_x", "trans_y", "trans_z", "rot_x", "rot_y",
-                                             "rot_z"])
-        fd = np.abs(np.diff(motion, axis=0)).sum(axis=1)
-        conf["framewise_displacement"] = np.concatenate([[np.nan], fd])
-        write_frame(func / events.name.replace("_events.tsv", "_desc-confounds_timeseries.tsv"),
-                    conf, index=False)
-    return PlantedBrain(truth / f"{stem}.nii.gz", truth / f"{stem}.tsv", mask, region,
-                        [regions[n][1] for n in order])
+    brain = PlantedBrain(truth / f"{stem}.nii.gz", truth / f"{stem}.tsv", mask, region,
+                         [regions[n][1] for n in order])
+    return _Planted(brain, ijk, mask_img.affine, tuple(mask_img.header.get_zooms()[:3]),
+                    {k: regions[n][1] for k, n in enumerate(order, start=1)}, amp, peak)
+
+
+def _write_run(fmri, events, onsets, rows, planted, t_r, ar, tail, task, compress, rng):
+    """One participant's run: AR(1) noise, each planted voxel's source through its HRF, the
+    brain mask, the sidecar and a confounds table, as fMRIPrep names them."""
+    import nibabel as nib
+    import pandas as pd
+    from scipy.signal import lfilter
+
+    from bids_llm.tsv import write_frame
+
+    mask, region = planted.brain.mask, planted.brain.region
+    n_scans = int(np.ceil((onsets.max() + tail) / t_r))
+    data = lfilter([np.sqrt(1 - ar ** 2)], [1, -ar],
+                   rng.standard_normal((n_scans, len(planted.ijk))), axis=0)
+    for k, source in planted.regions.items():
+        values = rows[source].to_numpy(float)
+        for peak in np.unique(planted.peak[region == k]):
+            voxels = np.flatnonzero((region == k) & (planted.peak == peak))
+            x = _regressor(onsets, values, n_scans, t_r, peak)
+            data[:, voxels] += x[:, None] * planted.amp[voxels]
+    volume = np.zeros(mask.shape + (n_scans,), np.float32)
+    volume[mask] = (1000.0 + 10.0 * data.T).astype(np.float32)
+    func = fmri / "derivatives" / "fmriprep" / events.name.split("_")[0] / "func"
+    func.mkdir(parents=True, exist_ok=True)
+    base = events.name.replace("_events.tsv", f"_space-{SPACE}")
+    img = nib.Nifti1Image(volume, planted.affine)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header.set_zooms(tuple(float(z) for z in planted.zooms) + (t_r,))
+    nib.save(img, func / f"{base}_desc-preproc_bold{'.nii.gz' if compress else '.nii'}")
+    (func / f"{base}_desc-preproc_bold.json").write_text(json.dumps(
+        {"RepetitionTime": t_r, "SkullStripped": False, "TaskName": task}, indent=2) + "\n")
+    nib.save(nib.Nifti1Image(mask.astype(np.uint8), planted.affine),
+             func / f"{base}_desc-brain_mask.nii.gz")
+    motion = np.cumsum(rng.normal(0, 0.01, (n_scans, 6)), axis=0)
+    conf = pd.DataFrame(motion, columns=["trans_x", "trans_y", "trans_z", "rot_x", "rot_y",
+                                         "rot_z"])
+    conf["framewise_displacement"] = np.concatenate([[np.nan],
+                                                     np.abs(np.diff(motion, axis=0)).sum(1)])
+    write_frame(func / events.name.replace("_events.tsv", "_desc-confounds_timeseries.tsv"),
+                conf, index=False)

@@ -295,7 +295,7 @@ def _design(heard, values):
 def _check_transcript(run, rows, scan_words, column):
     """The words of a human run's events file are the scan's words of that file, in order;
     returns their onsets and durations."""
-    from ..acquisition.listening import read_word_events
+    from ..acquisition import read_word_events
 
     doc, t = read_word_events(run.events, column, what="the events file")
     theirs, ours = doc.text.split(" "), list(scan_words[rows])
@@ -530,22 +530,13 @@ def encode(scan, fmri, *, estimator=None, networks=None, layer_pcs=0, units=Fals
     -------
     EncodingResult
     """
-    from sklearn.base import clone
-
     from bids_llm.dataset import Dataset
 
+    from ..acquisition import participant_words
     from ..models import set_threads
 
     set_threads(threads)
-    if not 0 < alpha < 1:
-        raise UsageError(f"alpha={alpha}: give a level between 0 and 1, e.g. 0.05")
-    if layer_pcs and units:
-        raise UsageError("`layer_pcs` and `units`: choose one kind of features")
-    model = clone(estimator if estimator is not None else EncodingModel())
-    model.set_params(kernel=bool(units))
-    if model.n_permutations < 1:
-        raise UsageError(f"n_permutations={model.n_permutations}: give at least 1 (1000 for a "
-                         "p-value)")
+    model = _checked_model(estimator, alpha, layer_pcs, units, regions)
     ds = scan if isinstance(scan, Dataset) else Dataset(scan)
     if networks is None and not (layer_pcs or units):
         found = DERIVATIVES["networks"].find(ds.root, "_networks.tsv", participant)
@@ -553,83 +544,118 @@ def encode(scan, fmri, *, estimator=None, networks=None, layer_pcs=0, units=Fals
             raise UsageError(f"{len(found)} networks tables for the scan: choose one with "
                              "`networks` (from `llm2nifti networks`)")
         networks = found[0]
-    if (layer_pcs or units) and regions and not units:
-        raise UsageError("`regions` name the units of networks or of the whole model: give "
-                         "networks or `units` as features, not `layer_pcs`")
-    from ..acquisition import participant_words
-
     runs, _, _ = participant_words(ds, participant, task, site)
     participant, task, site = runs[0].participant, runs[0].task, runs[0].site_kind
     humans, space = fmri_runs(fmri, task, space, fmri_participants)
-    for path, what in [(atlas, "--atlas"), *((r, "--region") for r in regions)]:
-        _same_space(path, space, what)
-    n_delays = len(delays) if hrf == "fir" else 1
-    for who in sorted({r.participant for r in humans}):  # before any work
-        mine = [r for r in humans if r.participant == who]
-        _check_memory(who, mine,
-                      n_kernels=len(ds.layout(participant, site).site.layers) + 2 if units else 0)
-        if atlas is not None or regions:
-            masker = _brain_masker(mine)
-            for path, what in [(atlas, "--atlas"), *((r, "--region") for r in regions)]:
-                if path is not None:
-                    _inside(path, masker, what)
+    _before_any_work(humans, space, atlas, regions,
+                     n_kernels=len(ds.layout(participant, site).site.layers) + 2 if units else 0)
     feats = (unit_features(ds, participant, task, site) if units else
              layer_features(ds, participant, task, site, layer_pcs) if layer_pcs else
              network_features(ds, participant, task, site, networks))
     times = word_times(feats)
     extra = _nuisance(times)
-    names = list(feats.names) + list(NUISANCE)
-    widths = list(feats.widths) + [1] * len(NUISANCE)
-    values = None if units else np.column_stack([zscore(feats.values), extra])
-    result = EncodingResult(names=names, kind=feats.kind)
+    result = EncodingResult(names=list(feats.names) + list(NUISANCE), kind=feats.kind)
+    design = dict(hrf=hrf, delays=delays, slice_time_ref=slice_time_ref, trim=trim,
+                  confounds=tuple(confounds), word_column=word_column)
+    params = dict(features=result.names, kind=feats.kind,
+                  networks=None if (layer_pcs or units) else str(networks),
+                  layer_pcs=int(layer_pcs) or None, scan=str(ds.root),
+                  model_participant=participant, site=site, hrf=hrf,
+                  slice_time_ref=slice_time_ref, trim_s=trim,
+                  delays=list(delays) if hrf == "fir" else None, confounds=list(confounds),
+                  word_column=word_column, alpha=alpha, folds="leave one run out",
+                  estimator={k: _jsonable(v) for k, v in model.get_params().items()})
     from tqdm.auto import tqdm
 
     for who in tqdm(sorted({r.participant for r in humans}), desc="participants",
                     disable=not progress):
         mine = [r for r in humans if r.participant == who]
-        if len(mine) < 2:
-            raise UsageError(f"sub-{who} has {len(mine)} run(s) of task {task}: leave-one-run-out "
-                             "needs at least 2")
-        heard, Y, groups, masker = _participant_data(
-            mine, times, feats.words["word"].to_numpy(), tuple(confounds), trim, hrf,
-            slice_time_ref, delays, word_column)
-        if units:
-            X, columns = unit_kernels(feats, heard, extra), None
-        else:
-            X = _design(heard, values)
-            if X.shape[1] > len(X):
-                what = f"layer_pcs={layer_pcs}" if layer_pcs else f"{len(feats.names)} networks"
-                raise UsageError(f"{what} at {n_delays} delay(s) give {X.shape[1]:,} columns for "
-                                 f"sub-{who}'s {len(X):,} volumes: give fewer features, or set "
-                                 "`units` (kernel ridge)")
-            columns = feature_columns(X.shape[1], widths)
-        fitted = clone(model).fit(X, Y, groups, columns=columns, t_r=mine[0].tr)
-        n_model = len(feats.names)
-        result.participants[who] = {
-            "r": fitted.r_, "r2": fitted.r2_, "p_fwe": fitted.p_fwe_, "best": fitted.best_,
-            "unique": fitted.parts_ if model.banded else None, "alphas": fitted.best_alphas_,
-            "null_max": fitted.null_max_, "coef": None if units else fitted.feature_coef_,
-            "isc": intersubject_correlation(who, mine, humans, masker, Y, trim),
-            "depth": preferred_depth(fitted.parts_[:n_model], feats.depth),
-            "model": fitted, "masker": masker}
-        params = dict(
-            features=names, kind=feats.kind,
-            networks=None if (layer_pcs or units) else str(networks),
-            layer_pcs=int(layer_pcs) or None, scan=str(ds.root), model_participant=participant,
-            site=site, hrf=hrf, slice_time_ref=slice_time_ref, trim_s=trim,
-            delays=list(delays) if hrf == "fir" else None, confounds=list(confounds),
-            word_column=word_column, alpha=alpha, folds="leave one run out",
-            runs=[r.bold.name for r in mine],
-            estimator={k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                       for k, v in model.get_params().items()})
-        result.participants[who]["paths"] = _write(who, task, space, masker, result, feats, mine,
-                                                   alpha, output, fmri, params)
+        heard, masker = _fit_participant(result, who, mine, humans, feats, times, extra, model,
+                                         design)
+        result.participants[who]["paths"] = _write(
+            who, task, space, masker, result, feats, mine, alpha, output, fmri,
+            dict(params, runs=[r.bold.name for r in mine]))
         _extras(result, who, atlas, atlas_labels, alpha, regions, top_percent,
                 (ds, participant, site, networks, feats, heard, extra))
     result.group, result.group_pfwe = group_map(result, task, space, output, fmri,
                                                 n_permutations=model.n_permutations,
                                                 random_state=model.random_state)
     return result
+
+
+def _jsonable(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+
+
+def _checked_model(estimator, alpha, layer_pcs, units, regions):
+    """The estimator to clone per participant (kernel ridge for units), after the checks."""
+    from sklearn.base import clone
+
+    if not 0 < alpha < 1:
+        raise UsageError(f"alpha={alpha}: give a level between 0 and 1, e.g. 0.05")
+    if layer_pcs and units:
+        raise UsageError("`layer_pcs` and `units`: choose one kind of features")
+    if layer_pcs and regions:
+        raise UsageError("`regions` name the units of networks or of the whole model: give "
+                         "networks or `units` as features, not `layer_pcs`")
+    model = clone(estimator if estimator is not None else EncodingModel())
+    model.set_params(kernel=bool(units))
+    if model.n_permutations < 1:
+        raise UsageError(f"n_permutations={model.n_permutations}: give at least 1 (1000 for a "
+                         "p-value)")
+    return model
+
+
+def _before_any_work(humans, space, atlas, regions, n_kernels):
+    """What can be refused from the headers and the masks: memory, and atlas and regions in
+    another space or outside the brain."""
+    for path, what in [(atlas, "--atlas"), *((r, "--region") for r in regions)]:
+        _same_space(path, space, what)
+    for who in sorted({r.participant for r in humans}):
+        mine = [r for r in humans if r.participant == who]
+        if len(mine) < 2:
+            raise UsageError(f"sub-{who} has {len(mine)} run(s) of the task: leave-one-run-out "
+                             "needs at least 2")
+        _check_memory(who, mine, n_kernels=n_kernels)
+        if atlas is not None or regions:
+            masker = _brain_masker(mine)
+            for path, what in [(atlas, "--atlas"), *((r, "--region") for r in regions)]:
+                if path is not None:
+                    _inside(path, masker, what)
+
+
+def _fit_participant(result, who, mine, humans, feats, times, extra, model, design):
+    """One human participant: the design (or kernels), the fit, the noise ceiling, the depth;
+    into ``result.participants[who]``. Returns the runs' word maps and the masker."""
+    from sklearn.base import clone
+
+    heard, Y, groups, masker = _participant_data(
+        mine, times, feats.words["word"].to_numpy(), design["confounds"], design["trim"],
+        design["hrf"], design["slice_time_ref"], design["delays"], design["word_column"])
+    if feats.kind == "units":
+        X, columns = unit_kernels(feats, heard, extra), None
+    else:
+        X = _design(heard, np.column_stack([zscore(feats.values), extra]))
+        if X.shape[1] > len(X):
+            n_delays = len(heard[0].operators)
+            what = (f"layer_pcs={feats.widths[0]}" if feats.kind == "layers"
+                    else f"{len(feats.names)} networks")
+            raise UsageError(f"{what} at {n_delays} delay(s) give {X.shape[1]:,} columns for "
+                             f"sub-{who}'s {len(X):,} volumes: give fewer features, or set "
+                             "`units` (kernel ridge)")
+        columns = feature_columns(X.shape[1], list(feats.widths) + [1] * extra.shape[1])
+    fitted = clone(model).fit(X, Y, groups, columns=columns, t_r=mine[0].tr)
+    result.participants[who] = {
+        "r": fitted.r_, "r2": fitted.r2_, "p_fwe": fitted.p_fwe_, "best": fitted.best_,
+        "unique": fitted.parts_ if model.banded else None, "alphas": fitted.best_alphas_,
+        "null_max": fitted.null_max_,
+        "coef": None if feats.kind == "units" else fitted.feature_coef_,
+        "isc": intersubject_correlation(who, mine, humans, masker, Y, design["trim"]),
+        "depth": preferred_depth(fitted.parts_[: len(feats.names)], feats.depth),
+        "model": fitted, "masker": masker}
+    return heard, masker
 
 
 NUISANCE = ("word_rate", "word_length")
