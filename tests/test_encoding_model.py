@@ -53,6 +53,8 @@ def test_kernel_ridge_on_per_feature_kernels_is_the_same_ridge(planted):
     np.testing.assert_allclose(dual.r_, primal.r_, atol=1e-6)
     np.testing.assert_allclose(dual.best_alphas_, primal.best_alphas_, rtol=1e-6)
     assert (dual.best_[:20] == primal.best_[:20]).all()
+    # each feature's part: formed and correlated (kernel) or from the Gram matrix (design)
+    np.testing.assert_allclose(dual.parts_, primal.parts_, atol=1e-6)
     np.testing.assert_allclose(X.T @ dual.dual_coef_, primal.coef_, atol=1e-6)
     new = np.random.default_rng(1).standard_normal((5, 3))
     np.testing.assert_allclose(dual.predict(new @ X.T), primal.predict(new), atol=1e-6)

@@ -373,10 +373,17 @@ def _fit_chunk(fit_x, new_x, test_x, y_train, y_test, *, make, inner, columns, b
                                      for j in range(len(test_x))])
     else:
         out["coef"] = to_numpy(model.coef_).astype(np.float64)
-        if not banded:
-            out["parts"] = np.stack([
-                (zscore(new_x[:, c].astype(np.float64) @ out["coef"][c]) * y).mean(axis=0)
-                for c in columns])
+        if not banded:  # each feature's part's r, from the held-out run's Gram matrix: its
+            # columns are centred (each run z-scored), so the part's r is w.X'y / sqrt(n w'Gw)
+            x = np.asarray(new_x, dtype=np.float64)
+            xy, gram = x.T @ y, x.T @ x
+            parts = []
+            for c in columns:
+                w = out["coef"][c]
+                num = (w * xy[c]).sum(axis=0)
+                var = len(x) * (w * (gram[np.ix_(c, c)] @ w)).sum(axis=0)
+                parts.append(np.where(var > 0, num / np.sqrt(np.where(var > 0, var, 1.0)), 0.0))
+            out["parts"] = np.stack(parts)
     return out
 
 
