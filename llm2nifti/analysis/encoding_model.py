@@ -433,7 +433,11 @@ def _refit_null_max(X, Y, groups, folds, fold_alphas, n_permutations, min_shift,
                                  budget, pure=False, retries=2)
                    for a in range(0, n_vox, block)]
         return np.max([f.result() for f in futures], axis=0)
-    spectra = [np.conj(np.fft.rfft(X[r], axis=0)) for r in rows]
+    from scipy import fft
+
+    # the runs' features' spectra, (k, frequencies), single precision (the null's r need
+    # no more); time is the last, contiguous, axis of every transform
+    spectra = [np.conj(fft.rfft(X[r].T.astype(np.float32), axis=1)) for r in rows]
     fold = []
     for train, test in folds:
         lam, U = np.linalg.eigh(X[train].T @ X[train])
@@ -445,9 +449,10 @@ def _refit_null_max(X, Y, groups, folds, fold_alphas, n_permutations, min_shift,
         b = min(a + width, n_vox)
         C = []  # per run: (k, permutations * voxels), the voxels varying fastest; float32
         for g, r in enumerate(rows):
-            cc = np.fft.irfft(spectra[g][:, :, None] * np.fft.rfft(Y[r, a:b], axis=0)[:, None, :],
-                              n=len(r), axis=0).astype(np.float32)
-            C.append(cc.transpose(1, 0, 2)[:, shifts[:, g]].reshape(k, -1))
+            data = fft.rfft(Y[r, a:b].T.astype(np.float32), axis=1)  # (voxels, frequencies)
+            cc = fft.irfft(spectra[g][:, None, :] * data[None, :, :], n=len(r), axis=2,
+                           workers=-1)  # (k, voxels, lags)
+            C.append(cc[:, :, shifts[:, g]].transpose(0, 2, 1).reshape(k, -1))
         total = np.sum(C, axis=0)
         acc = np.zeros(n_permutations * (b - a))
         z = np.empty_like(total)
