@@ -83,6 +83,8 @@ def test_refusals_name_the_parameter(planted):
         EncodingModel().fit(X, Y, np.zeros(180))
     with pytest.raises(UsageError, match="dtype"):
         EncodingModel(dtype="float16").fit(X, Y, groups)
+    with pytest.raises(UsageError, match="runs of 60 volumes are too short .* min_shift"):
+        EncodingModel(min_shift=30.0).fit(X, Y, groups, t_r=1.0)  # refused before any fit
 
 
 def test_the_refit_null_at_shift_zero_is_the_observed_fit(planted):

@@ -220,6 +220,11 @@ class EncodingModel(BaseEstimator):
 
         X, Y, groups = np.asarray(X), np.asarray(Y), np.asarray(groups)
         columns = self._check(X, Y, groups, columns)
+        shortest = min(np.unique(groups, return_counts=True)[1])
+        shift = max(1, int(round(self.min_shift / t_r)))
+        if self.n_permutations and shortest <= 2 * shift:  # before any fit
+            raise UsageError(f"runs of {shortest} volumes are too short for circular shifts of "
+                             f"at least {shift} volumes: lower min_shift or trim less")
         Y = _per_run(Y, groups)
         if not self.kernel:
             X = _per_run(X, groups)
