@@ -55,7 +55,11 @@ def test_strong_sources_are_stable_and_their_centrotypes_are_the_sources(tmp_pat
 def test_pure_noise_is_unstable_everywhere(tmp_path):
     paths, _ = _planted(tmp_path, strong=0.0, weak=0.0, noise=1.0)
     est = _fit(tmp_path, paths, bootstrap=True)
-    assert est.stability_["stability"].max() < 0.6
+    # one cluster of noise can recur by chance (its stability 0.2-0.92 over 8 seeds, one
+    # thread; 0.83 for this seed under AVX2 kernels), so no bound on the maximum holds on every
+    # CPU; the typical cluster does not recur: the median stays below 0.5 (-0.05 to 0.37
+    # measured), where planted sources reach 0.95 (the test above)
+    assert est.stability_["stability"].median() < 0.5
 
 
 def test_the_same_seed_gives_the_same_clusters_bit_for_bit(tmp_path):
