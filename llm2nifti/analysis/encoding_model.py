@@ -80,9 +80,9 @@ class EncodingModel(BaseEstimator):
     chunk : int
         Voxels fitted together.
     scheduler : None, "threads", "processes", address or dask.distributed.Client
-        Where the voxel chunks run (:mod:`~llm2nifti.analysis.scheduling`, as for a
-        decomposition): here, on ``workers`` local processes, or on a Dask cluster. The numbers
-        do not depend on it.
+        Where the voxel chunks run, as for a decomposition: here (None, ``"threads"``), on
+        ``workers`` local processes (``"processes"``), or on a Dask cluster (its address, or a
+        client). The numbers do not depend on it.
     workers : int
         Processes of ``scheduler="processes"``.
     random_state : int
