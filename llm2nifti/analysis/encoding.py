@@ -23,9 +23,11 @@ Written under ``FMRI/derivatives/llm2nifti-encoding/sub-<label>/func/`` in the h
 space: ``..._stat-r_statmap.nii.gz``, ``..._stat-r2_statmap.nii.gz``,
 ``..._stat-pfwe_statmap.nii.gz``, ``..._stat-isc_statmap.nii.gz`` (the noise ceiling: the
 correlation with the other participants who heard the same runs),
-``..._desc-bestnetwork_dseg.nii.gz`` (with its labels
-``.tsv``) and ``..._desc-networks_encoding.tsv`` (per network: the voxels past FWE it
-predicts best and their r); every sidecar carries the parameters.
+``..._stat-depth_statmap.nii.gz`` (the preferred depth), ``..._desc-bestnetwork_dseg.nii.gz``
+(``bestlayer`` for layers and units; with its labels ``.tsv``), ``..._desc-networks_encoding.tsv``
+(per feature: the voxels past FWE it predicts best and their r), ``..._clusters.tsv`` (every
+cluster past FWE) and, with an atlas, ``..._regions.tsv``; with two participants or more, the
+group's z and FWE p maps at the derivative's root. Every sidecar carries the parameters.
 """
 
 from __future__ import annotations
