@@ -102,3 +102,19 @@ def test_the_context_carries_across_files_unless_reset(heard, tmp_path, llama, t
     # 28 + 10 characters of text, one token each, and a BOS per file: one run without a reset
     assert max(len(d) for d in documents) == (1 if reset else 2)
     assert len(documents) == (2 if reset else 1)
+
+
+def test_words_written_by_the_projects_tsv_rule_are_read_as_written(tmp_path):
+    """An events file written by bids_llm.tsv (as llm2nifti.simulate writes them) escapes the
+    words pandas would take for missing values (NA -> \\&NA): the model reads the words."""
+    import pandas as pd
+
+    from bids_llm.tsv import write_frame
+    from llm2nifti.acquisition.listening import read_word_events
+
+    path = tmp_path / "sub-01_task-story_run-1_events.tsv"
+    write_frame(path, pd.DataFrame({"onset": [0.5, 1.0, 1.5, 2.0], "duration": 0.3,
+                                    "word": ["Once", "NA", "None", "upon"]}), index=False)
+    assert "\\&NA" in path.read_text()
+    doc, times = read_word_events(path)
+    assert doc.text == "Once NA None upon" and list(times.line) == [2, 3, 4, 5]

@@ -91,6 +91,10 @@ def read_word_events(path, column=WORD_COLUMN, what="--words"):
         word = getattr(row, column) if column.isidentifier() else row[table.columns.get_loc(column)]
         if word in _MISSING:
             continue  # another trial type, or silence
+        if "\\" in word:  # a cell written by the project's TSV rule (bids_llm.tsv): NA -> \&NA
+            from bids_llm.tsv import unescape
+
+            word = unescape(word)
         onset, duration = _number(row.onset), _number(row.duration)
         if not math.isfinite(onset):
             raise UsageError(f"{what} {path.name} line {i}: the word {word!r} has no onset "
